@@ -1,0 +1,159 @@
+"""Stochastic Frank-Wolfe (SFW) as an Optax gradient transformation.
+
+For every parameter leaf x with constraint set C, gradient (incoming update) g, step count t:
+
+    m_t   = g                              if t = 0
+          = mu * m_{t-1} + (1 - mu) * g    otherwise           (momentum, mu in [0, 1))
+    v     = LMO_C(m_t) = argmin_{v in C} <v, m_t>
+    eta   = clip(lr_t * factor, 0, 1),  factor = ||m_t||_2 / ||x - v||_2   ('gradient')
+                                                 1 / diam(C)               ('diameter')
+                                                 1                         (None)
+    update = eta * (v - x)        so that  optax.apply_updates gives  x <- (1 - eta) x + eta v.
+
+This is the step of the reference PyTorch ``SFW`` optimizer (Pokutta et al.; Lu et al., 2022). The
+iterate stays in C whenever it starts in C (a convex combination of two points of C): make the
+initial parameters feasible with :func:`sfw_jax.make_feasible`.
+
+Leaves whose constraint is ``Unconstrained()`` pass the incoming update through unchanged (like
+``optax.identity``): route them to another optimizer with ``optax.partition`` (the SFW branch
+then sees them as ``optax.MaskedNode``), or put a transformation before SFW in a chain.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sfw_jax._tree import PyTree
+from sfw_jax.constraints import Constraint, check_constraints_match as _check_structure, is_constraint
+
+RESCALES = ("gradient", "diameter", None)
+
+
+class SFWState(NamedTuple):
+    """count: int32 number of steps taken; momentum: pytree like params (m_t), with empty
+    placeholders for unconstrained (or masked) leaves."""
+
+    count: jax.Array
+    momentum: PyTree
+
+
+def _is_masked(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+
+
+def _check_scalar_hparam(value: Any, name: str, lo: float, hi: float, hi_open: bool) -> None:
+    """Validate a concrete Python number (traced arrays from inject_hyperparams pass through)."""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        v = float(value)
+        ok = math.isfinite(v) and lo <= v and (v < hi if hi_open else v <= hi)
+        if not ok:
+            bracket = ")" if hi_open else "]"
+            raise ValueError(f"{name} must be a finite number in [{lo}, {hi}{bracket}, "
+                             f"got {value!r}")
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    x = x.astype(acc)
+    return jnp.sqrt(jnp.sum(x * x))
+
+
+def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
+                  count: jax.Array, lr: jax.Array, momentum: jax.Array,
+                  rescale: Optional[str]) -> tuple[jax.Array, jax.Array]:
+    """One SFW step for one leaf: returns (update, new momentum). See the module docstring."""
+    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    mu = jnp.asarray(momentum, acc)
+    g_acc = g.astype(acc)
+    m = jnp.where(count == 0, g_acc, mu * m_prev.astype(acc) + (1 - mu) * g_acc).astype(x.dtype)
+    v = c.lmo(m)
+    d = v.astype(acc) - x.astype(acc)
+    if rescale == "gradient":
+        dn = _norm(d)
+        factor = jnp.where(dn > 0, _norm(m) / jnp.where(dn > 0, dn, 1), 0)
+    elif rescale == "diameter":
+        factor = jnp.asarray(1.0 / c.diameter, acc)
+    else:
+        factor = jnp.ones((), acc)
+    eta = jnp.clip(jnp.asarray(lr, acc) * factor, 0, 1)
+    return (eta * d).astype(x.dtype), m
+
+
+def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyTree, *,
+        momentum: Union[float, jax.Array] = 0.9,
+        rescale: Optional[str] = "gradient") -> optax.GradientTransformationExtraArgs:
+    """Stochastic Frank-Wolfe over per-leaf constraint sets (see the module docstring).
+
+    Args:
+      learning_rate: lr >= 0, a float, a scalar array or an ``optax.Schedule`` of the step count.
+      constraints: pytree like params of constraint objects (:func:`sfw_jax.make_constraints`).
+      momentum: mu in [0, 1); m = mu m + (1 - mu) g with m = g on the first step.
+      rescale: 'gradient' (reference default), 'diameter' or None.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params)`` requires
+      ``params``. Works with ``optax.inject_hyperparams(sfw, static_args=('constraints',
+      'rescale'))`` (learning_rate and momentum may then be traced arrays), inside
+      ``optax.chain``, ``optax.partition``, ``optax.masked`` and ``optax.apply_if_finite``.
+    """
+    if isinstance(rescale, str) and rescale.lower() == "none":
+        rescale = None
+    if rescale not in RESCALES:
+        raise ValueError(f"rescale must be one of {RESCALES}, got {rescale!r}")
+    if not callable(learning_rate):
+        _check_scalar_hparam(learning_rate, "learning_rate", 0.0, math.inf, True)
+    _check_scalar_hparam(momentum, "momentum", 0.0, 1.0, True)
+    bad = [c for c in jax.tree.leaves(constraints, is_leaf=is_constraint) if not is_constraint(c)]
+    if bad:
+        raise ValueError(f"constraints must be a pytree whose leaves are constraint objects "
+                         f"(KSparsePolytope, LpBall, KSupportNormBall, Unconstrained); got a leaf "
+                         f"{bad[0]!r}")
+
+    def init_fn(params):
+        _check_structure(constraints, params, "params")
+
+        def init_leaf(c, x):
+            if _is_masked(x):
+                return x
+            if not c.constrained:
+                return jnp.zeros((0,), jnp.float32)
+            return jnp.zeros_like(x)
+
+        momentum_tree = jax.tree.map(init_leaf, constraints, params, is_leaf=is_constraint)
+        return SFWState(count=jnp.zeros([], jnp.int32), momentum=momentum_tree)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(optax.NO_PARAMS_MSG if hasattr(optax, "NO_PARAMS_MSG") else
+                             "You are using a transformation that requires the current value of "
+                             "parameters, but you are not passing `params` when calling `update`.")
+        _check_structure(constraints, params, "params")
+        _check_structure(constraints, updates, "updates")
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        cdef = jax.tree.structure(constraints, is_leaf=is_constraint)
+        cs = cdef.flatten_up_to(constraints)
+        gs, ms, xs = (cdef.flatten_up_to(t) for t in (updates, state.momentum, params))
+        out_u, out_m = [], []
+        for c, g, m_prev, x in zip(cs, gs, ms, xs):       # trace-time walk over the leaves
+            if _is_masked(g) or not c.constrained:
+                u, m = g, m_prev
+            else:
+                u, m = sfw_leaf_step(c, g, m_prev, x, state.count, lr, momentum, rescale)
+            out_u.append(u)
+            out_m.append(m)
+        new_updates = cdef.unflatten(out_u)
+        new_momentum = cdef.unflatten(out_m)
+        count = optax.safe_int32_increment(state.count)
+        return new_updates, SFWState(count=count, momentum=new_momentum)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
