@@ -1,0 +1,224 @@
+"""Constraint objects, make_constraints, expected_init_norms and input validation."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sfw_jax as S
+from sfw_jax.constraints import sparsity_k
+
+PARAMS = {
+    "conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.zeros(4)},
+    "bn": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+    "dense": {"kernel": jnp.full((400, 10), 0.5)},
+}
+
+
+def test_sparsity_k_rule():
+    assert sparsity_k(72, 10, 0.05) == 10            # max(10, 3)
+    assert sparsity_k(4, 10, 0.05) == 4              # capped at n
+    assert sparsity_k(4000, 10, 0.05) == 200         # floor(0.05 * 4000)
+    assert sparsity_k(4019, 10, 0.05) == 200         # floor(200.95)
+    assert sparsity_k(4000, 300, 0.05) == 300
+
+
+def test_make_constraints_k_sparse_radius_diameter_and_initialization():
+    c = S.make_constraints(PARAMS, "k_sparse", mode="radius", value=0.3)
+    assert c["dense"]["kernel"] == S.KSparsePolytope(200, 0.3)
+    assert c["conv"]["kernel"].k == 10 and c["bn"]["scale"].k == 4
+    assert c["dense"]["kernel"].diameter == pytest.approx(2 * 0.3 * math.sqrt(200))
+
+    c = S.make_constraints(PARAMS, "k_sparse", mode="diameter", value=8.0)
+    assert c["dense"]["kernel"].radius == pytest.approx(8.0 / (2 * math.sqrt(200)))
+    assert c["dense"]["kernel"].diameter == pytest.approx(8.0)
+
+    norms = jax.tree.map(lambda _: 2.0, PARAMS)
+    c = S.make_constraints(PARAMS, "k_sparse", value=15.0, init_norms=norms)
+    d = 2 * 15.0 * 2.0
+    assert c["conv"]["kernel"].diameter == pytest.approx(d)
+    assert c["conv"]["kernel"].radius == pytest.approx(d / (2 * math.sqrt(10)))
+
+
+@pytest.mark.parametrize("kind,p,ratio", [("l1", 1.0, 1.0), ("l2", 2.0, 1.0),
+                                          ("linf", math.inf, math.sqrt(4000)),
+                                          ("lp", 4.0, 4000 ** 0.25)])
+def test_make_constraints_lp_diameter_conversion(kind, p, ratio):
+    c = S.make_constraints(PARAMS, kind, mode="diameter", value=6.0, p=p)
+    ball = c["dense"]["kernel"]
+    assert isinstance(ball, S.LpBall) and ball.p == p and ball.n == 4000
+    # L2 diameter of the L_p ball of radius r in R^n: 2 r n^(1/2 - 1/p) for p > 2, else 2 r
+    assert ball.radius == pytest.approx(3.0 / ratio)
+    assert ball.diameter == pytest.approx(6.0)
+
+
+def test_lp_ball_diameter_is_realized_by_two_points():
+    """The stated L2 diameter equals the distance between two extreme points of the set."""
+    n = 9
+    for p in (1.0, 1.5, 2.0, 3.0, math.inf):
+        ball = S.LpBall(p, 2.0, n)
+        if p <= 2:
+            a = np.zeros(n)
+            a[0] = 2.0
+        else:
+            a = np.full(n, 2.0 * n ** (-1 / p if not math.isinf(p) else 0))
+        assert float(S.lmo.lp_norm(jnp.asarray(a), p)) == pytest.approx(2.0, rel=1e-6)
+        assert 2 * np.linalg.norm(a) == pytest.approx(ball.diameter, rel=1e-6)
+    kp = S.KSparsePolytope(4, 1.5)
+    v = np.asarray(kp.lmo(jnp.arange(1.0, 10.0)))
+    assert 2 * np.linalg.norm(v) == pytest.approx(kp.diameter)
+
+
+def test_make_constraints_where_and_unconstrained():
+    c = S.make_constraints(PARAMS, "k_sparse", mode="radius", value=1.0,
+                           where=lambda path, leaf: path[-1] == "kernel")
+    assert isinstance(c["bn"]["scale"], S.Unconstrained)
+    assert isinstance(c["conv"]["bias"], S.Unconstrained)
+    assert isinstance(c["conv"]["kernel"], S.KSparsePolytope)
+    mask = jax.tree.map(lambda x: x.ndim >= 2, PARAMS)
+    c2 = S.make_constraints(PARAMS, "k_sparse", mode="radius", value=1.0, where=mask)
+    assert c2 == c
+    cu = S.make_constraints(PARAMS, "unconstrained")
+    assert all(isinstance(x, S.Unconstrained) for x in jax.tree.leaves(cu, is_leaf=S.is_constraint))
+    ks = S.make_constraints(PARAMS, "k_support", mode="radius", value=1.0)
+    assert ks["dense"]["kernel"] == S.KSupportNormBall(200, 1.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kind="k_sparse", k=0), r"k must be an int >= 1, got 0"),
+    (dict(kind="k_sparse", k=2.5), r"k must be an int >= 1, got 2.5"),
+    (dict(kind="k_sparse", k_frac=0.0), r"k_frac must be a number in \(0, 1\], got 0.0"),
+    (dict(kind="k_sparse", k_frac=1.5), r"k_frac must be a number in \(0, 1\], got 1.5"),
+    (dict(kind="k_sparse", mode="radius", value=-1.0), r"value must be a finite number > 0, got -1.0"),
+    (dict(kind="k_sparse", mode="radius", value=math.inf), r"value must be a finite number > 0, got inf"),
+    (dict(kind="lp", p=0.5, mode="radius", value=1.0), r"p must be a number >= 1 \(or inf\), got 0.5"),
+    (dict(kind="ksparse"), r"kind must be one of .*'k_sparse'.*got 'ksparse'"),
+    (dict(kind="k_sparse", mode="init"), r"mode must be one of .*got 'init'"),
+    (dict(kind="k_sparse"), r"init_norms"),
+])
+def test_make_constraints_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        S.make_constraints(PARAMS, **kwargs)
+
+
+def test_constraint_objects_validate():
+    with pytest.raises(ValueError, match="radius must be a finite number > 0, got 0"):
+        S.KSparsePolytope(3, 0)
+    with pytest.raises(ValueError, match="radius must be a finite number > 0, got nan"):
+        S.LpBall(2, math.nan)
+    with pytest.raises(ValueError, match="diameter must be a finite number > 0, got -2"):
+        S.KSparsePolytope.from_diameter(3, -2)
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+        S.KSupportNormBall(0, 1.0)
+    with pytest.raises(ValueError, match="p must be a number >= 1"):
+        S.LpBall(0.9, 1.0)
+    with pytest.raises(ValueError, match="pass n"):
+        S.LpBall(3, 1.0).diameter
+
+
+def test_init_norms_tree_mismatch_and_bad_norm():
+    with pytest.raises(ValueError, match="init_norms must have the structure of params"):
+        S.make_constraints(PARAMS, "k_sparse", init_norms={"conv": 1.0})
+    norms = jax.tree.map(lambda _: 1.0, PARAMS)
+    norms["bn"]["scale"] = 0.0
+    with pytest.raises(ValueError, match=r"init_norms\[bn/scale\] must be a finite number > 0"):
+        S.make_constraints(PARAMS, "k_sparse", init_norms=norms)
+
+
+@pytest.mark.parametrize("c", [S.KSparsePolytope(5, 0.2), S.LpBall(1, 1.0, 60),
+                               S.LpBall(2, 1.0, 60), S.LpBall(math.inf, 0.1, 60),
+                               S.LpBall(3.0, 0.5, 60), S.KSupportNormBall(4, 0.7)])
+def test_shift_inside_contains_and_lmo_vertices(c):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((6, 10)).astype(np.float32) * 3)
+    assert not bool(c.contains(x))
+    y = c.shift_inside(x)
+    assert bool(c.contains(y))
+    inside = 0.5 * c.shift_inside(x)
+    np.testing.assert_array_equal(np.asarray(c.shift_inside(inside)), np.asarray(inside))
+    v = c.lmo(jnp.asarray(rng.standard_normal((6, 10)).astype(np.float32)))
+    assert bool(c.contains(v))
+    # the gauge of an LMO output sits on the boundary
+    assert float(c.gauge(v)) == pytest.approx(c.radius, rel=1e-5)
+    # shift_inside is a positive scaling of x
+    ratio = np.asarray(y).reshape(-1) / np.asarray(x).reshape(-1)
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    assert 0 < ratio[0] < 1
+
+
+def test_k_sparse_shift_inside_matches_reference_rule():
+    """min(floor(||x||_1/||x||_inf), K) * r * x / ||x||_1, as in the reference."""
+    x = np.array([3.0, -1.0, 0.5, 2.0, 0.0, -0.25], np.float32)
+    c = S.KSparsePolytope(2, 0.4)
+    l1, linf = np.abs(x).sum(), np.abs(x).max()
+    expected = min(math.floor(l1 / linf), 2) * 0.4 * x / l1
+    np.testing.assert_allclose(np.asarray(c.shift_inside(jnp.asarray(x))), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("c", [S.KSparsePolytope(3, 0.5), S.LpBall(1, 1.0), S.LpBall(2, 1.0),
+                               S.LpBall(math.inf, 0.3)])
+def test_project_is_nearest_point(c):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal(12).astype(np.float32) * 2)
+    p = np.asarray(c.project(x), np.float64)
+    assert bool(c.contains(jnp.asarray(p, jnp.float32)))
+    xs = np.asarray(x, np.float64)
+    # no point of the set is closer: compare against many random feasible points
+    for _ in range(200):
+        y = np.asarray(c.shift_inside(jnp.asarray(rng.standard_normal(12).astype(np.float32))),
+                       np.float64) * rng.uniform(0, 1)
+        assert np.linalg.norm(xs - p) <= np.linalg.norm(xs - y) + 1e-5
+
+
+def test_project_not_cheap_raises():
+    with pytest.raises(NotImplementedError, match="no closed form for p=3"):
+        S.LpBall(3.0, 1.0).project(jnp.ones(3))
+    with pytest.raises(NotImplementedError, match="KSupportNormBall has no cheap"):
+        S.KSupportNormBall(2, 1.0).project(jnp.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_constraint_methods_jit_every_dtype(dtype):
+    c = S.KSparsePolytope(4, 0.25)
+    x = jnp.asarray(np.linspace(-2, 2, 30), dtype)
+    y = jax.jit(c.shift_inside)(x)
+    assert y.dtype == dtype
+    assert bool(jax.jit(c.contains)(y))
+    assert jax.jit(c.lmo)(x).dtype == dtype
+
+
+class _Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(8, kernel_init=nn.initializers.normal(0.5))(x)
+        x = nn.BatchNorm(use_running_average=True)(x)
+        return nn.Dense(3, kernel_init=nn.initializers.uniform(1.0))(x)
+
+
+def test_expected_init_norms_per_leaf():
+    model = _Tiny()
+    x = jnp.ones((1, 5))
+    norms = S.expected_init_norms(lambda key: model.init(key, x)["params"], jax.random.key(0),
+                                  n_samples=400)
+    # E||W|| for W ~ N(0, s^2 I_n) is close to s sqrt(n) for moderate n
+    assert norms["Dense_0"]["kernel"] == pytest.approx(0.5 * math.sqrt(40), rel=0.03)
+    # uniform(0, 1) entries: E||W|| ~ sqrt(n / 3)
+    assert norms["Dense_1"]["kernel"] == pytest.approx(math.sqrt(24 / 3), rel=0.03)
+    # BatchNorm scale = ones (norm sqrt(8)), zero-initialized biases fall back to 1.0; per leaf,
+    # so scale and bias of the same shape get different norms (unlike the reference)
+    assert norms["BatchNorm_0"]["scale"] == pytest.approx(math.sqrt(8))
+    assert norms["BatchNorm_0"]["bias"] == 1.0
+    assert norms["Dense_0"]["bias"] == 1.0
+    with pytest.raises(ValueError, match="n_samples must be an int >= 1, got 0"):
+        S.expected_init_norms(lambda key: model.init(key, x)["params"], jax.random.key(0), 0)
+
+
+def test_make_feasible_and_structure_mismatch():
+    c = S.make_constraints(PARAMS, "k_sparse", mode="radius", value=0.1)
+    feas = S.make_feasible(PARAMS, c)
+    assert S.contains_all(feas, c) and not S.contains_all(PARAMS, c)
+    with pytest.raises(ValueError, match="constraints must be a pytree of constraint objects"):
+        S.make_feasible({"conv": PARAMS["conv"]}, c)
