@@ -98,7 +98,8 @@ def k_sparse_lmo(g: jax.Array, k: int, radius: Scalar, *, method: str = "auto") 
     """
     _check_k(k, g.size)
     check_positive_finite(radius, "radius")
-    mask = top_k_mask(jnp.abs(g), int(k), method=method)
+    # the selection is piecewise constant in g: no gradient flows through it
+    mask = top_k_mask(jax.lax.stop_gradient(jnp.abs(g)), int(k), method=method)
     r = jnp.asarray(radius, g.dtype)
     return jnp.where(mask, _neg_sign(g) * r, jnp.zeros((), g.dtype))
 
@@ -181,7 +182,7 @@ def k_support_lmo(g: jax.Array, k: int, radius: Scalar, *, method: str = "auto")
     _check_k(k, g.size)
     check_positive_finite(radius, "radius")
     acc = _acc_dtype(g)
-    mask = top_k_mask(jnp.abs(g), int(k), method=method)
+    mask = top_k_mask(jax.lax.stop_gradient(jnp.abs(g)), int(k), method=method)
     t = jnp.where(mask, g.astype(acc), 0)
     nrm = jnp.sqrt(jnp.sum(t * t))
     r = jnp.asarray(radius, acc)

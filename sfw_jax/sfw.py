@@ -61,9 +61,13 @@ def _check_scalar_hparam(value: Any, name: str, lo: float, hi: float, hi_open: b
 
 
 def _norm(x: jax.Array) -> jax.Array:
+    """||x||_2 in float32/float64 with a finite derivative at x = 0 (needed by SFW-Init, which
+    differentiates through the step)."""
     acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
     x = x.astype(acc)
-    return jnp.sqrt(jnp.sum(x * x))
+    sq = jnp.sum(x * x)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1)), 0)
 
 
 def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
@@ -78,7 +82,7 @@ def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
     d = v.astype(acc) - x.astype(acc)
     if rescale == "gradient":
         dn = _norm(d)
-        factor = jnp.where(dn > 0, _norm(m) / jnp.where(dn > 0, dn, 1), 0)
+        factor = _norm(m) / jnp.where(dn > 0, dn, 1)     # d = 0 means x = v: any eta is a no-op
     elif rescale == "diameter":
         factor = jnp.asarray(1.0 / c.diameter, acc)
     else:
