@@ -47,6 +47,18 @@ def _is_masked(x: Any) -> bool:
     return isinstance(x, optax.MaskedNode)
 
 
+def _is_variable(x: Any) -> bool:
+    """Boxed variables (e.g. ``flax.nnx.Param``), duck-typed so flax is not imported."""
+    return hasattr(x, "get_value") and hasattr(x, "get_metadata")
+
+
+def _unbox(tree: PyTree) -> PyTree:
+    """Plain arrays for boxed variables: ``nnx.Optimizer`` inits with ``nnx.Param`` leaves and
+    updates with the pure arrays."""
+    return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree,
+                        is_leaf=_is_variable)
+
+
 
 
 def _check_scalar_hparam(value: Any, name: str, lo: float, hi: float, hi_open: bool) -> None:
@@ -122,6 +134,7 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
                          f"{bad[0]!r}")
 
     def init_fn(params):
+        params = _unbox(params)
         _check_structure(constraints, params, "params")
 
         def init_leaf(c, x):
