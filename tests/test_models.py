@@ -252,10 +252,9 @@ def test_linear_mlp_with_no_hidden_layers_is_affine():
 
 # ---------------------------------------------------------------- BatchNorm behaviour
 
-def test_batchnorm_running_stats_update_in_train_only():
-    model = _tiny("simple_cnn_bn", 5)
-    x = jax.random.normal(KEY, (4, 8, 8, 2)) * 2.0 + 1.0
-    v = model.init(KEY, x)
+def test_batchnorm_running_stats_update_in_train_only(tiny):
+    model, v = tiny("simple_cnn_bn")
+    x = X * 2.0 + 1.0
     stats0 = v["batch_stats"]
     np.testing.assert_array_equal(stats0["bn1"]["mean"], 0.0)
     np.testing.assert_array_equal(stats0["bn1"]["var"], 1.0)
@@ -275,17 +274,19 @@ def test_batchnorm_running_stats_update_in_train_only():
     jax.tree.map(np.testing.assert_array_equal, st_eval["batch_stats"], stats0)
 
 
-def test_batchnorm_eval_uses_running_stats_train_uses_batch_stats():
-    model = _tiny("simple_cnn_bn", 3)
-    x = jax.random.normal(KEY, (4, 8, 8, 1))
-    v = model.init(KEY, x)
-    y_eval = model.apply(v, x, train=False)
-    np.testing.assert_allclose(model.apply(v, x[:1], train=False), y_eval[:1], rtol=1e-5, atol=1e-6)
-    y_train, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
-    y_train1, _ = model.apply(v, x[:2], train=True, mutable=["batch_stats"])
-    assert not np.allclose(y_train1[0], y_train[0], atol=1e-4)
-    # train-mode BN output: per-channel zero mean over the batch (scale 1, bias 0 at init).
-    _, st = model.apply(v, x, train=True, capture_intermediates=True,
+def test_batchnorm_eval_uses_running_stats_train_uses_batch_stats(tiny):
+    model, v = tiny("simple_cnn_bn")
+    # Eval mode: every row depends on its own image only.
+    y_eval = model.apply(v, X, train=False)
+    y_eval_rev = model.apply(v, X[::-1], train=False)
+    np.testing.assert_allclose(y_eval_rev[::-1], y_eval, rtol=1e-5, atol=1e-6)
+    # Train mode: row 0 changes when the rest of the batch changes.
+    y_train, _ = model.apply(v, X, train=True, mutable=["batch_stats"])
+    other = X.at[1:].set(X[1:] * 3.0 + 1.0)
+    y_train_other, _ = model.apply(v, other, train=True, mutable=["batch_stats"])
+    assert not np.allclose(y_train_other[0], y_train[0], atol=1e-4)
+    # train-mode BN output: per-channel zero mean, unit variance over the batch at init.
+    _, st = model.apply(v, X, train=True, capture_intermediates=True,
                         mutable=["batch_stats", "intermediates"])
     bn1 = st["intermediates"]["bn1"]["__call__"][0]
     np.testing.assert_allclose(bn1.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
@@ -293,14 +294,13 @@ def test_batchnorm_eval_uses_running_stats_train_uses_batch_stats():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
-def test_every_batchnorm_layer_updates_in_train_mode(name):
-    model = _tiny(name, 3)
-    x = jax.random.normal(KEY, (2, 8, 8, 3))
-    v = model.init(KEY, x)
-    _, st = model.apply(v, x, train=True, mutable=["batch_stats"])
+def test_every_batchnorm_layer_updates_in_train_mode(tiny, name):
+    model, v = tiny(name)
+    _, st = model.apply(v, X, train=True, mutable=["batch_stats"])
     changed = jax.tree.map(lambda a, b: not np.allclose(a, b), st["batch_stats"], v["batch_stats"])
+    assert len(jax.tree.leaves(changed)) == {"resnet18": 2 * 20, "vgg16": 2 * 13}[name]
     assert all(jax.tree.leaves(changed))
-    _, st_eval = model.apply(v, x, train=False, mutable=["batch_stats"])
+    _, st_eval = model.apply(v, X, train=False, mutable=["batch_stats"])
     same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), st_eval["batch_stats"],
                         v["batch_stats"])
     assert all(jax.tree.leaves(same))
@@ -317,20 +317,20 @@ def test_simple_cnn_without_bn_has_conv_bias_and_no_batch_stats():
 # ---------------------------------------------------------------- dtype
 
 @pytest.mark.parametrize("name", list(TINY))
-def test_bf16_compute_gives_bf16_logits_and_f32_params(name):
-    x = jax.random.normal(KEY, (2, 8, 8, 3))
-    model32 = _tiny(name, 4)
-    model16 = _tiny(name, 4, dtype=jnp.bfloat16)
-    v = model16.init(KEY, x)
-    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(v))
-    y16 = model16.apply(v, x)
+def test_bf16_compute_gives_bf16_logits_and_f32_params(tiny, name):
+    model32, v = tiny(name)
+    model16 = _tiny(name, dtype=jnp.bfloat16)
+    v16 = jax.eval_shape(model16.init, KEY, X)
+    assert jax.tree.structure(v16) == jax.tree.structure(v)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(v16))
+    y16 = model16.apply(v, X)
     assert y16.dtype == jnp.bfloat16
     if "batch_stats" in v:
-        y16_train, st = model16.apply(v, x, train=True, mutable=["batch_stats"])
+        y16_train, st = model16.apply(v, X, train=True, mutable=["batch_stats"])
         assert y16_train.dtype == jnp.bfloat16
         assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(st))
     # Same params in float32 give nearly the same logits (bf16 has ~3 significant digits).
-    y32 = model32.apply(v, x)
+    y32 = model32.apply(v, X)
     scale = float(jnp.max(jnp.abs(y32)))
     np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=0.05 * scale + 1e-2)
 
@@ -338,7 +338,10 @@ def test_bf16_compute_gives_bf16_logits_and_f32_params(name):
 # ---------------------------------------------------------------- PyTorch-like init
 
 def _check_torch_init(params):
-    """Kernels and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BN scale 1, bias 0."""
+    """Kernels and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BN scale 1, bias 0.
+
+    Returns the number of conv/dense layers checked.
+    """
     n_checked = 0
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     by_layer: dict[str, dict] = {}
@@ -351,10 +354,10 @@ def _check_torch_init(params):
             fan_in = int(np.prod(w.shape[:-1]))
             bound = 1.0 / math.sqrt(fan_in)
             assert np.abs(w).max() <= bound, layer
-            if w.size >= 500:
-                assert np.abs(w).max() >= 0.95 * bound, layer
-                # U(-b, b) has std b / sqrt(3)
-                np.testing.assert_allclose(w.std(), bound / math.sqrt(3), rtol=0.06, err_msg=layer)
+            if w.size >= 200:  # P(max |w| < 0.9 b) = 0.9^n
+                assert np.abs(w).max() >= 0.9 * bound, layer
+            if w.size >= 500:  # U(-b, b) has std b / sqrt(3); standard error ~2% here
+                np.testing.assert_allclose(w.std(), bound / math.sqrt(3), rtol=0.07, err_msg=layer)
                 assert abs(w.mean()) <= 0.15 * bound, layer
             if "bias" in leaves:
                 b = leaves["bias"]
@@ -368,22 +371,11 @@ def _check_torch_init(params):
     return n_checked
 
 
-def test_simple_cnn_init_matches_pytorch_bounds():
-    v = SimpleCNN(10).init(KEY, jnp.zeros((1, 8, 8, 3)))
-    assert _check_torch_init(v["params"]) == 6
-
-
-def test_tiny_resnet_and_vgg_init_match_pytorch_bounds():
-    x = jnp.zeros((1, 8, 8, 3))
-    v = get_model("resnet18", 10, width=0.25).init(KEY, x)
-    assert _check_torch_init(v["params"]) == 21
-    v = get_model("vgg16", 10, width=0.25).init(KEY, x)
-    assert _check_torch_init(v["params"]) == 14
-
-
-def test_mlp_init_matches_pytorch_bounds():
-    v = MLP(10, hidden=(64,)).init(KEY, jnp.zeros((1, 8, 8)))
-    assert _check_torch_init(v["params"]) == 2
+@pytest.mark.parametrize("name,n_layers", [("simple_cnn", 6), ("simple_cnn_bn", 6), ("mlp", 3),
+                                           ("resnet18", 21), ("vgg16", 14)])
+def test_init_matches_pytorch_bounds(tiny, name, n_layers):
+    _, v = tiny(name)
+    assert _check_torch_init(v["params"]) == n_layers
 
 
 def test_torch_bias_init_bound_and_validation():
@@ -394,30 +386,27 @@ def test_torch_bias_init_bound_and_validation():
         torch_bias_init(0)
 
 
-def test_init_is_deterministic_in_key():
-    model = _tiny("simple_cnn", 3)
-    x = jnp.zeros((1, 8, 8, 1))
-    a, b = model.init(KEY, x), model.init(KEY, x)
-    c = model.init(jax.random.key(1), x)
+def test_init_is_deterministic_in_key(tiny):
+    model, a = tiny("simple_cnn")
+    b = model.init(KEY, X)
+    c = model.init(jax.random.key(1, impl="rbg"), X)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert not np.allclose(a["params"]["conv1"]["kernel"], c["params"]["conv1"]["kernel"])
 
 
 # ---------------------------------------------------------------- gradients
 
-@pytest.mark.parametrize("name", ["simple_cnn_bn", "resnet18", "vgg16", "mlp"])
-def test_gradients_nonzero_and_sgd_step_lowers_loss(name):
-    model = _tiny(name, 3)
-    x = jax.random.normal(KEY, (4, 8, 8, 3))
-    labels = jnp.array([0, 1, 2, 1])
-    v = model.init(KEY, x)
+@pytest.mark.parametrize("name", ["simple_cnn_bn", "resnet18", "mlp"])
+def test_gradients_nonzero_and_small_step_lowers_loss(tiny, name):
+    model, v = tiny(name)
+    labels = jnp.array([0, 1, 2, 3])
     params, rest = v["params"], {k: s for k, s in v.items() if k != "params"}
 
     def loss_fn(p):
-        logits, _ = model.apply({"params": p, **rest}, x, train=True, mutable=list(rest))
+        logits, _ = model.apply({"params": p, **rest}, X, train=True, mutable=list(rest))
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     for g in jax.tree.leaves(grads):
         assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0
@@ -473,6 +462,6 @@ def test_bad_hidden_dtype_and_stages():
 
 
 def test_bad_input_rank():
-    model = _tiny("simple_cnn", 3)
+    model = _tiny("simple_cnn")
     with pytest.raises(ValueError, match=r"x must be an NHWC image batch .* got shape \(8, 8, 1\)"):
         model.init(KEY, jnp.zeros((8, 8, 1)))
