@@ -1,0 +1,281 @@
+"""One-shot magnitude pruning masks, and the tools to apply them and to retrain under them.
+
+Masks are bool pytrees shaped like ``params``; ``True`` = kept, ``False`` = pruned (set to 0).
+
+Exact counts. Of the ``N`` *eligible* entries (entries of leaves picked by ``include``; default:
+leaves with ``ndim >= 2``, i.e. conv and dense kernels; every other leaf is all-kept), exactly
+``round(sparsity * N)`` are pruned (Python's ``round``, half to even, as in
+``torch.nn.utils.prune``):
+
+* ``scope='global'``: one ranking over all eligible entries together (one threshold);
+* ``scope='layerwise'``: each eligible leaf ``l`` of size ``N_l`` ranked alone, exactly
+  ``round(sparsity * N_l)`` of its entries pruned.
+
+Ranking. Entries are ordered by ``|w|`` ascending; ties are broken by *global flat position*:
+leaves in ``jax.tree.leaves(params)`` order, entries in row-major order within a leaf, lower
+position pruned first. Pruned are the first ``k`` of this order, so every pruned ``|w|`` is
+``<=`` every kept ``|w|``, counts are exact with ties, and masks nest across sparsities (kept at
+a higher sparsity implies kept at a lower one, same ``scope``/``include``/``structure``).
+Magnitudes are compared in float32 (float64 when a float64 leaf is eligible); NaN ranks above
+``+inf`` (kept).
+
+``structure='filter'`` ranks whole output filters/units (the LAST axis: Flax conv kernels are
+HWIO ``[kh, kw, in, out]``, dense kernels ``[in, out]``) by their L2 norm over all other axes,
+``||W[..., j]||_2``, and prunes exactly ``round(sparsity * F)`` of the ``F`` eligible filters
+(globally across leaves, or per leaf with ``'layerwise'``). Note that global filter pruning
+compares norms of filters with different fan-in.
+
+Cost: one mask is a radix select of the threshold (two histogram passes over the eligible
+entries, jit-compiled, no sort; see :mod:`sfw_jax.masks`) and one compare pass;
+:func:`masks_for_sweep` sorts the magnitudes once on the host and then needs one compare pass
+per sparsity level. Compiled programs are cached per tree structure and leaf shapes; the
+sparsity is a traced count, so new sparsities do not recompile.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sfw_jax._tree import PyTree, Selector, check_same_structure, select_leaves
+from sfw_jax.mask_summary import LeafSparsity, SparsitySummary, sparsity_summary
+from sfw_jax.masks import bottom_k, bottom_k_at, float_keys, sorted_thresholds
+
+__all__ = [
+    "SCOPES", "STRUCTURES", "default_include", "check_sparsity", "magnitude_mask",
+    "random_mask", "masks_for_sweep", "apply_mask", "keep_masked", "sparsity_summary",
+    "SparsitySummary", "LeafSparsity",
+]
+
+SCOPES = ("global", "layerwise")
+STRUCTURES = ("unstructured", "filter")
+
+
+def default_include(path: tuple[str, ...], leaf: Any) -> bool:
+    """Default pruning scope: leaves with ``ndim >= 2`` (conv and dense kernels)."""
+    del path
+    return jnp.ndim(leaf) >= 2
+
+
+def check_sparsity(sparsity: Any, argname: str = "sparsity") -> float:
+    """``float(sparsity)`` if it is a concrete real number in ``[0, 1]``, else ValueError."""
+    if isinstance(sparsity, (bool, np.bool_)):
+        raise ValueError(f"{argname} must be a real number in [0, 1], got {sparsity!r}")
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{argname} must be a concrete real number in [0, 1], got {sparsity!r}") from err
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{argname} must be in [0, 1], got {sparsity!r}")
+    return value
+
+
+def _check_choice(value: Any, allowed: tuple[str, ...], argname: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{argname} must be one of {allowed}, got {value!r}")
+
+
+def _eligible(params: PyTree, include: Selector, structure: str):
+    """(leaves, treedef, indices of eligible leaves) with the filter-structure check."""
+    leaves, treedef = jax.tree.flatten(params)
+    chosen = treedef.flatten_up_to(select_leaves(params, include, default_include, "include"))
+    idx = [i for i, c in enumerate(chosen) if c]
+    if structure == "filter":
+        for i in idx:
+            if jnp.ndim(leaves[i]) == 0:
+                raise ValueError(
+                    "include must not select 0-d leaves with structure='filter' (a filter is "
+                    f"a slice of the last axis); got leaf {i} with shape ()")
+    return leaves, treedef, idx
+
+
+def _n_units(leaf: Any, structure: str) -> int:
+    """Number of rankable units of a leaf: entries, or output filters (last axis)."""
+    shape = jnp.shape(leaf)
+    return int(np.prod(shape)) if structure == "unstructured" else int(shape[-1])
+
+
+def _n_prune(sparsity: float, n: int) -> int:
+    return round(sparsity * n)
+
+
+def _score_dtype(leaves: Sequence[Any]):
+    wide = any(jnp.asarray(x).dtype in (jnp.float64, jnp.complex128) for x in leaves)
+    return jnp.float64 if wide and jax.config.jax_enable_x64 else jnp.float32
+
+
+def _scores(leaf: jax.Array, structure: str, dtype) -> jax.Array:
+    """1-D scores: ``|w|`` flattened (unstructured) or per-filter L2 norms over axes [:-1]."""
+    x = jnp.abs(jnp.asarray(leaf)).astype(dtype)
+    if structure == "unstructured":
+        return x.reshape(-1)
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(x.ndim - 1))))
+
+
+def _ks(sparsity: float, sizes: Sequence[int], scope: str) -> list[int]:
+    """Counts to prune: one for the global group, or one per eligible leaf."""
+    if scope == "global":
+        return [_n_prune(sparsity, sum(sizes))]
+    return [_n_prune(sparsity, n) for n in sizes]
+
+
+def _groups(n_leaves: int, scope: str) -> tuple[int, ...]:
+    """Ranking group of each eligible leaf: all in group 0 (global) or one group each."""
+    return (0,) * n_leaves if scope == "global" else tuple(range(n_leaves))
+
+
+def _expand(pruned: jax.Array, shape: tuple[int, ...], structure: str) -> jax.Array:
+    """Kept mask of ``shape`` from pruned flags over its entries or its last-axis filters."""
+    kept = ~pruned
+    if structure == "unstructured":
+        return kept.reshape(shape)
+    return jnp.broadcast_to(kept, shape)
+
+
+@partial(jax.jit, static_argnames=("structure", "dtype"))
+def _magnitude_keys(leaves: list[jax.Array], structure: str, dtype) -> list[jax.Array]:
+    return [float_keys(_scores(x, structure, dtype)) for x in leaves]
+
+
+@partial(jax.jit, static_argnames=("shapes", "scope", "structure"))
+def _select(keys: list[jax.Array], ks: jax.Array, shapes: tuple, scope: str,
+            structure: str) -> list[jax.Array]:
+    """Kept masks for counts ``ks`` (radix select of the thresholds)."""
+    pruned = bottom_k(keys, _groups(len(keys), scope), ks)
+    return [_expand(f, s, structure) for f, s in zip(pruned, shapes)]
+
+
+@partial(jax.jit, static_argnames=("shapes", "scope", "structure"))
+def _select_at(keys: list[jax.Array], t: jax.Array, need: jax.Array, n_at: jax.Array,
+               shapes: tuple, scope: str, structure: str) -> list[jax.Array]:
+    """Kept masks for known per-segment thresholds (from a host sort)."""
+    pruned = bottom_k_at(keys, _groups(len(keys), scope), t, need, n_at)
+    return [_expand(f, s, structure) for f, s in zip(pruned, shapes)]
+
+
+def _assemble(leaves: list, treedef, idx: list[int], kept: list[jax.Array]) -> PyTree:
+    out = [jnp.ones(jnp.shape(x), bool) for x in leaves]
+    for i, m in zip(idx, kept):
+        out[i] = m
+    return jax.tree.unflatten(treedef, out)
+
+
+def _mask_from_keys(leaves, treedef, idx, keys, sparsity, scope, structure) -> PyTree:
+    if not idx:
+        return _assemble(leaves, treedef, idx, [])
+    ks = jnp.asarray(_ks(sparsity, [c.size for c in keys], scope), jnp.int32)
+    shapes = tuple(tuple(jnp.shape(leaves[i])) for i in idx)
+    return _assemble(leaves, treedef, idx, _select(keys, ks, shapes, scope, structure))
+
+
+def magnitude_mask(params: PyTree, sparsity: float, *, scope: str = "global",
+                   include: Selector = None, structure: str = "unstructured") -> PyTree:
+    """Bool pytree like ``params`` (True = kept) pruning the smallest-magnitude entries.
+
+    Args:
+      params: pytree of arrays (e.g. a Flax ``variables['params']`` dict).
+      sparsity: fraction in ``[0, 1]`` of the eligible entries (or filters) to prune; exactly
+        ``round(sparsity * N)`` are pruned (per leaf with ``scope='layerwise'``). Must be a
+        concrete Python number (static under ``jax.jit``).
+      scope: ``'global'`` (one ranking over all eligible leaves) or ``'layerwise'``.
+      include: which leaves may be pruned: None (leaves with ``ndim >= 2``), a bool pytree
+        like ``params``, or a predicate ``(path, leaf) -> bool``. ``lambda p, x: True`` gives
+        the reference's prune-every-tensor scope. Other leaves are all-kept.
+      structure: ``'unstructured'`` (entries by ``|w|``) or ``'filter'`` (output filters,
+        the last axis, by L2 norm; the mask is constant along all other axes).
+
+    Ordering, tie-breaking and nesting are described in the module docstring.
+    """
+    sparsity = check_sparsity(sparsity)
+    _check_choice(scope, SCOPES, "scope")
+    _check_choice(structure, STRUCTURES, "structure")
+    leaves, treedef, idx = _eligible(params, include, structure)
+    elig = [jnp.asarray(leaves[i]) for i in idx]
+    keys = _magnitude_keys(elig, structure, _score_dtype(elig))
+    return _mask_from_keys(leaves, treedef, idx, keys, sparsity, scope, structure)
+
+
+def random_mask(key: jax.Array, params: PyTree, sparsity: float, *, scope: str = "global",
+                include: Selector = None, structure: str = "unstructured") -> PyTree:
+    """Random-pruning baseline with the same exact counts as :func:`magnitude_mask`.
+
+    Each eligible entry (or filter) gets an independent uniform 31-bit key from
+    ``jax.random.bits(jax.random.fold_in(key, i))`` (``i`` = position among eligible leaves);
+    the ``round(sparsity * N)`` smallest keys are pruned (ties by position, which makes the
+    pruned set uniform up to the chance of equal 31-bit keys at the threshold). Masks for one
+    ``key`` nest across sparsities.
+    """
+    sparsity = check_sparsity(sparsity)
+    _check_choice(scope, SCOPES, "scope")
+    _check_choice(structure, STRUCTURES, "structure")
+    leaves, treedef, idx = _eligible(params, include, structure)
+    keys = [
+        (jax.random.bits(jax.random.fold_in(key, j), (_n_units(leaves[i], structure),),
+                         jnp.uint32) >> 1).astype(jnp.int32)
+        for j, i in enumerate(idx)
+    ]
+    return _mask_from_keys(leaves, treedef, idx, keys, sparsity, scope, structure)
+
+
+def masks_for_sweep(params: PyTree, sparsities: Sequence[float], *, scope: str = "global",
+                    include: Selector = None, structure: str = "unstructured") -> list[PyTree]:
+    """``[magnitude_mask(params, s, ...) for s in sparsities]`` from one sort of the magnitudes.
+
+    The keys are sorted once on the host (per leaf with ``scope='layerwise'``), giving every
+    level's threshold; each mask then costs two compare passes (plus a cumsum only when the
+    threshold is tied). Equal to :func:`magnitude_mask` level by level, so the masks nest.
+    Eager only (not for use under ``jax.jit``).
+    """
+    levels = [check_sparsity(s, f"sparsities[{j}]") for j, s in enumerate(sparsities)]
+    _check_choice(scope, SCOPES, "scope")
+    _check_choice(structure, STRUCTURES, "structure")
+    leaves, treedef, idx = _eligible(params, include, structure)
+    if not idx:
+        return [_assemble(leaves, treedef, idx, []) for _ in levels]
+    elig = [jnp.asarray(leaves[i]) for i in idx]
+    keys = _magnitude_keys(elig, structure, _score_dtype(elig))
+    groups = _groups(len(keys), scope)
+    ks = np.array([_ks(s, [c.size for c in keys], scope) for s in levels],
+                  np.int64).reshape(len(levels), max(groups) + 1)
+    t, n_below, n_at = sorted_thresholds([np.asarray(c) for c in keys], groups, ks)
+    shapes = tuple(tuple(jnp.shape(leaves[i])) for i in idx)
+    out = []
+    for j in range(len(levels)):
+        kept = _select_at(keys, jnp.asarray(t[j], keys[0].dtype),
+                          jnp.asarray(ks[j] - n_below[j], jnp.int32),
+                          jnp.asarray(n_at[j], jnp.int32), shapes, scope, structure)
+        out.append(_assemble(leaves, treedef, idx, kept))
+    return out
+
+
+def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
+    """``where(mask, params, 0)`` leafwise: pruned entries set to exact zeros (dtype kept)."""
+    check_same_structure(mask, params, "mask")
+    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
+
+
+def keep_masked(mask: PyTree) -> optax.GradientTransformation:
+    """Optax transformation zeroing updates at pruned entries: ``u <- where(mask, u, 0)``.
+
+    Put it LAST in an ``optax.chain`` (after momentum, weight decay, learning rate) so the
+    final update of every pruned entry is exactly 0: parameters that start at 0 (after
+    :func:`apply_mask`) stay exactly 0 through retraining with any optimizer, while the
+    optimizer's own state (e.g. momentum) is left as it computes it.
+    """
+
+    def init_fn(params):
+        check_same_structure(mask, params, "mask")
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        check_same_structure(mask, updates, "mask")
+        return apply_mask(updates, mask), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
