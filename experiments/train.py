@@ -1,0 +1,193 @@
+"""Command line for SFW / SGD training: ``python -m experiments.train`` (console script ``sfw-train``).
+
+Options are the fields of ``sfw_jax.config.TrainConfig`` (flag ``--k-frac`` = field ``k_frac``).
+Values are resolved in this order: ``TrainConfig`` defaults < ``--preset NAME`` < flags given on
+the command line. Errors (unknown flags, bad values, conflicts such as an SFW-only flag with
+``--optimizer sgd``, ``--resume`` without a checkpoint, a batch size not divisible by the device
+count) are reported before any work starts, with exit status 2.
+
+Examples::
+
+    python -m experiments.train --preset quickstart-digits --out-dir runs/digits
+    python -m experiments.train --preset paper-resnet18-cifar10 --data-dir data/cifar10-jpeg \\
+        --out-dir runs/r18 [--resume]
+    python -m experiments.train --arch mlp --optimizer sgd --lr 0.05 --epochs 5
+    python -m experiments.train --list-presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from sfw_jax import config as config_lib
+from sfw_jax.config import TrainConfig
+
+
+def _model_kw(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` with VALUE as JSON (``0.5``, ``true``, ``[256, 256]``) or a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, list):
+        value = tuple(value)
+    return key.strip(), value
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser whose defaults are all suppressed, so the namespace holds only explicit flags."""
+    p = argparse.ArgumentParser(
+        prog="sfw-train", usage="sfw-train [--preset NAME] [options] (see --help)",
+        description=__doc__.split("\n")[0], allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=config_lib.preset_names(),
+                   help="start from a named preset; explicit flags override it")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as JSON and exit (no training)")
+
+    g = p.add_argument_group("model and data")
+    g.add_argument("--arch", choices=config_lib.ARCHS)
+    g.add_argument("--model-kw", dest="model_kwargs", type=_model_kw, action="append",
+                   metavar="KEY=VALUE", help="model attribute, e.g. width=0.5 or use_bn=true "
+                   "(repeatable; replaces the preset's model_kwargs)")
+    g.add_argument("--dataset", type=str, help="'digits' (embedded), 'cifar10', 'mnist', ...")
+    g.add_argument("--data-dir", type=str, help="local dataset folder or archive")
+    g.add_argument("--val-fraction", type=float)
+    g.add_argument("--image-size", type=_optional_int)
+    g.add_argument("--max-train-samples", type=_optional_int)
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="random crop + flip (default: on for CIFAR-like datasets)")
+
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--optimizer", choices=config_lib.OPTIMIZERS)
+    g.add_argument("--constraint", choices=config_lib.CONSTRAINTS)
+    g.add_argument("--k", type=int, help="K = min(max(k, floor(k_frac n)), n) per tensor")
+    g.add_argument("--k-frac", type=float)
+    g.add_argument("--tau", type=float,
+                   help="constraint size: diameter factor ('initialization'), radius or diameter")
+    g.add_argument("--mode", choices=config_lib.MODES)
+    g.add_argument("--rescale", choices=config_lib.RESCALES)
+    g.add_argument("--sfw-scope", choices=config_lib.SFW_SCOPES,
+                   help="'all' tensors (reference) or 'kernels' only with SGD on the rest")
+    g.add_argument("--init-norm-samples", type=int,
+                   help="initialisations averaged for E||W_init|| (reference: 100)")
+    g.add_argument("--lr", type=float, help="base lr (SFW default 1.0, SGD 0.1)")
+    g.add_argument("--rest-lr", type=float, help="SGD lr of unconstrained leaves (SFW)")
+    g.add_argument("--lr-schedule", choices=config_lib.LR_SCHEDULES)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float, help="SGD default 5e-4, SFW 0")
+
+    g = p.add_argument_group("loop")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--precision", choices=config_lib.PRECISIONS)
+    g.add_argument("--out-dir", type=str)
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out-dir")
+    g.add_argument("--keep-checkpoints", type=int)
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction)
+
+    g = p.add_argument_group("devices")
+    g.add_argument("--num-devices", type=_optional_int)
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize first")
+    g.add_argument("--coordinator-address", type=str)
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """(config, names of explicitly given fields) from a parsed namespace; raises ValueError."""
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("preset", "list_presets", "print_config")}
+    if "model_kwargs" in given:
+        keys = [k for k, _ in given["model_kwargs"]]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"--model-kw given twice for {dup}")
+        given["model_kwargs"] = dict(given["model_kwargs"])
+    cfg = config_lib.from_preset(getattr(args, "preset", None), **given)
+    return cfg, set(given)
+
+
+def check_conflicts(cfg: TrainConfig, explicit: set[str]) -> None:
+    """Flags that make no sense together (ValueError naming them)."""
+    if cfg.optimizer == "sgd":
+        bad = sorted(f for f in explicit if f in config_lib.SFW_ONLY_FIELDS)
+        if bad:
+            flags = ", ".join("--" + f.replace("_", "-") for f in bad)
+            raise ValueError(f"{flags}: only meaningful with --optimizer sfw, but the optimizer "
+                             f"is 'sgd'; drop the flag(s) or use --optimizer sfw")
+    if cfg.resume and cfg.out_dir is None:
+        raise ValueError("--resume needs --out-dir (the run to continue)")
+    for f in ("coordinator_address", "num_processes", "process_id"):
+        if f in explicit and not cfg.distributed:
+            raise ValueError(f"--{f.replace('_', '-')} needs --distributed")
+
+
+def parse_config(argv: Sequence[str] | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Parse ``argv`` into a validated, resolved ``TrainConfig`` (argparse error on bad input)."""
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "list_presets", False):
+        return None, args  # type: ignore[return-value]
+    try:
+        cfg, explicit = config_from_args(args)
+        check_conflicts(cfg, explicit)
+        cfg = config_lib.validate(cfg)
+    except ValueError as e:
+        parser.error(str(e))
+    return cfg, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (1 if the loss became non-finite)."""
+    parser = build_parser()
+    cfg, args = parse_config(argv, parser)
+    if getattr(args, "list_presets", False):
+        for name in config_lib.preset_names():
+            print(f"{name}: {json.dumps(config_lib.PRESETS[name], sort_keys=True)}")
+        return 0
+    if getattr(args, "print_config", False):
+        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        return 0
+
+    from sfw_jax import train as train_lib  # JAX import only when training
+
+    try:
+        mesh = train_lib.setup_devices(cfg)
+        train_lib.check_run_preconditions(cfg, mesh)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        train_lib.train(cfg, mesh=mesh)
+    except train_lib.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        where = f"; continue with --resume --out-dir {cfg.out_dir}" if cfg.out_dir else ""
+        print(f"interrupted: the last finished epoch's checkpoint is kept{where}",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""``TrainConfig``: every option of a training run, its validation, and named presets.
+
+A config is a frozen dataclass of plain JSON-able values (it is written to ``out_dir/config.json``).
+Fields left ``None`` take an optimizer-dependent default in :func:`resolve`:
+
+========================  =========================  ===============================
+field                     optimizer='sfw'            optimizer='sgd'
+========================  =========================  ===============================
+``lr``                    1.0 (a step-size factor)   0.1
+``weight_decay``          0.0                        5e-4
+``lr_schedule``           'dynamic_change'           'step'
+========================  =========================  ===============================
+
+SFW semantics follow the reference (Lu et al., ICLR 2022): every tensor of the model is
+constrained (``sfw_scope='all'``) to a ``constraint`` polytope with per-tensor
+``K = min(max(k, floor(k_frac * n)), n)`` and, in ``mode='initialization'``, diameter
+``D = 2 * tau * E||W_init||_2`` (the expectation over ``init_norm_samples`` fresh
+initialisations). ``sfw_scope='kernels'`` constrains only conv/dense kernels and trains the other
+leaves (biases, BatchNorm scale/bias) with SGD at ``rest_lr`` (momentum ``momentum``, decay
+``weight_decay``).
+
+``PRESETS`` maps names to field overrides; :func:`from_preset` applies one, then explicit
+overrides on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping
+
+OPTIMIZERS = ("sfw", "sgd")
+CONSTRAINTS = ("k_sparse", "l1", "l2", "linf", "lp", "k_support", "unconstrained")
+MODES = ("initialization", "radius", "diameter")
+RESCALES = ("gradient", "diameter", "none")
+SFW_SCOPES = ("all", "kernels")
+LR_SCHEDULES = ("constant", "step", "cosine", "dynamic_change")
+PRECISIONS = ("fp32", "bf16")
+ARCHS = ("simple_cnn", "mlp", "resnet18", "vgg16")
+
+SFW_ONLY_FIELDS = ("constraint", "k", "k_frac", "tau", "mode", "rescale", "sfw_scope",
+                   "init_norm_samples", "rest_lr")
+"""Fields that only mean something with ``optimizer='sfw'`` (explicitly setting one for SGD is a
+conflict the CLI reports)."""
+
+DEFAULT_LR = {"sfw": 1.0, "sgd": 0.1}
+DEFAULT_WEIGHT_DECAY = {"sfw": 0.0, "sgd": 5e-4}
+DEFAULT_SCHEDULE = {"sfw": "dynamic_change", "sgd": "step"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """All options of one training run (see the module docstring for the ``None`` defaults).
+
+    Model and data:
+      arch: model name for ``sfw_jax.models.get_model``.
+      model_kwargs: extra model attributes (e.g. ``{"width": 0.5, "use_bn": True}``).
+      dataset: name for ``sfw_jax.data.load_dataset`` ('digits' is embedded and offline).
+      data_dir: dataset location (e.g. an image-folder copy of CIFAR-10), or None.
+      val_fraction: fraction of the training set held out for validation.
+      image_size: resize images to this side length, or None.
+      max_train_samples: train on the first N training samples only (tests, smoke runs).
+      augment: random crop (pad 4) + horizontal flip inside the train step; None = on for
+        CIFAR-like datasets (name starts with 'cifar'), off otherwise.
+    Optimizer:
+      optimizer: 'sfw' or 'sgd'.
+      constraint, k, k_frac, tau, mode, rescale: SFW constraint set and step rescaling.
+      sfw_scope: 'all' tensors (the reference) or 'kernels' only (SGD on the rest).
+      init_norm_samples: initialisations averaged for E||W_init|| ('initialization' mode).
+      lr: base learning rate (SFW: step-size factor); None = optimizer default.
+      rest_lr: SGD learning rate of the non-kernel leaves when ``sfw_scope='kernels'``.
+      lr_schedule: 'constant' | 'step' | 'cosine' | 'dynamic_change' (``sfw_jax.schedules``).
+      momentum: SFW momentum (m = mu m + (1 - mu) g) or SGD heavy-ball momentum.
+      weight_decay: L2 decay added to the gradient of SGD-updated leaves; None = default.
+    Loop:
+      epochs, batch_size, eval_batch_size, seed.
+      precision: 'fp32' or 'bf16' compute (params stay float32).
+      out_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoints/`` go (None: no files).
+      resume: continue from the latest checkpoint in ``out_dir``.
+      keep_checkpoints: how many epoch checkpoints to keep (0 = do not checkpoint).
+      log_every: steps between host syncs for the progress bar / non-finite check.
+      progress: show a tqdm progress bar.
+    Devices:
+      num_devices: data-parallel over the first N local devices (None = all).
+      distributed: call ``jax.distributed.initialize`` (multi-host) before anything else.
+      coordinator_address, num_processes, process_id: passed to it (None = auto-detect).
+    """
+
+    arch: str = "simple_cnn"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    val_fraction: float = 0.1
+    image_size: int | None = None
+    max_train_samples: int | None = None
+    augment: bool | None = None
+
+    optimizer: str = "sfw"
+    constraint: str = "k_sparse"
+    k: int = 10
+    k_frac: float = 0.05
+    tau: float = 15.0
+    mode: str = "initialization"
+    rescale: str = "gradient"
+    sfw_scope: str = "all"
+    init_norm_samples: int = 100
+    lr: float | None = None
+    rest_lr: float = 0.1
+    lr_schedule: str | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    seed: int = 0
+    precision: str = "fp32"
+    out_dir: str | None = None
+    resume: bool = False
+    keep_checkpoints: int = 3
+    log_every: int = 20
+    progress: bool = True
+
+    num_devices: int | None = None
+    distributed: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """Copy with ``changes``; unknown field names raise ValueError listing the fields."""
+        unknown = sorted(set(changes) - set(field_names()))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed: {field_names()}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of all fields, in JSON-normal form (tuples become lists), so that
+        ``to_dict`` of a config and of its ``config.json`` round trip compare equal."""
+        d = dataclasses.asdict(self)
+        d["model_kwargs"] = dict(self.model_kwargs)
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        return cls().replace(**dict(d))
+
+
+def field_names() -> list[str]:
+    """Names of all ``TrainConfig`` fields, in declaration order."""
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference's CIFAR-10 defaults (Lu et al. 2022, published code): SFW on every tensor,
+    # K-sparse with k=10 / k_frac=5%, tau=15 'initialization' diameters, lr 1.0 with gradient
+    # rescaling, momentum 0.9, batch 128, 180 epochs, 'dynamic_change' schedule, no decay.
+    "paper-resnet18-cifar10": dict(
+        arch="resnet18", dataset="cifar10", optimizer="sfw", constraint="k_sparse", k=10,
+        k_frac=0.05, tau=15.0, mode="initialization", rescale="gradient", sfw_scope="all",
+        init_norm_samples=100, lr=1.0, lr_schedule="dynamic_change", momentum=0.9,
+        weight_decay=0.0, epochs=180, batch_size=128, augment=True, val_fraction=0.0),
+    "paper-vgg16-cifar10": dict(
+        arch="vgg16", dataset="cifar10", optimizer="sfw", constraint="k_sparse", k=10,
+        k_frac=0.05, tau=15.0, mode="initialization", rescale="gradient", sfw_scope="all",
+        init_norm_samples=100, lr=1.0, lr_schedule="dynamic_change", momentum=0.9,
+        weight_decay=0.0, epochs=180, batch_size=128, augment=True, val_fraction=0.0),
+    # The SGD baseline of the same setting (lr 0.1, momentum 0.9, decay 5e-4, /10 at E/3, 2E/3).
+    "paper-resnet18-cifar10-sgd": dict(
+        arch="resnet18", dataset="cifar10", optimizer="sgd", lr=0.1, lr_schedule="step",
+        momentum=0.9, weight_decay=5e-4, epochs=180, batch_size=128, augment=True,
+        val_fraction=0.0),
+    # The offline quickstart's SFW run on sklearn's 8x8 digits. tau and k_frac were chosen on
+    # the validation split (dense and 90-97% one-shot sparsity accuracy) over tau in
+    # {2, 5, 10, 15, 20, 30} and k_frac in {0.01, 0.02, 0.03, 0.05, 0.1}.
+    "quickstart-digits": dict(
+        arch="simple_cnn", model_kwargs={"width": 0.5}, dataset="digits", optimizer="sfw",
+        constraint="k_sparse", k=10, k_frac=0.02, tau=10.0, mode="initialization",
+        rescale="gradient", sfw_scope="all", init_norm_samples=20, lr=1.0,
+        lr_schedule="step", momentum=0.9, weight_decay=0.0, epochs=30, batch_size=64,
+        augment=False, val_fraction=0.1),
+    # A CPU-sized CIFAR-10 run on the JPEG image-folder copy (unpacked to data/cifar10-jpeg).
+    "cpu-simplecnn-cifar10": dict(
+        arch="simple_cnn", model_kwargs={"width": 0.5, "use_bn": True}, dataset="cifar10",
+        data_dir="data/cifar10-jpeg", optimizer="sfw", constraint="k_sparse", k=10,
+        k_frac=0.05, tau=15.0, mode="initialization", rescale="gradient", sfw_scope="all",
+        init_norm_samples=20, lr=1.0, lr_schedule="dynamic_change", momentum=0.9,
+        weight_decay=0.0, epochs=15, batch_size=128, augment=True, val_fraction=0.1),
+}
+
+
+def preset_names() -> list[str]:
+    """Sorted preset names."""
+    return sorted(PRESETS)
+
+
+def from_preset(name: str | None, **overrides: Any) -> TrainConfig:
+    """``TrainConfig()`` with preset ``name`` (None: no preset) applied, then ``overrides``."""
+    cfg = TrainConfig()
+    if name is not None:
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {preset_names()}, got {name!r}")
+        cfg = cfg.replace(**PRESETS[name])
+    return cfg.replace(**overrides)
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the optimizer-dependent ``None`` defaults (lr, weight_decay, lr_schedule, augment);
+    list values of ``model_kwargs`` (from JSON) become tuples (Flax attributes are hashable)."""
+    opt = cfg.optimizer
+    if opt not in OPTIMIZERS:
+        _bad("optimizer", opt, f"one of {list(OPTIMIZERS)}")
+    return cfg.replace(
+        model_kwargs={k: tuple(v) if isinstance(v, list) else v
+                      for k, v in cfg.model_kwargs.items()},
+        lr=DEFAULT_LR[opt] if cfg.lr is None else cfg.lr,
+        weight_decay=DEFAULT_WEIGHT_DECAY[opt] if cfg.weight_decay is None else cfg.weight_decay,
+        lr_schedule=DEFAULT_SCHEDULE[opt] if cfg.lr_schedule is None else cfg.lr_schedule,
+        augment=(cfg.dataset.lower().startswith("cifar")) if cfg.augment is None else cfg.augment,
+    )
+
+
+def _bad(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_int(cfg: TrainConfig, name: str, lo: int, optional: bool = False) -> None:
+    v = getattr(cfg, name)
+    if optional and v is None:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        _bad(name, v, f"an int >= {lo}" + (" or None" if optional else ""))
+
+
+def _check_float(cfg: TrainConfig, name: str, lo: float, hi: float = math.inf, *,
+                 lo_open: bool = False, optional: bool = False) -> None:
+    v = getattr(cfg, name)
+    if optional and v is None:
+        return
+    ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          and (v > lo if lo_open else v >= lo) and v <= hi)
+    if not ok:
+        lo_s = f"> {lo}" if lo_open else f">= {lo}"
+        hi_s = "" if hi == math.inf else f" and <= {hi}"
+        _bad(name, v, f"a finite number {lo_s}{hi_s}" + (" or None" if optional else ""))
+
+
+def _check_choice(cfg: TrainConfig, name: str, allowed: tuple, optional: bool = False) -> None:
+    v = getattr(cfg, name)
+    if optional and v is None:
+        return
+    if v not in allowed:
+        _bad(name, v, f"one of {list(allowed)}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every field's type and range; return ``resolve(cfg)``.
+
+    Raises ValueError naming the field, its value and what is allowed. Device-dependent checks
+    (batch size divisible by the device count) and file checks (``resume``) happen in
+    ``sfw_jax.train.check_run_preconditions``.
+    """
+    _check_choice(cfg, "arch", ARCHS)
+    if not isinstance(cfg.model_kwargs, Mapping) or not all(isinstance(k, str)
+                                                            for k in cfg.model_kwargs):
+        _bad("model_kwargs", cfg.model_kwargs, "a dict with str keys")
+    if "dtype" in cfg.model_kwargs or "num_classes" in cfg.model_kwargs:
+        _bad("model_kwargs", dict(cfg.model_kwargs),
+             "free of 'dtype' (use precision) and 'num_classes' (set by the dataset)")
+    if not isinstance(cfg.dataset, str) or not cfg.dataset:
+        _bad("dataset", cfg.dataset, "a non-empty dataset name")
+    if cfg.data_dir is not None and not isinstance(cfg.data_dir, str):
+        _bad("data_dir", cfg.data_dir, "a path string or None")
+    _check_float(cfg, "val_fraction", 0.0, 1.0)
+    if cfg.val_fraction >= 1.0:
+        _bad("val_fraction", cfg.val_fraction, "in [0, 1)")
+    _check_int(cfg, "image_size", 1, optional=True)
+    _check_int(cfg, "max_train_samples", 1, optional=True)
+    if cfg.augment not in (None, True, False):
+        _bad("augment", cfg.augment, "True, False or None")
+
+    _check_choice(cfg, "optimizer", OPTIMIZERS)
+    _check_choice(cfg, "constraint", CONSTRAINTS)
+    _check_int(cfg, "k", 1)
+    _check_float(cfg, "k_frac", 0.0, 1.0)
+    _check_float(cfg, "tau", 0.0, lo_open=True)
+    _check_choice(cfg, "mode", MODES)
+    _check_choice(cfg, "rescale", RESCALES)
+    _check_choice(cfg, "sfw_scope", SFW_SCOPES)
+    _check_int(cfg, "init_norm_samples", 1)
+    _check_float(cfg, "lr", 0.0, lo_open=True, optional=True)
+    _check_float(cfg, "rest_lr", 0.0)
+    _check_choice(cfg, "lr_schedule", LR_SCHEDULES, optional=True)
+    _check_float(cfg, "momentum", 0.0, 1.0)
+    if cfg.momentum >= 1.0:
+        _bad("momentum", cfg.momentum, "in [0, 1)")
+    _check_float(cfg, "weight_decay", 0.0, optional=True)
+    if (cfg.optimizer == "sfw" and cfg.sfw_scope == "all" and cfg.weight_decay
+            and cfg.constraint != "unconstrained"):
+        raise ValueError(
+            f"weight_decay={cfg.weight_decay!r} conflicts with optimizer='sfw' and "
+            f"sfw_scope='all': SFW has no weight decay (the constraint regularises); use "
+            f"weight_decay=0, or sfw_scope='kernels' to decay the SGD-trained leaves")
+
+    _check_int(cfg, "epochs", 1)
+    _check_int(cfg, "batch_size", 1)
+    _check_int(cfg, "eval_batch_size", 1)
+    _check_int(cfg, "seed", 0)
+    _check_choice(cfg, "precision", PRECISIONS)
+    if cfg.out_dir is not None and not isinstance(cfg.out_dir, str):
+        _bad("out_dir", cfg.out_dir, "a path string or None")
+    if cfg.resume not in (True, False):
+        _bad("resume", cfg.resume, "True or False")
+    if cfg.resume and cfg.out_dir is None:
+        _bad("resume", cfg.resume, "False when out_dir is None (nothing to resume from)")
+    _check_int(cfg, "keep_checkpoints", 0)
+    if cfg.resume and cfg.keep_checkpoints == 0:
+        _bad("keep_checkpoints", 0, ">= 1 when resume=True")
+    _check_int(cfg, "log_every", 1)
+    _check_int(cfg, "num_devices", 1, optional=True)
+    _check_int(cfg, "num_processes", 1, optional=True)
+    _check_int(cfg, "process_id", 0, optional=True)
+    if not cfg.distributed and any(v is not None for v in (
+            cfg.coordinator_address, cfg.num_processes, cfg.process_id)):
+        raise ValueError(
+            "coordinator_address/num_processes/process_id are only used with distributed=True; "
+            f"got distributed=False with coordinator_address={cfg.coordinator_address!r}, "
+            f"num_processes={cfg.num_processes!r}, process_id={cfg.process_id!r}")
+    return resolve(cfg)
+
+
+def save_json(cfg: TrainConfig, path: str) -> None:
+    """Write ``cfg.to_dict()`` as indented JSON to ``path``."""
+    with open(path, "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
+
+
+def load_json(path: str) -> TrainConfig:
+    """Read a config written by :func:`save_json`."""
+    with open(path) as f:
+        return TrainConfig.from_dict(json.load(f))

@@ -1,0 +1,538 @@
+"""Training engine: train state, jitted train/eval steps and the epoch loop.
+
+One run (:func:`train`) does, for a ``TrainConfig`` ``cfg``:
+
+1. validate ``cfg``, build the device mesh, check preconditions (batch divisible by the device
+   count, ``resume`` has a checkpoint, ``out_dir`` not already used by another run, ...);
+2. load the dataset and put its uint8 arrays on the devices once (replicated);
+3. init the model; for SFW compute E||W_init|| over ``init_norm_samples`` draws, build the
+   constraints and make the initial params feasible (``make_feasible``); build the optimizer;
+4. per epoch ``e``: set the schedule's lr in ``opt_state.hyperparams``; shuffle with
+   ``epoch_permutation(n, seed, e)`` (a pure function of (seed, epoch), so resuming needs no RNG
+   state); run ``n // batch_size`` jitted steps (each gathers its batch from the on-device
+   arrays by index, optionally augments with ``fold_in(rng, step)``, and applies the optimizer);
+   evaluate on the validation split; log a record to ``out_dir/metrics.jsonl`` and the
+   terminal; save a checkpoint (train state + schedule state + history);
+5. evaluate on the test split (``out_dir/final.json``).
+
+Losses are the mean softmax cross-entropy of a batch; an epoch's ``train_loss`` is the mean over
+its batches (the reference logs only the last batch's loss) and drives 'dynamic_change'.
+``train_acc`` is measured on the (augmented) training batches during the epoch.
+
+A non-finite training loss raises :class:`NonFiniteLossError` (naming epoch and step) before the
+epoch's checkpoint is written, so the last good checkpoint stays on disk. Host syncs happen every
+``log_every`` steps (progress bar + finiteness check) so the devices are never idle per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from sfw_jax import augment as augment_lib
+from sfw_jax import config as config_lib
+from sfw_jax import distributed as dist
+from sfw_jax import optimizers as opt_lib
+from sfw_jax import schedules
+from sfw_jax.checkpoint import Checkpointer, has_checkpoint
+from sfw_jax.config import TrainConfig
+from sfw_jax.constraints import make_feasible
+from sfw_jax.data import Dataset, DatasetInfo, Split, epoch_permutation, load_dataset
+from sfw_jax.models import get_model
+
+PyTree = Any
+Callback = Callable[[dict, "TrainState"], None]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+FINAL_FILE = "final.json"
+CHECKPOINT_DIR = "checkpoints"
+
+RESUME_MAY_DIFFER = ("resume", "epochs", "progress", "log_every", "keep_checkpoints",
+                     "num_devices", "distributed", "coordinator_address", "num_processes",
+                     "process_id", "eval_batch_size", "out_dir", "data_dir")
+"""Config fields that may change between a run and its resumption."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training (a pytree; saved whole in checkpoints).
+
+    params: model parameters (float32). batch_stats: BatchNorm running stats ({} if none).
+    opt_state: optimizer state (``inject_hyperparams`` state). step: int32 global step count.
+    rng: PRNG key; the augmentation key of step t is ``fold_in(rng, t)``.
+    """
+
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+    step: jax.Array
+    rng: jax.Array
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN/inf; the message names the epoch and step."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    state: final train state. history: one record per epoch (also in ``metrics.jsonl``).
+    test: ``{'loss', 'accuracy'}`` on the test split. config: the resolved config.
+    model: the flax module. constraints: SFW constraint pytree (None for SGD).
+    evaluator: an :class:`Evaluator` on the run's mesh (e.g. to evaluate pruned params).
+    dataset: the dataset used. wall_time: seconds for the whole call.
+    """
+
+    state: TrainState
+    history: list[dict]
+    test: dict[str, float]
+    config: TrainConfig
+    model: Any
+    constraints: PyTree | None
+    evaluator: "Evaluator"
+    dataset: Dataset
+    wall_time: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of (B, C) logits and (B,) int labels, in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels).mean()
+
+
+def _variables(params: PyTree, batch_stats: PyTree) -> dict:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _preprocess(images: jax.Array, info_mean: np.ndarray, info_std: np.ndarray) -> jax.Array:
+    return augment_lib.normalize(images, info_mean, info_std)
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, *, mean: np.ndarray,
+                    std: np.ndarray, augment: bool, mesh: Mesh,
+                    donate: bool = True) -> Callable:
+    """Jitted ``step(state, images, labels, perm, i) -> (state, metrics)``.
+
+    ``images`` uint8 [N, H, W, C] and ``labels`` int32 [N] are the whole training split
+    (replicated); ``perm`` int32 [S, B] holds the epoch's batch indices (batch axis sharded over
+    'data'); step ``i`` trains on ``images[perm[i]]``. With ``augment``: random crop (pad 4) and
+    horizontal flip with key ``fold_in(state.rng, state.step)``. ``metrics``: ``loss`` (batch
+    mean, float32) and ``correct`` (int32 count). ``state`` is donated.
+    """
+    batch_sharding = dist.data_sharding(mesh)
+    repl = dist.replicated(mesh)
+
+    def step(state: TrainState, images, labels, perm, i):
+        idx = jax.lax.dynamic_index_in_dim(perm, i, axis=0, keepdims=False)
+        x = jax.lax.with_sharding_constraint(jnp.take(images, idx, axis=0), batch_sharding)
+        y = jax.lax.with_sharding_constraint(jnp.take(labels, idx, axis=0), batch_sharding)
+        if augment:
+            x = augment_lib.random_crop_flip(jax.random.fold_in(state.rng, state.step), x, pad=4)
+        x = _preprocess(x, mean, std)
+        has_bs = bool(jax.tree.leaves(state.batch_stats))
+
+        def loss_fn(params):
+            if has_bs:
+                logits, updates = model.apply(_variables(params, state.batch_stats), x,
+                                              train=True, mutable=["batch_stats"])
+                new_bs = updates["batch_stats"]
+            else:
+                logits = model.apply(_variables(params, state.batch_stats), x, train=True)
+                new_bs = state.batch_stats
+            return cross_entropy_loss(logits, y), (logits, new_bs)
+
+        (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
+        new_state = state.replace(params=params, batch_stats=new_bs, opt_state=opt_state,
+                                  step=state.step + 1)
+        return new_state, {"loss": loss, "correct": correct}
+
+    perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
+    return jax.jit(step, in_shardings=(repl, repl, repl, perm_sharding, repl),
+                   out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(model: Any, *, mean: np.ndarray, std: np.ndarray, mesh: Mesh) -> Callable:
+    """Jitted ``eval_step(params, batch_stats, x, y, w) -> (loss_sum, correct_sum)``.
+
+    ``x`` uint8 [B, H, W, C], ``y`` int32 [B], ``w`` float32 [B] (0 for padding), batch axis
+    sharded over 'data'; float32 sums weighted by ``w``. Inference mode (BatchNorm running stats).
+    """
+    batch = dist.data_sharding(mesh)
+    repl = dist.replicated(mesh)
+
+    def eval_step(params, batch_stats, x, y, w):
+        logits = model.apply(_variables(params, batch_stats), _preprocess(x, mean, std),
+                             train=False).astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        return jnp.sum(losses * w), jnp.sum(correct * w)
+
+    return jax.jit(eval_step, in_shardings=(repl, repl, batch, batch, batch),
+                   out_shardings=(repl, repl))
+
+
+@dataclasses.dataclass
+class DeviceSplit:
+    """A split on the devices as fixed-size padded batches ``(x, y, w)`` (batch axis sharded)."""
+
+    batches: list[tuple[jax.Array, jax.Array, jax.Array]]
+    size: int
+
+
+class Evaluator:
+    """Evaluates (params, batch_stats) on splits copied to the mesh once.
+
+    Every batch has ``batch_size`` examples (rounded up to a multiple of the device count) so the
+    eval step compiles once; the last batch is padded with weight-0 examples, so every example
+    counts exactly once.
+    """
+
+    def __init__(self, model: Any, info: DatasetInfo, mesh: Mesh, batch_size: int):
+        n_dev = mesh.devices.size
+        self.mesh = mesh
+        self.batch_size = int(math.ceil(batch_size / n_dev) * n_dev)
+        self._step = make_eval_step(model, mean=np.asarray(info.mean), std=np.asarray(info.std),
+                                    mesh=mesh)
+
+    def put(self, split: Split) -> DeviceSplit:
+        """Copy ``split`` to the devices as padded, sharded batches."""
+        n, eb = len(split), self.batch_size
+        sharding = dist.data_sharding(self.mesh)
+        batches = []
+        for start in range(0, n, eb):
+            stop = min(start + eb, n)
+            pad = eb - (stop - start)
+            x = np.concatenate([split.images[start:stop],
+                                np.zeros((pad, *split.images.shape[1:]), np.uint8)])
+            y = np.concatenate([split.labels[start:stop], np.zeros(pad, np.int32)])
+            w = np.concatenate([np.ones(stop - start, np.float32), np.zeros(pad, np.float32)])
+            batches.append(tuple(jax.device_put(a, sharding) for a in (x, y, w)))
+        return DeviceSplit(batches, n)
+
+    def __call__(self, params: PyTree, batch_stats: PyTree,
+                 split: DeviceSplit | Split) -> dict[str, float]:
+        """``{'loss': mean cross-entropy, 'accuracy': fraction correct}`` over the split."""
+        if isinstance(split, Split):
+            split = self.put(split)
+        if split.size == 0:
+            return {"loss": float("nan"), "accuracy": float("nan")}
+        sums = [self._step(params, batch_stats, x, y, w) for x, y, w in split.batches]
+        loss_sum, correct_sum = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0)
+        return {"loss": float(loss_sum / split.size), "accuracy": float(correct_sum / split.size)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------------------
+
+def setup_devices(cfg: TrainConfig) -> Mesh:
+    """Initialise multi-host JAX when ``cfg.distributed`` (once), then the data-parallel mesh."""
+    if cfg.distributed and not jax.distributed.is_initialized():
+        dist.initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    return dist.make_mesh(dist.select_devices(cfg.num_devices))
+
+
+def _paths(cfg: TrainConfig) -> dict[str, str] | None:
+    if cfg.out_dir is None:
+        return None
+    return {name: os.path.join(cfg.out_dir, f) for name, f in (
+        ("config", CONFIG_FILE), ("metrics", METRICS_FILE), ("final", FINAL_FILE),
+        ("checkpoints", CHECKPOINT_DIR))}
+
+
+def check_run_preconditions(cfg: TrainConfig, mesh: Mesh) -> None:
+    """Errors a run would hit, raised before any work (ValueError naming the option).
+
+    * ``batch_size`` divisible by the mesh's device count;
+    * ``resume=True``: ``out_dir`` holds a checkpoint and a ``config.json`` that agrees with
+      ``cfg`` except for the fields in ``RESUME_MAY_DIFFER``;
+    * ``resume=False``: ``out_dir`` holds no checkpoint of an earlier run.
+    """
+    dist.check_batch_divisible(cfg.batch_size, mesh)
+    paths = _paths(cfg)
+    if paths is None:
+        return
+    ckpt_there = has_checkpoint(paths["checkpoints"])
+    if cfg.resume:
+        if not ckpt_there:
+            raise ValueError(f"resume=True but out_dir {cfg.out_dir!r} holds no checkpoint "
+                             f"(looked in {paths['checkpoints']}); run without resume first")
+        if not os.path.isfile(paths["config"]):
+            raise ValueError(f"resume=True but {paths['config']} is missing")
+        saved = config_lib.load_json(paths["config"]).to_dict()
+        now = cfg.to_dict()
+        diff = {k: (saved.get(k), now[k]) for k in now
+                if k not in RESUME_MAY_DIFFER and saved.get(k) != now[k]}
+        if diff:
+            pretty = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"resume=True with options that differ from the checkpointed run "
+                             f"in {cfg.out_dir!r}: {pretty}; only {list(RESUME_MAY_DIFFER)} "
+                             f"may change")
+    elif ckpt_there:
+        raise ValueError(f"out_dir {cfg.out_dir!r} already holds checkpoints of an earlier run; "
+                         f"pass resume=True (--resume) to continue it or choose another out_dir")
+
+
+def _dummy_input(info: DatasetInfo) -> jax.Array:
+    return jnp.zeros((1, *info.image_shape), jnp.float32)
+
+
+def build_model(cfg: TrainConfig, info: DatasetInfo) -> Any:
+    """The config's model for ``info.num_classes`` classes in the config's compute precision."""
+    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
+    return get_model(cfg.arch, info.num_classes, dtype=dtype, **dict(cfg.model_kwargs))
+
+
+def init_train_state(cfg: TrainConfig, model: Any, info: DatasetInfo
+                     ) -> tuple[TrainState, optax.GradientTransformationExtraArgs, PyTree | None]:
+    """(state, optimizer, constraints) for a resolved config (host-side; not yet on the mesh).
+
+    Keys: ``PRNGKey(seed)`` split into (init, init-norms, train). For SFW the initial params are
+    made feasible for the constraints built from E||W_init|| ('initialization' mode).
+    """
+    init_key, norm_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
+    dummy = _dummy_input(info)
+    variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    constraints = None
+    if cfg.optimizer == "sfw":
+        norms = opt_lib.compute_init_norms(
+            lambda k: model.init(k, dummy, train=False)["params"], norm_key, cfg)
+        constraints = opt_lib.build_constraints(cfg, params, norms)
+        params = jax.jit(lambda p: make_feasible(p, constraints))(params)
+    tx = opt_lib.build_optimizer(cfg, constraints)
+    state = TrainState(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+                       step=jnp.zeros((), jnp.int32), rng=train_key)
+    return state, tx, constraints
+
+
+WEIGHT_THRESHOLDS = tuple(10.0 ** e for e in range(1, -11, -1))
+"""|w| thresholds of the per-epoch weight-magnitude counts: 10, 1, 0.1, ..., 1e-10."""
+
+
+@jax.jit
+def _count_above(params: PyTree) -> jax.Array:
+    """int32 [len(WEIGHT_THRESHOLDS)]: entries of all leaves with |w| > t, per threshold t."""
+    t = jnp.asarray(WEIGHT_THRESHOLDS, jnp.float32)
+    return sum(jnp.sum(jnp.abs(x.astype(jnp.float32)).reshape(-1, 1) > t, axis=0,
+                       dtype=jnp.int32) for x in jax.tree.leaves(params))
+
+
+def weight_counts(params: PyTree) -> dict[str, int]:
+    """``{"10": n, "1": n, "0.1": n, ..., "1e-10": n}``: how many parameters have |w| above
+    each threshold (a sparsity profile; SFW's K-sparse training drives many weights to ~0)."""
+    counts = np.asarray(jax.device_get(_count_above(params)))
+    return {f"{t:g}": int(c) for t, c in zip(WEIGHT_THRESHOLDS, counts)}
+
+
+def _is_main_process() -> bool:
+    return jax.process_index() == 0
+
+
+def _write_jsonl(path: str, records: Sequence[dict], mode: str) -> None:
+    with open(path, mode) as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def _format_record(r: dict) -> str:
+    val = (f" val_loss {r['val_loss']:.4f} val_acc {r['val_acc']:.4f}"
+           if r.get("val_acc") is not None else "")
+    big = r["weight_counts"]["0.001"] / max(r["n_params"], 1)
+    return (f"epoch {r['epoch']:>3d}/{r['epochs']} lr {r['lr']:.4g} train_loss "
+            f"{r['train_loss']:.4f} train_acc {r['train_acc']:.4f}{val} "
+            f"|w|>1e-3 {100 * big:.1f}% time {r['epoch_time']:.1f}s")
+
+
+def _train_epoch(state: TrainState, train_step: Callable, images: jax.Array, labels: jax.Array,
+                 perm: jax.Array, *, cfg: TrainConfig, epoch: int,
+                 last_ckpt: Callable[[], tuple[int | None, str] | None]
+                 ) -> tuple[TrainState, list[float], int]:
+    """Run the epoch's ``perm.shape[0]`` steps; returns (state, per-step losses, #correct).
+
+    The host fetches the step metrics every ``cfg.log_every`` steps (progress bar, finiteness
+    check) and raises :class:`NonFiniteLossError` at the first non-finite loss.
+    """
+    steps = perm.shape[0]
+    losses: list[float] = []
+    correct = 0
+    pending: list[dict] = []
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (cfg.progress and _is_main_process()), file=sys.stderr)
+    try:
+        for i in range(steps):
+            state, metrics = train_step(state, images, labels, perm, i)
+            pending.append(metrics)
+            if (i + 1) % cfg.log_every and i + 1 != steps:
+                continue
+            first = i + 1 - len(pending)
+            for j, m in enumerate(jax.device_get(pending)):
+                loss = float(m["loss"])
+                if not math.isfinite(loss):
+                    last = last_ckpt()
+                    where = (f"epoch {last[0]} in {last[1]}" if last and last[0] else "none")
+                    raise NonFiniteLossError(
+                        f"non-finite training loss ({loss}) at epoch {epoch + 1}/{cfg.epochs}, "
+                        f"step {first + j + 1}/{steps} of the epoch (global step "
+                        f"{epoch * steps + first + j + 1}); stopped without saving this epoch. "
+                        f"Last good checkpoint: {where}. Try a smaller lr.")
+                losses.append(loss)
+                correct += int(m["correct"])
+            pending = []
+            bar.update(i + 1 - bar.n)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    finally:
+        bar.close()
+    return state, losses, correct
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop
+# ---------------------------------------------------------------------------------------------
+
+def train(config: TrainConfig, dataset: Dataset | None = None, *,
+          callbacks: Sequence[Callback] = (), mesh: Mesh | None = None) -> TrainResult:
+    """Train with ``config`` (see the module docstring); returns a :class:`TrainResult`.
+
+    Args:
+      config: the run's options (validated here; ValueError before any work if invalid).
+      dataset: use this dataset instead of ``load_dataset(config.dataset, ...)``.
+      callbacks: called as ``cb(record, state)`` after each epoch's checkpoint is saved;
+        an exception (e.g. KeyboardInterrupt) stops the run with that checkpoint kept.
+      mesh: device mesh (default: :func:`setup_devices`).
+
+    Raises:
+      ValueError: invalid config or preconditions (:func:`check_run_preconditions`).
+      NonFiniteLossError: the training loss became NaN/inf (no checkpoint of that epoch).
+    """
+    t_start = time.time()
+    cfg = config_lib.validate(config)
+    if mesh is None:
+        mesh = setup_devices(cfg)
+    check_run_preconditions(cfg, mesh)
+
+    if dataset is None:
+        dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
+                               seed=cfg.seed, image_size=cfg.image_size)
+    train_split = dataset.train
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train_split):
+        train_split = train_split.take(np.arange(cfg.max_train_samples))
+    n_train, bs = len(train_split), cfg.batch_size
+    steps = n_train // bs
+    if steps == 0:
+        raise ValueError(f"batch_size must be <= the number of training examples ({n_train}), "
+                         f"got {bs}")
+    info = dataset.info
+
+    model = build_model(cfg, info)
+    state, tx, constraints = init_train_state(cfg, model, info)
+    repl = dist.replicated(mesh)
+    state = jax.device_put(state, repl)
+    images_dev = jax.device_put(train_split.images, repl)
+    labels_dev = jax.device_put(train_split.labels, repl)
+    train_step = make_train_step(model, tx, mean=np.asarray(info.mean),
+                                 std=np.asarray(info.std), augment=bool(cfg.augment), mesh=mesh)
+    evaluator = Evaluator(model, info, mesh, cfg.eval_batch_size)
+    val_dev = evaluator.put(dataset.val) if len(dataset.val) else None
+    perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+    sched = schedules.init_schedule(cfg.lr_schedule, cfg.lr, cfg.epochs)
+    history: list[dict] = []
+    start_epoch = 0
+    paths = _paths(cfg)
+    main = _is_main_process()
+    ckpt = None
+    if paths is not None:
+        if main:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        if cfg.keep_checkpoints > 0:
+            ckpt = Checkpointer(paths["checkpoints"], cfg.keep_checkpoints)
+    try:
+        if cfg.resume:
+            state, meta = ckpt.restore(state)
+            start_epoch = int(meta["epochs_done"])
+            sched = schedules.ScheduleState.from_dict(meta["schedule"])
+            history = list(meta["history"])[:start_epoch]
+            if main:
+                print(f"resuming from {paths['checkpoints']} after epoch {start_epoch}",
+                      file=sys.stderr)
+        if paths is not None and main:
+            config_lib.save_json(cfg, paths["config"])
+            _write_jsonl(paths["metrics"], history, "w")
+
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            state = state.replace(
+                opt_state=opt_lib.set_learning_rates(state.opt_state, cfg, sched.lr))
+            order = epoch_permutation(n_train, cfg.seed, epoch)[: steps * bs]
+            perm = jax.device_put(order.astype(np.int32).reshape(steps, bs), perm_sharding)
+            state, losses, correct = _train_epoch(
+                state, train_step, images_dev, labels_dev, perm, cfg=cfg, epoch=epoch,
+                last_ckpt=lambda: (ckpt.latest_epoch(), paths["checkpoints"]) if ckpt else None)
+            train_time = time.time() - t0
+            val = evaluator(state.params, state.batch_stats, val_dev) if val_dev else None
+            record = {
+                "epoch": epoch + 1, "epochs": cfg.epochs, "step": (epoch + 1) * steps,
+                "lr": sched.lr,
+                **{f"hp_{k}": v for k, v in opt_lib.get_learning_rates(state.opt_state).items()},
+                "train_loss": float(np.mean(losses)), "train_acc": correct / (steps * bs),
+                "val_loss": val["loss"] if val else None,
+                "val_acc": val["accuracy"] if val else None,
+                "train_time": train_time, "epoch_time": time.time() - t0,
+                "elapsed": time.time() - t_start,
+                "weight_counts": weight_counts(state.params), "n_params": n_params,
+            }
+            sched = schedules.next_epoch(cfg.lr_schedule, sched, base_lr=cfg.lr, epoch=epoch,
+                                         total_epochs=cfg.epochs,
+                                         epoch_loss=record["train_loss"])
+            history.append(record)
+            if ckpt is not None:
+                ckpt.save(epoch + 1, state, {"epochs_done": epoch + 1,
+                                             "schedule": sched.to_dict(), "history": history,
+                                             "config": cfg.to_dict()})
+            if main:
+                if paths is not None:
+                    _write_jsonl(paths["metrics"], [record], "a")
+                (tqdm.write if cfg.progress else print)(_format_record(record))
+            for cb in callbacks:
+                cb(record, state)
+
+        test_dev = evaluator.put(dataset.test)
+        test = evaluator(state.params, state.batch_stats, test_dev)
+        wall = time.time() - t_start
+        if paths is not None and main:
+            with open(paths["final"], "w") as f:
+                json.dump({"test_loss": test["loss"], "test_acc": test["accuracy"],
+                           "epochs": cfg.epochs, "wall_time": wall}, f, indent=2)
+        if main:
+            print(f"test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f} "
+                  f"({wall:.1f}s)")
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    return TrainResult(state=state, history=history, test=test, config=cfg, model=model,
+                       constraints=constraints, evaluator=evaluator, dataset=dataset,
+                       wall_time=time.time() - t_start)

@@ -1,0 +1,118 @@
+"""``python -m experiments.train``: flag errors before any work, presets and overrides, a run."""
+
+import json
+import os
+
+import pytest
+
+from experiments import train as cli
+from sfw_jax import config as config_lib
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def _printed_config(capsys, argv) -> dict:
+    assert cli.main(argv + ["--print-config"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_unknown_flag_and_abbreviation_are_errors(capsys):
+    assert "unrecognized arguments: --bogus" in _error(capsys, ["--bogus", "1"])
+    assert "unrecognized arguments: --epo" in _error(capsys, ["--epo", "3"])
+
+
+def test_unknown_preset_lists_names(capsys):
+    err = _error(capsys, ["--preset", "nope"])
+    assert "invalid choice: 'nope'" in err and "paper-resnet18-cifar10" in err
+
+
+def test_bad_values_name_the_option(capsys):
+    assert "k_frac must be a finite number >= 0.0 and <= 1.0, got 2.0" in _error(
+        capsys, ["--k-frac", "2"])
+    assert "batch_size must be an int >= 1, got 0" in _error(capsys, ["--batch-size", "0"])
+    assert "invalid choice: 'adam'" in _error(capsys, ["--optimizer", "adam"])
+    assert "argument --epochs: invalid int value: 'x'" in _error(capsys, ["--epochs", "x"])
+
+
+def test_conflicting_flags(capsys):
+    err = _error(capsys, ["--optimizer", "sgd", "--constraint", "l2", "--tau", "3"])
+    assert "--constraint, --tau: only meaningful with --optimizer sfw" in err
+    assert "weight_decay=0.1 conflicts with optimizer='sfw'" in _error(
+        capsys, ["--weight-decay", "0.1"])
+    assert "--process-id needs --distributed" in _error(capsys, ["--process-id", "1"])
+    assert "--resume needs --out-dir" in _error(capsys, ["--resume"])
+
+
+def test_resume_without_checkpoint_is_an_error(capsys, tmp_path):
+    err = _error(capsys, ["--resume", "--out-dir", str(tmp_path / "none")])
+    assert "resume=True but out_dir" in err and "holds no checkpoint" in err
+
+
+def test_preset_values_and_explicit_overrides(capsys):
+    cfg = _printed_config(capsys, ["--preset", "paper-vgg16-cifar10"])
+    expected = {**config_lib.TrainConfig().to_dict(), **config_lib.PRESETS["paper-vgg16-cifar10"]}
+    assert cfg == json.loads(json.dumps(expected))
+    assert (cfg["arch"], cfg["epochs"], cfg["lr"], cfg["k"], cfg["tau"]) == ("vgg16", 180, 1.0,
+                                                                           10, 15.0)
+    cfg = _printed_config(capsys, ["--preset", "paper-resnet18-cifar10", "--epochs", "3",
+                                   "--tau", "5", "--model-kw", "width=0.25"])
+    assert (cfg["arch"], cfg["epochs"], cfg["tau"], cfg["lr_schedule"]) == (
+        "resnet18", 3, 5.0, "dynamic_change")
+    assert cfg["model_kwargs"] == {"width": 0.25}
+    # Switching the preset's optimizer is allowed (its SFW values are not explicit flags)
+    # and picks up the SGD defaults for unset fields.
+    cfg = _printed_config(capsys, ["--preset", "quickstart-digits", "--optimizer", "sgd",
+                                   "--lr", "0.05", "--weight-decay", "0.001"])
+    assert (cfg["optimizer"], cfg["lr"], cfg["weight_decay"]) == ("sgd", 0.05, 0.001)
+    cfg = _printed_config(capsys, ["--optimizer", "sgd"])
+    assert (cfg["lr"], cfg["weight_decay"], cfg["lr_schedule"]) == (0.1, 5e-4, "step")
+
+
+def test_list_presets(capsys):
+    assert cli.main(["--list-presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("paper-resnet18-cifar10", "paper-vgg16-cifar10", "quickstart-digits"):
+        assert name in out
+
+
+def test_cli_run_writes_logs_and_resumes(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    argv = ["--dataset", "digits", "--arch", "mlp", "--model-kw", "hidden=[32]",
+            "--max-train-samples", "256", "--batch-size", "64", "--init-norm-samples", "2",
+            "--lr-schedule", "constant", "--no-progress", "--out-dir", out]
+    assert cli.main(argv + ["--epochs", "1"]) == 0
+    assert cli.main(argv + ["--epochs", "2", "--resume"]) == 0
+    lines = [json.loads(s) for s in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert lines[1]["train_loss"] < lines[0]["train_loss"]
+    text = capsys.readouterr().out
+    assert "epoch   2/2" in text and "test_acc" in text
+    # A second fresh run into the same directory is refused.
+    assert "already holds checkpoints" in _error(capsys, argv + ["--epochs", "1"])
+
+
+def test_quickstart_helpers(tmp_path):
+    from experiments import quickstart as qs
+
+    assert qs.SPARSITIES[:3] == (0.0, 0.1, 0.2) and qs.SPARSITIES[-1] == 0.99
+    assert len(qs.SPARSITIES) == 19
+    table = qs.format_table([0.0, 0.95], {"SFW": [0.981, 0.9], "SGD": [0.99, 0.25]})
+    assert table.splitlines() == [
+        "sparsity  SFW test acc  SGD test acc",
+        "      0%         98.1%         99.0%",
+        "     95%         90.0%         25.0%",
+    ]
+    path = str(tmp_path / "p.png")
+    qs.save_plot(path, [0.0, 0.5], {"SFW": [0.9, 0.8], "SGD": [0.95, 0.5]}, "t")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    args = qs.build_parser().parse_args(["--out-dir", str(tmp_path), "--epochs", "2",
+                                         "--k-frac", "0.02", "--tau", "10", "--sfw-lr", "1.0"])
+    cfgs = qs.build_configs(args)
+    assert (cfgs["SFW"].optimizer, cfgs["SFW"].tau, cfgs["SFW"].epochs) == ("sfw", 10.0, 2)
+    assert (cfgs["SGD"].optimizer, cfgs["SGD"].lr, cfgs["SGD"].weight_decay) == ("sgd", 0.05,
+                                                                               5e-4)
