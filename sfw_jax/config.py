@@ -40,7 +40,7 @@ PRECISIONS = ("fp32", "bf16")
 ARCHS = ("simple_cnn", "mlp", "resnet18", "vgg16")
 
 SFW_ONLY_FIELDS = ("constraint", "k", "k_frac", "tau", "mode", "rescale", "sfw_scope",
-                   "init_norm_samples", "rest_lr")
+                   "init_norm_samples", "rest_lr", "sfw_init", "sfw_init_steps", "sfw_init_lr")
 """Fields that only mean something with ``optimizer='sfw'`` (explicitly setting one for SGD is a
 conflict the CLI reports)."""
 
@@ -68,6 +68,9 @@ class TrainConfig:
       constraint, k, k_frac, tau, mode, rescale: SFW constraint set and step rescaling.
       sfw_scope: 'all' tensors (the reference) or 'kernels' only (SGD on the rest).
       init_norm_samples: initialisations averaged for E||W_init|| ('initialization' mode).
+      sfw_init, sfw_init_steps, sfw_init_lr: SFW-Init (``sfw_jax.sfw_init``): learn one scale per
+        tensor of the initial params with ``sfw_init_steps`` Adam steps (lr ``sfw_init_lr``)
+        before training (reference: 390 steps, lr 1e-3).
       lr: base learning rate (SFW: step-size factor); None = optimizer default.
       rest_lr: SGD learning rate of the non-kernel leaves when ``sfw_scope='kernels'``.
       lr_schedule: 'constant' | 'step' | 'cosine' | 'dynamic_change' (``sfw_jax.schedules``).
@@ -105,6 +108,9 @@ class TrainConfig:
     rescale: str = "gradient"
     sfw_scope: str = "all"
     init_norm_samples: int = 100
+    sfw_init: bool = False
+    sfw_init_steps: int = 390
+    sfw_init_lr: float = 1e-3
     lr: float | None = None
     rest_lr: float = 0.1
     lr_schedule: str | None = None
@@ -290,6 +296,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_choice(cfg, "rescale", RESCALES)
     _check_choice(cfg, "sfw_scope", SFW_SCOPES)
     _check_int(cfg, "init_norm_samples", 1)
+    if cfg.sfw_init not in (True, False):
+        _bad("sfw_init", cfg.sfw_init, "True or False")
+    if cfg.sfw_init and cfg.optimizer != "sfw":
+        _bad("sfw_init", cfg.sfw_init, "False with optimizer='sgd' (SFW-Init tunes the init for SFW)")
+    _check_int(cfg, "sfw_init_steps", 1)
+    _check_float(cfg, "sfw_init_lr", 0.0, lo_open=True)
     _check_float(cfg, "lr", 0.0, lo_open=True, optional=True)
     _check_float(cfg, "rest_lr", 0.0)
     _check_choice(cfg, "lr_schedule", LR_SCHEDULES, optional=True)

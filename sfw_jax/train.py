@@ -59,6 +59,7 @@ Callback = Callable[[dict, "TrainState"], None]
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_FILE = "final.json"
+SFW_INIT_FILE = "sfw_init.json"
 CHECKPOINT_DIR = "checkpoints"
 
 RESUME_MAY_DIFFER = ("resume", "epochs", "progress", "log_every", "keep_checkpoints",
@@ -328,6 +329,51 @@ def init_train_state(cfg: TrainConfig, model: Any, info: DatasetInfo
     return state, tx, constraints
 
 
+def apply_sfw_init(cfg: TrainConfig, model: Any, state: TrainState, constraints: PyTree,
+                   train_split: Split, info: DatasetInfo) -> tuple[TrainState, dict]:
+    """SFW-Init (:func:`sfw_jax.sfw_init.sfw_init`) on the initial params of ``state``.
+
+    The loss runs the model in training mode (batch statistics) and drops the updated running
+    statistics, so BatchNorm state is left unchanged. Batches are ``cfg.batch_size`` normalized
+    (not augmented) training images in a seeded order, cycling over the split if
+    ``cfg.sfw_init_steps + 1`` batches exceed it. Returns the new state and
+    ``{"seconds", "steps", "first_loss", "last_loss", "scales"}``.
+    """
+    from sfw_jax.sfw_init import sfw_init
+
+    mean, std = np.asarray(info.mean), np.asarray(info.std)
+    batch_stats = state.batch_stats
+
+    def loss_fn(params, batch):
+        x, y = batch
+        out = model.apply(_variables(params, batch_stats), x, train=True,
+                          mutable=["batch_stats"] if batch_stats else False)
+        logits = out[0] if batch_stats else out
+        return cross_entropy_loss(logits, y)
+
+    def batches():
+        rng = np.random.default_rng([cfg.seed, 7919])
+        n, bs = len(train_split), cfg.batch_size
+        while True:
+            perm = rng.permutation(n)
+            for i in range(n // bs):
+                idx = perm[i * bs:(i + 1) * bs]
+                yield (_preprocess(jnp.asarray(train_split.images[idx]), mean, std),
+                       jnp.asarray(train_split.labels[idx]))
+
+    res = sfw_init(loss_fn, state.params, constraints, batches(), learning_rate=float(cfg.lr),
+                   steps=cfg.sfw_init_steps, adam_lr=cfg.sfw_init_lr, progress=cfg.progress)
+    info_out = {"seconds": res.seconds, "steps": cfg.sfw_init_steps,
+                "first_loss": res.losses[0], "last_loss": res.losses[-1],
+                "scales": {path: float(v) for path, v in _flat_with_paths(res.scales)}}
+    return state.replace(params=res.params), info_out
+
+
+def _flat_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
+    from sfw_jax._tree import path_str
+    return [(path_str(p), v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 WEIGHT_THRESHOLDS = tuple(10.0 ** e for e in range(1, -11, -1))
 """|w| thresholds of the per-epoch weight-magnitude counts: 10, 1, 0.1, ..., 1e-10."""
 
@@ -448,6 +494,16 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
 
     model = build_model(cfg, info)
     state, tx, constraints = init_train_state(cfg, model, info)
+    sfw_init_info = None
+    if cfg.optimizer == "sfw" and cfg.sfw_init and not cfg.resume:
+        state, sfw_init_info = apply_sfw_init(cfg, model, state, constraints, train_split, info)
+        print(f"sfw-init: {cfg.sfw_init_steps} steps in {sfw_init_info['seconds']:.1f}s, "
+              f"post-step loss {sfw_init_info['first_loss']:.4f} -> "
+              f"{sfw_init_info['last_loss']:.4f}", file=sys.stderr)
+        if cfg.out_dir is not None and _is_main_process():
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            with open(os.path.join(cfg.out_dir, SFW_INIT_FILE), "w") as f:
+                json.dump(sfw_init_info, f, indent=2)
     repl = dist.replicated(mesh)
     state = jax.device_put(state, repl)
     images_dev = jax.device_put(train_split.images, repl)

@@ -232,3 +232,27 @@ def test_weight_counts_are_exact():
                             "1e-07", "1e-08", "1e-09", "1e-10"]
     # Strictly above: 1e-3 is not counted at threshold 1e-3; 0 never counts.
     assert list(counts.values()) == [1, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 5]
+
+
+def test_sfw_init_runs_in_training_and_rescales_params(tmp_path):
+    """--sfw-init: the learned scales change the initial params, stay >= their minimum, the
+    params stay feasible, and the run records the init's cost."""
+    import json as _json
+    from sfw_jax import config as _config
+    from sfw_jax.constraints import contains_all
+    cfg = _config.from_preset("quickstart-digits", epochs=1, init_norm_samples=2,
+                              sfw_init=True, sfw_init_steps=8, sfw_init_lr=0.05,
+                              progress=False, keep_checkpoints=0, out_dir=str(tmp_path / "run"))
+    res = train_lib.train(cfg)
+    info = _json.loads((tmp_path / "run" / "sfw_init.json").read_text())
+    assert info["steps"] == 8 and info["seconds"] > 0
+    scales = list(info["scales"].values())
+    assert any(abs(s - 1.0) > 1e-3 for s in scales)
+    assert all(s >= 0.0 for s in scales)
+    assert contains_all(res.state.params, res.constraints)
+
+
+def test_sfw_init_with_sgd_is_a_conflict():
+    from sfw_jax import config as _config
+    with pytest.raises(ValueError, match="sfw_init"):
+        _config.validate(_config.from_preset("quickstart-digits", optimizer="sgd", sfw_init=True))
