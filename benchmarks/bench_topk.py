@@ -1,0 +1,58 @@
+"""Top-k mask time per method and tensor size (the ResNet-18 conv sizes, K = 5%).
+
+    python -m benchmarks.bench_topk [--json] [--reps 15] [--sizes 36864 2359296] [--methods ...]
+
+For each size n, times a jit-compiled ``top_k_mask(|g|, K, method=m)`` with
+``K = min(max(10, floor(0.05 n)), n)`` on ``|g|``, ``g`` standard normal (float32), and reports
+the median over ``--reps`` calls. ``'sort'`` (``lax.top_k``) is skipped above ``--sort-max``
+entries (it takes ~0.4 s at n = 2.36M on the 2-core CPU). The JSON record (last line with
+``--json``) maps each size to {method: median ms}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import _timing
+from sfw_jax.constraints import sparsity_k
+from sfw_jax.topk import METHODS, resolve_method, top_k_mask
+
+DEFAULT_SIZES = (1728, 8192, 16384, 36864, 147456, 589824, 2359296)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
+    ap.add_argument("--methods", nargs="+", default=["sort", "radix", "search", "auto"],
+                    choices=METHODS)
+    ap.add_argument("--sort-max", type=int, default=600_000)
+    args = ap.parse_args(argv)
+    if args.reps < 1 or any(n < 1 for n in args.sizes):
+        ap.error("--reps and --sizes must be >= 1")
+    table, rec = [], {}
+    for n in args.sizes:
+        k = sparsity_k(n, 10, 0.05)
+        x = jnp.abs(jax.random.normal(jax.random.key(n), (n,), jnp.float32))
+        row = {}
+        for m in args.methods:
+            if m == "sort" and n > args.sort_max:
+                continue
+            f = jax.jit(lambda v, m=m, k=k: top_k_mask(v, k, method=m))
+            row[m] = round(_timing.median(_timing.time_pure(f, (x,), reps=args.reps)), 3)
+        rec[str(n)] = {"k": k, "auto_path": resolve_method(n), **row}
+        table.append((n, k, resolve_method(n), *[row.get(m, "-") for m in args.methods]))
+    _timing.print_table(table, ("n", "K", "auto_path", *[f"{m}_ms" for m in args.methods]))
+    if args.json:
+        _timing.emit_json({"benchmark": "bench_topk", "reps": args.reps, "sizes": rec,
+                           **_timing.environment()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

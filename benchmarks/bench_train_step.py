@@ -1,0 +1,107 @@
+"""Full training step, SFW vs SGD-momentum, for SimpleCNN and ResNet-18.
+
+    python -m benchmarks.bench_train_step [--json] [--reps 20] [--models simple_cnn resnet18]
+
+One jit-compiled step per optimizer: softmax cross-entropy of ``model.apply`` (``train=True``,
+``batch_stats`` mutable when the model has BatchNorm) on a fixed random batch of 32x32x3 images
+(batch 32 on CPU, 128 on GPU/TPU unless ``--batch``), gradients, optimizer update and
+``optax.apply_updates``, with params / batch_stats / optimizer state donated. SFW: K-sparse on
+every tensor (as the reference), k=10, k_frac=0.05, value=15, initialization mode, momentum 0.9,
+gradient rescale; SGD: ``optax.sgd(0.1, momentum=0.9)``. Medians over ``--reps`` steps after
+warm-up. The JSON record (last line with ``--json``) has "batch" and a "results" list with one
+entry per model: {"model", "batch", "sfw_step_ms", "sgd_step_ms", "ratio", ...}; with a single
+model those keys are also at the top level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from benchmarks import _timing
+from sfw_jax import make_constraints, sfw
+from sfw_jax.models import get_model
+from sfw_jax.topk import METHODS
+
+
+def _norms(params):
+    return jax.tree.map(lambda w: max(float(jnp.linalg.norm(w.reshape(-1))), 1.0), params)
+
+
+def bench_model(name: str, batch: int, reps: int, method: str) -> dict:
+    model = get_model(name, 10)
+    kx, ky, ki = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (batch, 32, 32, 3), jnp.float32)
+    y = jax.random.randint(ky, (batch,), 0, 10)
+    variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(ki)
+    params = variables["params"]
+    extra = {c: v for c, v in variables.items() if c != "params"}
+    mutable = list(extra)
+    constraints = make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
+                                   mode="initialization", init_norms=_norms(params),
+                                   method=method)
+    out = {"model": name, "batch": batch,
+           "params": int(sum(p.size for p in jax.tree.leaves(params))),
+           "tensors": len(jax.tree.leaves(params))}
+    for opt_name, opt in (("sfw", sfw(0.1, constraints, momentum=0.9, rescale="gradient")),
+                          ("sgd", optax.sgd(0.1, momentum=0.9))):
+        def loss_fn(p, ext, xb, yb):
+            if mutable:
+                logits, new_ext = model.apply({"params": p, **ext}, xb, train=True,
+                                              mutable=mutable)
+            else:
+                logits, new_ext = model.apply({"params": p}, xb, train=True), ext
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+            return loss, new_ext
+
+        def step(p, ext, s, xb, yb, opt=opt, loss_fn=loss_fn):
+            (_, new_ext), g = jax.value_and_grad(loss_fn, has_aux=True)(p, ext, xb, yb)
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), new_ext, s
+
+        jstep = jax.jit(step, donate_argnums=(0, 1, 2))
+        p0 = jax.tree.map(jnp.copy, params)
+        e0 = jax.tree.map(jnp.copy, extra)
+        times, _ = _timing.time_stateful(jstep, (p0, e0, opt.init(p0)), (x, y), reps=reps,
+                                         warmup=3)
+        out[f"{opt_name}_step_ms"] = round(_timing.median(times), 3)
+        out[opt_name] = _timing.summary(times)
+    out["ratio"] = round(out["sfw_step_ms"] / out["sgd_step_ms"], 3)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print a JSON record as the last line")
+    ap.add_argument("--reps", type=int, default=20, help="timed steps per optimizer (median)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="batch size (default 32 on CPU, 128 otherwise)")
+    ap.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"],
+                    choices=["simple_cnn", "resnet18"])
+    ap.add_argument("--method", default="auto", choices=METHODS, help="top-k path of the LMO")
+    args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error(f"--reps must be >= 1, got {args.reps}")
+    batch = args.batch or (32 if jax.default_backend() == "cpu" else 128)
+    if batch < 1:
+        ap.error(f"--batch must be >= 1, got {batch}")
+    results = [bench_model(m, batch, args.reps, args.method) for m in args.models]
+    _timing.print_table(
+        [(r["model"], r["batch"], r["params"], r["sfw_step_ms"], r["sgd_step_ms"], r["ratio"])
+         for r in results],
+        ("model", "batch", "params", "sfw_step_ms", "sgd_step_ms", "sfw/sgd"))
+    rec = {"benchmark": "bench_train_step", "batch": batch, "method": args.method,
+           "reps": args.reps, "results": results, **_timing.environment()}
+    if len(results) == 1:
+        rec.update({k: results[0][k] for k in ("model", "sfw_step_ms", "sgd_step_ms", "ratio")})
+    if args.json:
+        _timing.emit_json(rec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""SFW update vs optax SGD-momentum update on the ResNet-18 (CIFAR) parameter tree.
+
+    python -m benchmarks.bench_update [--json] [--reps 30] [--method auto]
+
+Times, in the same run, one jit-compiled optimizer step ``(params, opt_state) -> (params',
+opt_state')`` = ``update`` + ``optax.apply_updates`` with ``donate_argnums`` on params and
+opt_state, for
+  * SFW: ``sfw_jax.sfw(lr=0.1, make_constraints(params, 'k_sparse', k=10, k_frac=0.05,
+    value=15.0, mode='initialization'), momentum=0.9, rescale='gradient')`` on all 62 tensors
+    (as the reference), top-k path ``--method``;
+  * SGD: ``optax.sgd(0.1, momentum=0.9)``.
+Gradients are fixed random normals. Also times the K-sparse LMO alone (``k_sparse_lmo``) for each
+distinct tensor size of the tree. Reports medians over ``--reps`` calls after warm-up; the JSON
+record (last line with ``--json``) has "params", "sfw_update_ms", "sgd_update_ms", "ratio" and
+"lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import _timing
+from sfw_jax import k_sparse_lmo, make_constraints, sfw, sparsity_k
+from sfw_jax.models import get_model
+from sfw_jax.topk import METHODS, resolve_method
+
+
+def resnet18_params(seed: int = 0):
+    """ResNet-18 (10 classes, 32x32x3 input) ``params`` collection."""
+    model = get_model("resnet18", 10)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), train=False))(
+        jax.random.key(seed))
+    return variables["params"]
+
+
+def _norms(params):
+    return jax.tree.map(lambda w: max(float(jnp.linalg.norm(w.reshape(-1))), 1.0), params)
+
+
+def bench(reps: int, method: str, lmo_reps: int) -> dict:
+    params = resnet18_params()
+    leaves = jax.tree.leaves(params)
+    n_params = int(sum(x.size for x in leaves))
+    grads = jax.tree.map(
+        lambda x, k: 0.01 * jax.random.normal(k, x.shape, x.dtype), params,
+        jax.tree.unflatten(jax.tree.structure(params),
+                           list(jax.random.split(jax.random.key(1), len(leaves)))))
+    constraints = make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
+                                   mode="initialization", init_norms=_norms(params),
+                                   method=method)
+    results = {}
+    for name, opt in (("sfw", sfw(0.1, constraints, momentum=0.9, rescale="gradient")),
+                      ("sgd", optax.sgd(0.1, momentum=0.9))):
+        def step(p, s, g, opt=opt):
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        jstep = jax.jit(step, donate_argnums=(0, 1))
+        p0 = jax.tree.map(jnp.copy, params)
+        times, _ = _timing.time_stateful(jstep, (p0, opt.init(p0)), (grads,), reps=reps,
+                                         warmup=3)
+        results[name] = times
+
+    lmo = {}
+    sizes = sorted({x.size for x in leaves})
+    for n in sizes:
+        k = sparsity_k(n, 10, 0.05)
+        g = jax.random.normal(jax.random.key(n), (n,), jnp.float32)
+        f = jax.jit(lambda g, k=k: k_sparse_lmo(g, k, 1.0, method=method))
+        t = _timing.time_pure(f, (g,), reps=lmo_reps)
+        count = sum(1 for x in leaves if x.size == n)
+        lmo[str(n)] = {"k": k, "ms": round(_timing.median(t), 3), "tensors": count,
+                       "path": resolve_method(n, method)}
+    sfw_ms, sgd_ms = _timing.median(results["sfw"]), _timing.median(results["sgd"])
+    return {
+        "benchmark": "bench_update", "model": "resnet18", "params": n_params,
+        "tensors": len(leaves), "method": method, "reps": reps,
+        "sfw_update_ms": round(sfw_ms, 3), "sgd_update_ms": round(sgd_ms, 3),
+        "ratio": round(sfw_ms / sgd_ms, 3),
+        "sfw": _timing.summary(results["sfw"]), "sgd": _timing.summary(results["sgd"]),
+        "lmo_ms_by_size": lmo,
+        "lmo_sum_ms": round(sum(v["ms"] * v["tensors"] for v in lmo.values()), 3),
+        **_timing.environment(),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print a JSON record as the last line")
+    ap.add_argument("--reps", type=int, default=30, help="timed calls per optimizer (median)")
+    ap.add_argument("--lmo-reps", type=int, default=10, help="timed calls per LMO size")
+    ap.add_argument("--method", default="auto", choices=METHODS, help="top-k path of the LMO")
+    args = ap.parse_args(argv)
+    if args.reps < 1 or args.lmo_reps < 1:
+        ap.error("--reps and --lmo-reps must be >= 1")
+    rec = bench(args.reps, args.method, args.lmo_reps)
+    print(f"ResNet-18 params={rec['params']} tensors={rec['tensors']} backend={rec['backend']} "
+          f"method={rec['method']}")
+    _timing.print_table(
+        [("sfw", rec["sfw"]["median_ms"], rec["sfw"]["min_ms"], rec["sfw"]["p90_ms"]),
+         ("sgd(momentum=0.9)", rec["sgd"]["median_ms"], rec["sgd"]["min_ms"],
+          rec["sgd"]["p90_ms"])],
+        ("update", "median_ms", "min_ms", "p90_ms"))
+    print(f"SFW / SGD = {rec['ratio']:.2f}x")
+    _timing.print_table(
+        [(n, v["k"], v["tensors"], v["path"], v["ms"]) for n, v in rec["lmo_ms_by_size"].items()],
+        ("n", "K", "tensors", "path", "lmo_ms"))
+    print(f"sum of per-tensor LMO medians: {rec['lmo_sum_ms']} ms")
+    if args.json:
+        _timing.emit_json(rec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

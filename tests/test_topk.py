@@ -1,0 +1,193 @@
+"""Exactness of every top-k path of ``sfw_jax.topk.top_k_mask`` against a NumPy reference.
+
+Reference: the k largest values with ties broken by lower flat index, i.e. the first k of a stable
+argsort on (-value, index). Values are compared as the backend compares float32: -0.0 == +0.0 and
+float32 subnormals equal 0 (XLA flushes denormals to zero), so the reference flushes them too.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, HealthCheck
+
+from sfw_jax import topk
+from sfw_jax.topk import top_k_mask
+
+METHODS = ("sort", "radix", "search", "auto")
+EXACT_METHODS = ("sort", "radix", "search")
+DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+SETTINGS = settings(max_examples=6, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def reference_mask(x: np.ndarray, k: int) -> np.ndarray:
+    v = np.asarray(x, np.float64).reshape(-1)
+    if np.asarray(x).dtype != np.float64:
+        v = np.where(np.abs(v) < np.finfo(np.float32).tiny, 0.0, v)   # denormals-are-zero
+    order = np.lexsort((np.arange(v.size), -v))       # primary: -v ascending; then index
+    mask = np.zeros(v.size, bool)
+    mask[order[:k]] = True
+    return mask.reshape(np.shape(x))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(method: str, k: int):
+    return jax.jit(lambda x: top_k_mask(x, k, method=method))
+
+
+def _check(x_np: np.ndarray, k: int, dtype, method: str) -> None:
+    x = jnp.asarray(x_np, dtype)
+    exact = np.asarray(x.astype(jnp.float32) if dtype != jnp.float64 else x)
+    got = np.asarray(_jitted(method, k)(x))
+    assert got.shape == x.shape and got.dtype == np.bool_
+    assert int(got.sum()) == k
+    np.testing.assert_array_equal(got, reference_mask(exact, k))
+
+
+# Values: a mix of continuous numbers, small integers (many ties), zeros of both signs and infs.
+_values = st.one_of(
+    st.floats(-1e4, 1e4, allow_nan=False, width=32),
+    st.integers(-3, 3).map(float),
+    st.sampled_from([0.0, -0.0, np.inf, -np.inf, 1.0]),
+)
+
+
+@st.composite
+def arrays_and_k(draw, max_n: int = 700):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=max_n))
+    n = int(np.prod(shape))
+    if n > max_n:
+        shape = (draw(st.integers(1, max_n)),)
+        n = shape[0]
+    kind = draw(st.sampled_from(["mixed", "ints", "nonneg", "const"]))
+    if kind == "mixed":
+        x = draw(hnp.arrays(np.float64, shape, elements=_values))
+    elif kind == "ints":
+        seed = draw(st.integers(0, 2 ** 31 - 1))
+        x = np.random.default_rng(seed).integers(0, draw(st.integers(1, 6)), shape).astype(float)
+    elif kind == "nonneg":
+        seed = draw(st.integers(0, 2 ** 31 - 1))
+        rng = np.random.default_rng(seed)
+        x = np.abs(rng.normal(size=shape)) * (rng.random(shape) < draw(st.floats(0.0, 1.0)))
+    else:
+        x = np.full(shape, draw(st.sampled_from([0.0, 2.5, -1.0])))
+    k = draw(st.one_of(st.just(1), st.just(n), st.integers(1, n)))
+    return x, k
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("method", EXACT_METHODS)   # 'auto' is 'sort' at these sizes
+@SETTINGS
+@given(data=arrays_and_k())
+def test_matches_reference(method, dtype, data):
+    x, k = data
+    _check(x, k, dtype, method)
+
+
+@pytest.mark.parametrize("method", ("radix", "search"))
+@pytest.mark.parametrize("case", ["normal", "ties", "zeros", "const", "neg"])
+def test_large_arrays_every_counting_path(method, case):
+    """n large enough for the sampled first pass, grouped lane sums and multi-block tie search."""
+    rng = np.random.default_rng(7)
+    n = 40_000 + 7                                 # not a multiple of 15, 17 or 1024
+    if case == "normal":
+        x = np.abs(rng.normal(size=n))
+    elif case == "ties":
+        x = rng.integers(0, 4, n).astype(float)    # k-th value shared by ~10k entries
+    elif case == "zeros":
+        x = np.abs(rng.normal(size=n)) * (rng.random(n) < 0.03)   # k-th largest is 0
+    elif case == "const":
+        x = np.full(n, 3.0)
+    else:
+        x = -np.abs(rng.standard_cauchy(n))
+    for k in ((1, 2000, n - 1) if case in ("normal", "ties") else (2000,)):
+        _check(x, k, jnp.float32, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shape_preserved_and_sfw_sizes(method):
+    x = jnp.abs(jax.random.normal(jax.random.key(0), (3, 3, 16, 32)))
+    k = topk_k = min(max(10, int(0.05 * x.size)), x.size)
+    got = np.asarray(top_k_mask(x, k, method=method))
+    assert got.shape == x.shape and int(got.sum()) == topk_k
+    np.testing.assert_array_equal(got, reference_mask(np.asarray(x), k))
+
+
+def test_all_methods_identical_under_jit_and_vmap():
+    xs = jnp.asarray(np.random.default_rng(1).integers(0, 5, (4, 3000)).astype(np.float32))
+    masks = [np.asarray(jax.jit(jax.vmap(lambda x, m=m: top_k_mask(x, 150, method=m)))(xs))
+             for m in METHODS]
+    for m in masks:
+        assert m.shape == (4, 3000)
+        np.testing.assert_array_equal(m.sum(axis=1), 150)
+        np.testing.assert_array_equal(m, masks[0])
+    for i in range(4):
+        np.testing.assert_array_equal(masks[0][i], reference_mask(np.asarray(xs[i]), 150))
+
+
+@pytest.mark.parametrize("method", ("sort", "radix", "search"))
+def test_float64_with_x64(method):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(3)
+        x = np.concatenate([rng.normal(size=3000), np.full(500, 0.25), [1 + 2 ** -40, 1.0]])
+        xj = jnp.asarray(x, jnp.float64)
+        assert xj.dtype == jnp.float64
+        for k in (1, 2, 700, 3000):
+            got = np.asarray(jax.jit(lambda v, k=k: top_k_mask(v, k, method=method))(xj))
+            np.testing.assert_array_equal(got, reference_mask(x, k))
+
+
+def test_signed_zero_and_subnormals_tie_with_zero_by_index():
+    x = jnp.array([-0.0, 1e-45, 0.0, -1e-40, -1.0, 0.0], jnp.float32)
+    for m in METHODS:
+        np.testing.assert_array_equal(np.asarray(top_k_mask(x, 2, method=m)),
+                                      [True, True, False, False, False, False])
+        np.testing.assert_array_equal(np.asarray(top_k_mask(x, 4, method=m)),
+                                      [True, True, True, True, False, False])
+
+
+def test_key_transform_is_order_preserving_and_invertible():
+    vals = jnp.array([-jnp.inf, -3.5, -1e-38, -0.0, 0.0, 1e-45, 2.0, jnp.inf], jnp.float32)
+    keys = np.asarray(topk._to_key(vals, jnp.dtype(jnp.uint32))).astype(np.int64)
+    assert np.all(np.diff(keys) > 0)
+    back = topk._from_key(topk._to_key(vals, jnp.dtype(jnp.uint32)), jnp.float32, jnp.uint32)
+    np.testing.assert_array_equal(np.signbit(np.asarray(back)), np.signbit(np.asarray(vals)))
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(vals))
+
+
+def test_counts_pass_exact():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=15 * 17 * 3 + 11).astype(np.float32)
+    ts = np.sort(rng.normal(size=8)).astype(np.float32)
+    got = np.asarray(jax.jit(topk._counts)(jnp.asarray(x), jnp.asarray(ts)))
+    np.testing.assert_array_equal(got, (x[:, None] >= ts[None, :]).sum(0))
+
+
+def test_auto_resolution_by_size():
+    assert topk.resolve_method(topk.AUTO_SORT_MAX_N - 1) == "sort"
+    assert topk.resolve_method(topk.AUTO_SORT_MAX_N) == "search"
+    assert topk.resolve_method(100, "radix") == "radix"
+
+
+@pytest.mark.parametrize("k", [0, -1, 11, 2.0, True, None, "3"])
+def test_bad_k_raises(k):
+    with pytest.raises(ValueError, match="k must be an int in \\[1, 10\\]"):
+        top_k_mask(jnp.zeros(10), k)
+
+
+@pytest.mark.parametrize("method", ["fast", "", None, "SORT"])
+def test_bad_method_raises(method):
+    with pytest.raises(ValueError, match="method must be one of"):
+        top_k_mask(jnp.zeros(10), 3, method=method)
+
+
+def test_non_float_raises():
+    with pytest.raises(ValueError, match="x must be a floating-point array"):
+        top_k_mask(jnp.arange(10), 3)
