@@ -1,0 +1,294 @@
+"""The baseline the paper argues against: prune a trained net, then retrain under the mask.
+
+``python -m experiments.retrain RUN_DIR --sparsities 90 95 98 [--epochs N] [--lr 0.01]
+[--scope kernels|all] [--out FILE.json]``
+
+For each sparsity: global magnitude mask of the run's final params (``sfw_jax.pruning``), pruned
+entries set to 0, then ``N`` epochs of SGD (heavy-ball momentum 0.9, learning rate ``lr`` with
+per-step cosine decay to 0, weight decay from the run's config) chained with
+``sfw_jax.pruning.keep_masked`` (last in the chain), so pruned weights stay exactly 0. BatchNorm
+statistics keep updating as in training; augmentation as in the run. The engine's jitted train
+step (``sfw_jax.train.make_train_step``) does the work; epochs continue the run's shuffling
+sequence (``epoch_permutation(n, seed, run_epochs + e)``).
+
+Default ``N``: 10% of the run's training epochs (at least 1). Each record holds the one-shot
+accuracy before retraining, the accuracy after, the retraining compute (epochs, steps, wall
+time, and the run's own training time for comparison) and the verified final sparsity: every
+pruned entry must be exactly 0 at the end (else RuntimeError), so ``final_sparsity`` equals
+``round(s * N) / N`` exactly.
+
+The output JSON is rewritten after each sparsity; a re-run skips the sparsities already there
+with the same settings (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from experiments import _runs
+from experiments.prune_sweep import check_sparsities, percents_to_fractions
+
+PyTree = Any
+
+
+def default_epochs(run_epochs: int) -> int:
+    """Retraining epochs by default: 10% of the training epochs, at least 1."""
+    return max(1, round(0.1 * run_epochs))
+
+
+@dataclasses.dataclass
+class RetrainResult:
+    """record: JSON-able summary (see the module docstring). params, batch_stats: the retrained
+    variables. mask: the pruning mask (True = kept)."""
+
+    record: dict
+    params: PyTree
+    batch_stats: PyTree
+    mask: PyTree
+
+
+def _check_args(sparsity: Any, epochs: Any, lr: Any, momentum: Any, weight_decay: Any,
+                batch_size: Any, scope: Any) -> float:
+    s = check_sparsities([sparsity], "sparsity")[0]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 \
+            or not math.isfinite(lr):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
+            or not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if weight_decay is not None and (isinstance(weight_decay, bool) or not isinstance(
+            weight_decay, (int, float)) or not weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0 or None, got {weight_decay!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+            batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
+    _runs.scope_include(scope)
+    return s
+
+
+def run_train_time(run: _runs.LoadedRun) -> float:
+    """Seconds the run spent in its training epochs (sum of ``epoch_time`` over its history)."""
+    return float(sum(r.get("epoch_time", 0.0) for r in run.history))
+
+
+def retrain(run: _runs.LoadedRun, sparsity: float, *, epochs: int | None = None,
+            lr: float = 0.01, momentum: float = 0.9, weight_decay: float | None = None,
+            batch_size: int | None = None, scope: str = "kernels", seed: int | None = None,
+            progress: bool = True) -> RetrainResult:
+    """Prune ``run`` to ``sparsity`` (global magnitude, ``scope``) and retrain under the mask.
+
+    Args:
+      run: a loaded finished run (``_runs.load_trained``).
+      sparsity: fraction in [0, 1] of the scope's entries to prune.
+      epochs: retraining epochs (default :func:`default_epochs` of the run's epochs).
+      lr: peak learning rate (cosine decay to 0 over all retraining steps).
+      momentum: SGD heavy-ball momentum.
+      weight_decay: L2 decay (default: the run's ``weight_decay``).
+      batch_size: default: the run's ``batch_size``.
+      scope: ``'kernels'`` or ``'all'`` (see ``_runs.SCOPES``).
+      seed: shuffling / augmentation seed (default: the run's seed).
+      progress: tqdm progress bar.
+
+    Raises:
+      ValueError: a bad argument (named, with its value and what is allowed).
+      FloatingPointError: the loss became non-finite.
+      RuntimeError: a pruned entry is not exactly 0 after retraining.
+    """
+    from sfw_jax import distributed as dist
+    from sfw_jax import train as train_lib
+    from sfw_jax.data import epoch_permutation
+    from sfw_jax.optimizers import sgd_with_decay
+    from sfw_jax.pruning import apply_mask, keep_masked, magnitude_mask
+
+    cfg = run.config
+    epochs = default_epochs(cfg.epochs) if epochs is None else epochs
+    s = _check_args(sparsity, epochs, lr, momentum, weight_decay, batch_size, scope)
+    wd = float(cfg.weight_decay if weight_decay is None else weight_decay)
+    bs = cfg.batch_size if batch_size is None else batch_size
+    seed = cfg.seed if seed is None else seed
+    t0 = time.time()
+
+    mask = magnitude_mask(run.params, s, scope="global", include=_runs.scope_include(scope))
+    params0 = apply_mask(run.params, mask)
+    val = run.evaluator.put(run.dataset.val) if len(run.dataset.val) else None
+    test = run.evaluator.put(run.dataset.test)
+    nan = {"loss": float("nan"), "accuracy": float("nan")}
+    before_val = run.evaluator(params0, run.batch_stats, val) if val is not None else nan
+    before_test = run.evaluator(params0, run.batch_stats, test)
+
+    split = run.train_split
+    n = len(split)
+    if bs > n:
+        raise ValueError(f"batch_size must be <= the number of training examples ({n}), "
+                         f"got {bs}")
+    steps = n // bs
+    total = epochs * steps
+    schedule = optax.cosine_decay_schedule(float(lr), total)
+    tx = optax.chain(sgd_with_decay(schedule, float(momentum), wd), keep_masked(mask))
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_003 + round(s * 1e6))
+    repl = dist.replicated(run.mesh)
+    state = train_lib.TrainState(params=params0, batch_stats=run.batch_stats,
+                                 opt_state=tx.init(params0), step=jnp.zeros((), jnp.int32),
+                                 rng=key)
+    # copies: the train step donates its state, which must not free the run's own arrays
+    state = jax.device_put(jax.tree.map(jnp.copy, state), repl)
+    images = jax.device_put(split.images, repl)
+    labels = jax.device_put(split.labels, repl)
+    info = run.dataset.info
+    step_fn = train_lib.make_train_step(run.model, tx, mean=np.asarray(info.mean),
+                                        std=np.asarray(info.std), augment=bool(cfg.augment),
+                                        mesh=run.mesh)
+    perm_sharding = NamedSharding(run.mesh, P(None, dist.DATA_AXIS))
+    history = []
+    for e in range(epochs):
+        te = time.time()
+        order = epoch_permutation(n, seed, cfg.epochs + e)[: steps * bs]
+        perm = jax.device_put(order.astype(np.int32).reshape(steps, bs), perm_sharding)
+        losses = []
+        bar = tqdm(total=steps, desc=f"retrain {100 * s:g}% epoch {e + 1}/{epochs}",
+                   disable=not progress, leave=False, file=sys.stderr)
+        try:
+            for i in range(steps):
+                state, m = step_fn(state, images, labels, perm, i)
+                losses.append(m["loss"])
+                if (i + 1) % 20 == 0 or i + 1 == steps:
+                    bar.update(i + 1 - bar.n)
+        finally:
+            bar.close()
+        mean_loss = float(np.mean(jax.device_get(losses)))
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"non-finite retraining loss ({mean_loss}) at sparsity {s}, epoch {e + 1}; "
+                f"try a smaller lr (got {lr})")
+        ev = run.evaluator(state.params, state.batch_stats, val) if val is not None else nan
+        history.append({"epoch": e + 1, "train_loss": mean_loss, "val_acc": ev["accuracy"],
+                        "val_loss": ev["loss"], "epoch_time": time.time() - te})
+
+    params = jax.device_get(state.params)
+    counts = _runs.sparsity_counts(params, mask, scope)
+    expected = round(s * counts["size"])
+    if not (counts["pruned"] == expected and counts["pruned_zero"] == expected):
+        raise RuntimeError(
+            f"retraining broke the mask at sparsity {s}: {counts['pruned']} pruned entries "
+            f"(expected {expected}), of which {counts['pruned_zero']} are exactly 0")
+    after_val = run.evaluator(state.params, state.batch_stats, val) if val is not None else nan
+    after_test = run.evaluator(state.params, state.batch_stats, test)
+    wall = time.time() - t0
+    record = {
+        "sparsity": s, "scope": scope, "epochs": epochs, "steps": total, "lr": float(lr),
+        "momentum": float(momentum), "weight_decay": wd, "batch_size": bs,
+        "schedule": "cosine (per step, to 0)", "seed": seed,
+        "oneshot_val_acc": before_val["accuracy"], "oneshot_test_acc": before_test["accuracy"],
+        "val_acc": after_val["accuracy"], "val_loss": after_val["loss"],
+        "test_acc": after_test["accuracy"], "test_loss": after_test["loss"],
+        "final_sparsity": counts["pruned_zero"] / counts["size"],
+        "n_pruned": counts["pruned"], "n_scope": counts["size"],
+        "zero_fraction": counts["zeros"] / counts["size"],
+        "wall_time": wall, "retrain_epoch_fraction": epochs / cfg.epochs,
+        "run_epochs": cfg.epochs, "run_train_time": run_train_time(run),
+        "history": history,
+    }
+    return RetrainResult(record=record, params=params,
+                         batch_stats=jax.device_get(state.batch_stats), mask=mask)
+
+
+def _same_settings(rec: dict, want: dict) -> bool:
+    return all(rec.get(k) == v for k, v in want.items())
+
+
+def retrain_many(run: _runs.LoadedRun, sparsities: Sequence[float], *,
+                 out_path: str | None = None, progress: bool = True,
+                 **kw: Any) -> list[dict]:
+    """:func:`retrain` at each sparsity; records are appended to ``out_path`` (JSON) after each
+    one, and records already there with the same settings are reused (resumable)."""
+    levels = check_sparsities(sparsities)
+    epochs = kw.pop("epochs", None)
+    epochs = default_epochs(run.config.epochs) if epochs is None else epochs
+    kw["epochs"] = epochs
+    records: list[dict] = []
+    if out_path and os.path.isfile(out_path):
+        records = list(_runs.read_json(out_path).get("records", []))
+    settings = {"epochs": epochs, "lr": float(kw.get("lr", 0.01)),
+                "scope": kw.get("scope", "kernels")}
+    out = []
+    for s in levels:
+        hit = [r for r in records if abs(r["sparsity"] - s) < 1e-9 and _same_settings(r, settings)]
+        if hit:
+            out.append(hit[-1])
+            continue
+        rec = retrain(run, s, progress=progress, **kw).record
+        if progress:
+            print(f"retrain {100 * s:g}%: one-shot test {100 * rec['oneshot_test_acc']:.2f}% -> "
+                  f"{100 * rec['test_acc']:.2f}% after {rec['epochs']} epoch(s), "
+                  f"{rec['wall_time']:.0f}s", file=sys.stderr)
+        records.append(rec)
+        out.append(rec)
+        if out_path:
+            _runs.write_json(out_path, {"run_dir": run.out_dir,
+                                        "dense_test_acc": run.final.get("test_acc"),
+                                        "records": records})
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.retrain",
+                                description=__doc__.split("\n")[0], allow_abbrev=False)
+    p.add_argument("run_dir", help="a finished training run (holds final.json, checkpoints/)")
+    p.add_argument("--sparsities", type=float, nargs="+", default=[90, 95, 98],
+                   metavar="PERCENT", help="sparsity levels in percent")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="retraining epochs per sparsity (default: 10%% of the run's epochs)")
+    p.add_argument("--lr", type=float, default=0.01, help="peak lr (cosine decay to 0)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="default: the run's weight_decay")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    p.add_argument("--scope", choices=_runs.SCOPES, default="kernels")
+    p.add_argument("--out", default=None, help="JSON file (default RUN_DIR/retrain.json)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        levels = percents_to_fractions(args.sparsities)
+        _check_args(levels[0], 1 if args.epochs is None else args.epochs, args.lr,
+                    args.momentum, args.weight_decay, args.batch_size, args.scope)
+        if not _runs.is_finished(args.run_dir):
+            raise ValueError(f"run_dir {args.run_dir!r} is not a finished run (no final.json)")
+    except ValueError as e:
+        parser.error(str(e).replace("epochs must", "--epochs must"))
+    out = args.out or os.path.join(args.run_dir, "retrain.json")
+    run = _runs.load_trained(args.run_dir)
+    recs = retrain_many(run, levels, out_path=out, progress=not args.no_progress,
+                        epochs=args.epochs, lr=args.lr, momentum=args.momentum,
+                        weight_decay=args.weight_decay, batch_size=args.batch_size,
+                        scope=args.scope)
+    print(f"dense test acc {100 * run.final['test_acc']:.2f}%")
+    for r in recs:
+        print(f"{100 * r['sparsity']:5.1f}%  one-shot {100 * r['oneshot_test_acc']:6.2f}%  "
+              f"retrained {100 * r['test_acc']:6.2f}%  ({r['epochs']} epochs, "
+              f"{r['wall_time']:.0f}s, final sparsity {100 * r['final_sparsity']:.3f}%)")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Study grids for ``python -m experiments.study --preset NAME`` (section 5 of Lu et al., 2022).
+
+A :class:`StudyPreset` is one architecture + dataset: a base ``TrainConfig`` (a config preset of
+``sfw_jax.config.PRESETS`` plus overrides) and the methods trained on it, each a set of
+``TrainConfig`` overrides:
+
+* ``sfw_ksparse``: SFW with K-sparse polytope constraints (the paper's method);
+* ``sfw_l2``: SFW with L2-ball constraints (the reference's other choice: same optimizer, no
+  polytope; shows what the polytope itself buys);
+* ``sgd``: unconstrained SGD with momentum and weight decay (the usual dense baseline);
+* ``sfw_init`` (optional, in ``optional_methods``): ``sfw_ksparse`` with ``sfw_init=True``
+  (the SFW-Init issue); switch it on with ``--methods ... sfw_init`` once ``TrainConfig`` has
+  that field.
+
+Every method is trained dense, then pruned one-shot at every level of ``sparsities`` (scopes
+``scopes``), and the methods in ``retrain_methods`` are also retrained under the mask at
+``retrain_sparsities`` for ``retrain_epochs`` epochs (None: 10% of the training epochs).
+
+Presets:
+
+* ``digits-smoke``: a tiny grid on the embedded 8x8 digits for tests (well under a minute of
+  compute per method on a CPU, compile time aside).
+* ``cifar10-cpu``: SimpleCNN (width 0.5, BatchNorm) on the shared CIFAR-10 JPEG copy
+  (``../shared/data/cifar10-jpeg.tar.gz`` relative to the repository root), sized for a 2-core
+  CPU; see ``CIFAR10_CPU_NOTES`` for the time estimate and the hyperparameter choices.
+* ``paper-resnet18-cifar10``: ResNet-18 with the reference's defaults (180 epochs), SGD baseline
+  lr 0.1 momentum 0.9 decay 5e-4 step schedule, SGD retrained at 90, 95, 98% (for a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from sfw_jax.config import TrainConfig, from_preset
+
+FULL_SPARSITIES: tuple[float, ...] = tuple(
+    p / 100 for p in (*range(0, 91, 10), *range(91, 100)))
+"""0, 10, ..., 90, 91, ..., 99 % (the reference's levels)."""
+
+CIFAR10_JPEG = "../shared/data/cifar10-jpeg.tar.gz"
+"""The shared CIFAR-10 JPEG copy, relative to the repository root (read as an archive)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPreset:
+    """One study grid (see the module docstring).
+
+    Attributes:
+      name, description: identification.
+      base_preset: a ``sfw_jax.config.PRESETS`` name (or None) for the base config.
+      base: ``TrainConfig`` overrides applied on top of ``base_preset``.
+      methods: method name -> ``TrainConfig`` overrides (the default method list, in order).
+      optional_methods: methods available via ``--methods`` but not run by default.
+      labels: method name -> display name in tables and plots.
+      sparsities: one-shot pruning levels (fractions).
+      scopes: pruning scopes of the sweep (``'kernels'``, ``'all'``).
+      main_scope: the scope of the main table and plot (and of retraining).
+      bn_recal: also sweep with BatchNorm re-calibration (an extra beyond the paper).
+      recal_batches: training batches for the re-calibration.
+      retrain_methods: methods that are also pruned + retrained.
+      retrain_sparsities: levels at which they are retrained.
+      retrain_epochs: epochs of retraining (None: 10% of the method's training epochs).
+      retrain_lr: peak lr of retraining (SGD momentum 0.9, cosine decay per step).
+      notes: free text copied into ``table.md`` (estimates, hyperparameter choices).
+    """
+
+    name: str
+    description: str
+    base_preset: str | None
+    base: Mapping[str, Any]
+    methods: Mapping[str, Mapping[str, Any]]
+    optional_methods: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    sparsities: tuple[float, ...] = FULL_SPARSITIES
+    scopes: tuple[str, ...] = ("kernels", "all")
+    main_scope: str = "kernels"
+    bn_recal: bool = False
+    recal_batches: int = 20
+    retrain_methods: tuple[str, ...] = ("sgd",)
+    retrain_sparsities: tuple[float, ...] = (0.9, 0.95, 0.98)
+    retrain_epochs: int | None = None
+    retrain_lr: float = 0.01
+    notes: str = ""
+
+    def all_methods(self) -> dict[str, Mapping[str, Any]]:
+        """Default and optional methods together (name -> overrides)."""
+        return {**self.methods, **self.optional_methods}
+
+    def label(self, method: str) -> str:
+        """Display name of a method."""
+        return self.labels.get(method, method)
+
+    def base_config(self) -> TrainConfig:
+        """The base ``TrainConfig`` (before a method's overrides)."""
+        return from_preset(self.base_preset, **dict(self.base))
+
+    def method_config(self, method: str, out_dir: str | None = None) -> TrainConfig:
+        """The ``TrainConfig`` of ``method`` writing to ``out_dir``.
+
+        Raises ValueError for an unknown method or an override that is not a ``TrainConfig``
+        field (e.g. ``sfw_init`` before that field exists), naming it.
+        """
+        methods = self.all_methods()
+        if method not in methods:
+            raise ValueError(f"method must be one of {sorted(methods)} for study preset "
+                             f"{self.name!r}, got {method!r}")
+        try:
+            return self.base_config().replace(**dict(methods[method]), out_dir=out_dir)
+        except ValueError as e:
+            raise ValueError(f"method {method!r} of study preset {self.name!r}: {e}") from e
+
+
+_LABELS = {"sfw_ksparse": "SFW K-sparse", "sfw_l2": "SFW L2", "sgd": "SGD",
+           "sfw_init": "SFW + init"}
+
+DIGITS_SMOKE = StudyPreset(
+    name="digits-smoke",
+    description="tiny grid on sklearn's 8x8 digits (tests and smoke runs)",
+    base_preset=None,
+    base=dict(arch="simple_cnn", model_kwargs={"width": 0.25, "use_bn": True},
+              dataset="digits", val_fraction=0.1, augment=False, optimizer="sfw",
+              constraint="k_sparse", k=10, k_frac=0.05, tau=15.0, mode="initialization",
+              rescale="gradient", sfw_scope="all", init_norm_samples=2, lr=1.0,
+              lr_schedule="constant", momentum=0.9, weight_decay=0.0, epochs=2, batch_size=64,
+              keep_checkpoints=1, progress=False),
+    methods={"sfw_ksparse": {},
+             "sfw_l2": {"constraint": "l2"},
+             "sgd": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
+                     "lr_schedule": "constant"}},
+    optional_methods={"sfw_init": {"sfw_init": True}},
+    labels=_LABELS,
+    sparsities=(0.0, 0.5, 0.9, 0.95),
+    scopes=("kernels", "all"),
+    bn_recal=True,
+    recal_batches=4,
+    retrain_methods=("sgd",),
+    retrain_sparsities=(0.9,),
+    retrain_epochs=1,
+    retrain_lr=0.01,
+)
+
+CIFAR10_CPU_NOTES = """\
+CPU-scale study. SimpleCNN width 0.5 (16-16-32-32 conv channels, BatchNorm, 64 hidden units,
+~0.15M parameters) on the shared CIFAR-10 JPEG copy (45k train / 5k val / 10k test), random
+crop + flip, batch 128, 351 steps per epoch, 8 epochs, cosine schedule.
+
+Time, measured with the engine's jitted train step on the 2-core development machine while
+other jobs ran (load average 4-5): SFW 0.47 s/step = 163 s/epoch, SGD 0.34-0.40 s/step =
+120-140 s/epoch, evaluating 5k images 1.5-2 s (width 0.25 was barely faster: 0.31 s/step, so
+the step is not conv-FLOP bound and width 0.5 costs little extra). Under load ~7 steps took
+2-3x longer. Budget at the load-4-5 rates: training 2 x 8 x 163 + 8 x 125 = 3.6k s; sweeps
+3 methods x 19 levels x 2 scopes x 15k images = 3 x 38 x ~6 s = 0.7k s; SGD retraining
+3 levels x 1 epoch = 0.4k s; setup/compilation ~3 x 60 s -> ~80 minutes. On an otherwise idle
+2-core machine (about 2x faster) ~40-45 minutes. If the machine is busy, lower the epochs
+(``--set epochs=6``) or sweep one scope (``--scopes kernels``).
+
+Hyperparameters. The reference's defaults (K-sparse k=10, k_frac=0.05, tau=15,
+'initialization' diameters, gradient rescaling, lr 1.0, momentum 0.9, every tensor
+constrained); cosine schedule instead of 'dynamic_change' (whose loss-trend rule only acts after
+20 epochs). SFW L2: the same with constraint='l2'. SGD: lr 0.05, momentum 0.9, weight decay
+5e-4, cosine. Retraining: SGD lr 0.01 (cosine), momentum 0.9, the run's weight decay, 1 epoch
+(12% of training). Not tuned on this data yet: tune tau, k_frac, lr, rescale and sfw_scope on
+the validation split (``val_acc`` in each run's metrics.jsonl and the sweeps' ``val_acc``)
+before committing a result, and record here what was tried.
+"""
+
+CIFAR10_CPU = StudyPreset(
+    name="cifar10-cpu",
+    description="SimpleCNN (width 0.5, BN) on the shared CIFAR-10 JPEG copy, 2-core CPU scale",
+    base_preset="cpu-simplecnn-cifar10",
+    base=dict(data_dir=CIFAR10_JPEG, model_kwargs={"width": 0.5, "use_bn": True},
+              epochs=8, lr_schedule="cosine", init_norm_samples=20, keep_checkpoints=2,
+              val_fraction=0.1, augment=True),
+    methods={"sfw_ksparse": {},
+             "sfw_l2": {"constraint": "l2"},
+             "sgd": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
+                     "lr_schedule": "cosine"}},
+    optional_methods={"sfw_init": {"sfw_init": True}},
+    labels=_LABELS,
+    sparsities=FULL_SPARSITIES,
+    scopes=("kernels", "all"),
+    bn_recal=False,
+    recal_batches=20,
+    retrain_methods=("sgd",),
+    retrain_sparsities=(0.9, 0.95, 0.98),
+    retrain_epochs=1,
+    retrain_lr=0.01,
+    notes=CIFAR10_CPU_NOTES,
+)
+
+PAPER_RESNET18_CIFAR10 = StudyPreset(
+    name="paper-resnet18-cifar10",
+    description="ResNet-18 on CIFAR-10 with the reference's defaults (180 epochs; for a GPU)",
+    base_preset="paper-resnet18-cifar10",
+    base=dict(data_dir=CIFAR10_JPEG, val_fraction=0.1, keep_checkpoints=2),
+    methods={"sfw_ksparse": {},
+             "sfw_l2": {"constraint": "l2"},
+             "sgd": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                     "lr_schedule": "step"}},
+    optional_methods={"sfw_init": {"sfw_init": True}},
+    labels=_LABELS,
+    sparsities=FULL_SPARSITIES,
+    scopes=("kernels", "all"),
+    bn_recal=True,
+    recal_batches=50,
+    retrain_methods=("sgd", "sfw_ksparse"),
+    retrain_sparsities=(0.9, 0.95, 0.98),
+    retrain_epochs=None,
+    retrain_lr=0.01,
+    notes="Reference setting (Lu et al., ICLR 2022, section 5). A 10% validation split is "
+          "held out (the reference trains on all 50k) so hyperparameters are chosen on it.",
+)
+
+STUDY_PRESETS: dict[str, StudyPreset] = {
+    p.name: p for p in (DIGITS_SMOKE, CIFAR10_CPU, PAPER_RESNET18_CIFAR10)}
+
+
+def study_preset_names() -> list[str]:
+    """Sorted study preset names."""
+    return sorted(STUDY_PRESETS)
+
+
+def get_study_preset(name: str) -> StudyPreset:
+    """The study preset ``name``; ValueError listing the names otherwise."""
+    if name not in STUDY_PRESETS:
+        raise ValueError(f"preset must be one of {study_preset_names()}, got {name!r}")
+    return STUDY_PRESETS[name]

@@ -1,0 +1,230 @@
+"""experiments.study (digits-smoke grid), its presets, reports and plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import _runs, plots
+from experiments import study as study_lib
+from experiments.study_presets import (DIGITS_SMOKE, STUDY_PRESETS, get_study_preset,
+                                       study_preset_names)
+from sfw_jax import config as config_lib
+
+METHODS = ["sfw_ksparse", "sgd"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(path: str) -> tuple[int, int]:
+    assert os.path.isfile(path) and os.path.getsize(path) > 1000
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("study") / "digits")
+    summary = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    return out, summary
+
+
+def test_runs_sweeps_and_retraining(study):
+    out, summary = study
+    assert list(summary["methods"]) == METHODS
+    for m in METHODS:
+        res = summary["methods"][m]
+        run_dir = os.path.join(out, "runs", m)
+        assert _runs.is_finished(run_dir)
+        assert res["this_invocation"]["train"]["status"] == "trained"
+        saved = config_lib.load_json(os.path.join(run_dir, "config.json"))
+        assert saved.to_dict() == res["config"]
+        assert saved == config_lib.validate(DIGITS_SMOKE.method_config(m, run_dir).replace(
+            progress=False))
+        rows = res["sweep"]
+        assert {(r["scope"], r["bn_recal"], r["target_sparsity"]) for r in rows} == {
+            (sc, v, s) for sc in ("kernels", "all") for v in (False, True)
+            for s in DIGITS_SMOKE.sparsities}
+        dense = [r for r in rows if r["target_sparsity"] == 0.0 and not r["bn_recal"]]
+        assert all(r["test_acc"] == res["final"]["test_acc"] for r in dense)
+        for r in rows:
+            assert r["n_pruned"] == round(r["target_sparsity"] * r["n_scope"])
+        assert os.path.isfile(os.path.join(run_dir, "sweep.csv"))
+    assert summary["methods"]["sfw_ksparse"]["config"]["optimizer"] == "sfw"
+    assert summary["methods"]["sgd"]["config"]["optimizer"] == "sgd"
+    assert summary["methods"]["sfw_ksparse"]["retrain"] == []
+    (rec,) = summary["methods"]["sgd"]["retrain"]
+    assert rec["sparsity"] == 0.9 and rec["epochs"] == 1
+    assert rec["final_sparsity"] == rec["n_pruned"] / rec["n_scope"]
+    assert rec["n_pruned"] == round(0.9 * rec["n_scope"])
+
+
+def test_table_lists_every_method_and_sparsity(study):
+    out, summary = study
+    table = open(os.path.join(out, "table.md")).read()
+    for label in ("SFW K-sparse", "SGD", "SGD + retrain"):
+        assert f"| {label} |" in table or f" {label} |" in table
+    assert "SFW L2" not in table  # not selected
+    for s in ("0% (dense)", "50%", "90%", "95%"):
+        assert f"| {s} |" in table
+    sgd = summary["methods"]["sgd"]
+    # the main table's 90% row holds SGD one-shot and retrained test accuracies
+    row90 = next(line for line in table.splitlines() if line.startswith("| 90% |"))
+    oneshot = next(r for r in sgd["sweep"] if r["scope"] == "kernels" and not r["bn_recal"]
+                   and r["target_sparsity"] == 0.9)
+    assert f"{100 * oneshot['test_acc']:.2f}" in row90
+    assert f"{100 * sgd['retrain'][0]['test_acc']:.2f}" in row90
+    assert f"| SGD | {100 * sgd['final']['test_acc']:.2f} |" in table
+    assert "## Retraining cost" in table and "## Targets (issue)" in table
+    assert "re-calibration (extra, not in the paper)" in table
+    above = open(os.path.join(out, "weights_above.md")).read()
+    assert "| 1e-10 |" in above and "| SFW K-sparse | SGD |" in above
+    n = summary["methods"]["sgd"]["weights"]["above"]["size"]
+    assert f"| size | {n} | {n} |" in above
+
+
+def test_outputs_exist(study):
+    out, summary = study
+    w, h = _check_png(os.path.join(out, "accuracy_vs_sparsity.png"))
+    assert w > 600 and h > 300
+    for m in METHODS:
+        _check_png(os.path.join(out, f"weights_{m}.png"))
+    _check_png(os.path.join(out, "weights_cdf.png"))
+    with open(os.path.join(out, "summary.json")) as f:
+        saved = json.load(f)
+    assert saved["study"] == "digits-smoke" and list(saved["methods"]) == METHODS
+    configs = _runs.read_json(os.path.join(out, "configs.json"))
+    assert set(configs) == set(METHODS)
+    assert configs["sgd"]["weight_decay"] == 5e-4
+
+
+def test_second_invocation_redoes_nothing(study, monkeypatch):
+    out, first = study
+    import sfw_jax.pruning as pruning
+
+    def fail(*a, **k):
+        raise AssertionError("work was redone")
+
+    monkeypatch.setattr(study_lib.train_lib, "train", fail)
+    monkeypatch.setattr(study_lib.retrain_lib, "retrain", fail)
+    monkeypatch.setattr(pruning, "masks_for_sweep", fail)
+    again = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    for m in METHODS:
+        assert again["methods"][m]["this_invocation"]["train"]["status"] == "skipped"
+        assert again["methods"][m]["sweep"] == first["methods"][m]["sweep"]
+        assert again["methods"][m]["retrain"] == first["methods"][m]["retrain"]
+
+
+def test_unfinished_run_is_resumed(study, monkeypatch):
+    out, first = study
+    calls = []
+    real = study_lib.train_lib.train
+
+    def spy(cfg, dataset=None, **kw):
+        calls.append((os.path.basename(cfg.out_dir), cfg.resume))
+        return real(cfg, dataset, **kw)
+
+    monkeypatch.setattr(study_lib.train_lib, "train", spy)
+    os.remove(os.path.join(out, "runs", "sgd", "final.json"))
+    again = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    assert calls == [("sgd", True)]
+    assert again["methods"]["sgd"]["this_invocation"]["train"]["status"] == "resumed"
+    # resumed after its last epoch: same weights, so the same accuracy
+    assert again["methods"]["sgd"]["final"]["test_acc"] == first["methods"]["sgd"]["final"]["test_acc"]
+
+
+def test_stale_run_folder_is_reported(study):
+    out, _ = study
+    changed = dataclasses.replace(DIGITS_SMOKE, methods={
+        **DIGITS_SMOKE.methods, "sgd": {**DIGITS_SMOKE.methods["sgd"], "lr": 0.02}})
+    with pytest.raises(ValueError, match="different config.*lr: saved 0.05 vs now 0.02"):
+        study_lib.run_study(changed, out, methods=["sgd"], progress=False)
+
+
+def test_presets_and_method_errors():
+    assert study_preset_names() == ["cifar10-cpu", "digits-smoke", "paper-resnet18-cifar10"]
+    for name, preset in STUDY_PRESETS.items():
+        assert set(preset.methods) >= {"sfw_ksparse", "sfw_l2", "sgd"}
+        assert "sfw_init" in preset.optional_methods
+        assert "sgd" in preset.retrain_methods
+        for m in preset.methods:
+            cfg = config_lib.validate(preset.method_config(m, "x"))
+            assert cfg.keep_checkpoints >= 1
+        assert preset.method_config("sfw_l2").constraint == "l2"
+        assert preset.method_config("sgd").optimizer == "sgd"
+    cpu = get_study_preset("cifar10-cpu")
+    assert cpu.base_config().data_dir == "../shared/data/cifar10-jpeg.tar.gz"
+    paper = get_study_preset("paper-resnet18-cifar10")
+    sgd = paper.method_config("sgd")
+    assert (sgd.arch, sgd.epochs, sgd.lr, sgd.momentum, sgd.weight_decay, sgd.lr_schedule) == \
+        ("resnet18", 180, 0.1, 0.9, 5e-4, "step")
+    assert paper.retrain_sparsities == (0.9, 0.95, 0.98)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        get_study_preset("mnist")
+    with pytest.raises(ValueError, match="methods must be a non-empty list from"):
+        study_lib.check_methods(DIGITS_SMOKE, ["adam"])
+    with pytest.raises(ValueError, match="method must be one of"):
+        DIGITS_SMOKE.method_config("adam")
+    # the optional SFW + init row: a config with sfw_init=True once TrainConfig has the field
+    if "sfw_init" in config_lib.field_names():
+        assert DIGITS_SMOKE.method_config("sfw_init").sfw_init is True
+    else:
+        with pytest.raises(ValueError, match="method 'sfw_init'.*sfw_init"):
+            DIGITS_SMOKE.method_config("sfw_init")
+    with pytest.raises(ValueError, match="scopes must include the preset's main scope"):
+        study_lib.run_study(DIGITS_SMOKE, "unused", scopes=["all"], progress=False)
+
+
+def test_cli_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        study_lib.main(["--preset", "nope"])
+    assert e.value.code == 2 and "preset must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study_lib.main(["--preset", "digits-smoke", "--methods", "adam"])
+    assert "methods must be a non-empty list" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study_lib.main([])
+    assert "--preset is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study_lib.main(["--preset", "digits-smoke", "--set", "epoch=3"])
+    assert "'epoch' is not a TrainConfig field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study_lib.main(["--preset", "digits-smoke", "--set", "epochs"])
+    assert "--set takes KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a bad value is reported before any work
+        study_lib.main(["--preset", "digits-smoke", "--set", "epochs=0"])
+    assert "epochs must be an int >= 1, got 0" in capsys.readouterr().err
+    assert study_lib.parse_overrides(["epochs=6", "model-kwargs={\"width\": 1.0}",
+                                      "dataset=cifar10"]) == {
+        "epochs": 6, "model_kwargs": {"width": 1.0}, "dataset": "cifar10"}
+    assert study_lib.main(["--list-presets"]) == 0
+    assert "cifar10-cpu" in capsys.readouterr().out
+
+
+def test_plots_from_plain_data(tmp_path):
+    path = plots.plot_accuracy_vs_sparsity(
+        str(tmp_path / "a.png"), {"A": ([0, 0.5, 0.9, 0.99], [0.9, 0.9, 0.85, 0.3]),
+                                  "B": ([0, 0.5, 0.9, 0.99], [0.92, 0.6, 0.1, 0.1])},
+        retrained={"B": ([0.9, 0.95], [0.8, 0.7])}, dense={"A": 0.9, "B": 0.92}, title="t")
+    _check_png(path)
+    mags = {"w": np.concatenate([np.zeros(10), 10.0 ** np.linspace(-6, 0, 990)])}
+    from sfw_jax import weight_stats
+    hist = weight_stats.magnitude_histogram(mags, list(study_lib.HIST_EDGES))
+    cdf = weight_stats.magnitude_cdf(mags)
+    _check_png(plots.plot_weight_distribution(str(tmp_path / "w.png"), hist, cdf, title="A"))
+    _check_png(plots.plot_cdf_comparison(str(tmp_path / "c.png"), {"A": cdf, "B": cdf}))
+    with pytest.raises(ValueError, match="oneshot must hold at least one"):
+        plots.plot_accuracy_vs_sparsity(str(tmp_path / "x.png"), {})
+    with pytest.raises(ValueError, match="equal non-zero length"):
+        plots.plot_accuracy_vs_sparsity(str(tmp_path / "x.png"), {"A": ([0, 0.5], [0.9])})
+    with pytest.raises(ValueError, match="log10 histogram"):
+        plots.plot_weight_distribution(str(tmp_path / "x.png"), {**hist, "log": False}, cdf)
+    assert not os.path.exists(tmp_path / "x.png")
