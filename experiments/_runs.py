@@ -148,10 +148,8 @@ def same_data(a: TrainConfig, b: TrainConfig) -> bool:
 
 def train_split_of(cfg: TrainConfig, dataset: Dataset) -> Split:
     """The training examples the run trained on (``max_train_samples`` honoured)."""
-    split = dataset.train
-    if cfg.max_train_samples is not None and cfg.max_train_samples < len(split):
-        split = split.take(np.arange(cfg.max_train_samples))
-    return split
+    from sfw_jax.train import training_subset
+    return training_subset(cfg, dataset.train)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class TrainConfig:
       data_dir: dataset location (e.g. an image-folder copy of CIFAR-10), or None.
       val_fraction: fraction of the training set held out for validation.
       image_size: resize images to this side length, or None.
-      max_train_samples: train on the first N training samples only (tests, smoke runs).
+      max_train_samples: train on a seeded random subset of N training samples (tests, smoke runs).
       augment: random crop (pad 4) + horizontal flip inside the train step; None = on for
         CIFAR-like datasets (name starts with 'cifar'), off otherwise.
     Optimizer:

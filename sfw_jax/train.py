@@ -295,6 +295,17 @@ def check_run_preconditions(cfg: TrainConfig, mesh: Mesh) -> None:
                          f"pass resume=True (--resume) to continue it or choose another out_dir")
 
 
+def training_subset(cfg: TrainConfig, split: Split) -> Split:
+    """The examples a run trains on: all of ``split``, or with ``max_train_samples = N`` a
+    seeded random subset of N (kept in the split's order; files sorted by class would make the
+    first N a single class)."""
+    n = cfg.max_train_samples
+    if n is None or n >= len(split):
+        return split
+    idx = np.random.default_rng([cfg.seed, 104729]).permutation(len(split))[:n]
+    return split.take(np.sort(idx))
+
+
 def _dummy_input(info: DatasetInfo) -> jax.Array:
     return jnp.zeros((1, *info.image_shape), jnp.float32)
 
@@ -483,8 +494,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
         dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
                                seed=cfg.seed, image_size=cfg.image_size)
     train_split = dataset.train
-    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train_split):
-        train_split = train_split.take(np.arange(cfg.max_train_samples))
+    train_split = training_subset(cfg, train_split)
     n_train, bs = len(train_split), cfg.batch_size
     steps = n_train // bs
     if steps == 0:

@@ -54,7 +54,8 @@ class NumpySFW:
             if self.rescale == "diameter":
                 factor = 1.0 / self.diameters[name]
             elif self.rescale == "gradient":
-                factor = np.linalg.norm(d_p) / np.linalg.norm(p - v)
+                with np.errstate(divide="ignore"):   # x = v: inf, clipped to 1 (a no-op step)
+                    factor = np.linalg.norm(d_p) / np.linalg.norm(p - v)
             else:
                 factor = 1.0
             lr = max(0.0, min(factor * self.lr, 1.0))
