@@ -8,19 +8,11 @@ import pytest
 
 from experiments import _runs
 from experiments import retrain as rt
-from sfw_jax.config import TrainConfig
-from sfw_jax.train import train
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("retrain") / "run")
-    cfg = TrainConfig(arch="simple_cnn", model_kwargs={"width": 0.25, "use_bn": True},
-                      dataset="digits", optimizer="sgd", lr=0.05, weight_decay=5e-4,
-                      lr_schedule="constant", epochs=2, batch_size=64, augment=False,
-                      keep_checkpoints=1, progress=False, out_dir=out)
-    train(cfg)
-    return out
+def run_dir(tiny_digits_run_factory) -> str:
+    return tiny_digits_run_factory("retrain", epochs=2)
 
 
 @pytest.fixture(scope="module")

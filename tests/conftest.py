@@ -1,0 +1,27 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from sfw_jax.config import TrainConfig
+
+
+def train_tiny_digits_sgd(out_dir: str, epochs: int) -> str:
+    """Train a tiny SGD SimpleCNN (width 0.25, BatchNorm) on the embedded digits into
+    ``out_dir`` (checkpoint kept) and return ``out_dir``."""
+    from sfw_jax.train import train
+    cfg = TrainConfig(arch="simple_cnn", model_kwargs={"width": 0.25, "use_bn": True},
+                      dataset="digits", optimizer="sgd", lr=0.05, weight_decay=5e-4,
+                      lr_schedule="constant", epochs=epochs, batch_size=64, augment=False,
+                      keep_checkpoints=1, progress=False, out_dir=out_dir)
+    train(cfg)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_digits_run_factory(tmp_path_factory):
+    """``make(name, epochs) -> out_dir`` of a finished tiny digits run (see above)."""
+    def make(name: str, epochs: int) -> str:
+        return train_tiny_digits_sgd(str(tmp_path_factory.mktemp(name) / "run"), epochs)
+    return make
