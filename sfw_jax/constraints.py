@@ -90,11 +90,9 @@ class Constraint:
 
 
 @dataclasses.dataclass(frozen=True)
-class KSparsePolytope(Constraint):
-    """P_K(r) = {x : ||x||_inf <= r, ||x||_1 <= K r}; LMO: -r sign(g) on the K largest |g_i|.
-
-    ``method`` selects the exact top-k path (:func:`sfw_jax.topk.top_k_mask`).
-    """
+class _TopKSet(Constraint):
+    """Shared fields of the sets whose LMO selects the k largest |g_i|: ``k``, ``radius`` and the
+    exact top-k path ``method`` (:func:`sfw_jax.topk.top_k_mask`)."""
 
     k: int
     radius: float
@@ -103,6 +101,14 @@ class KSparsePolytope(Constraint):
     def __post_init__(self):
         _check_int_k(self.k)
         _check_radius(self.radius)
+
+
+@dataclasses.dataclass(frozen=True)
+class KSparsePolytope(_TopKSet):
+    """P_K(r) = {x : ||x||_inf <= r, ||x||_1 <= K r}; LMO: -r sign(g) on the K largest |g_i|.
+
+    ``method`` selects the exact top-k path (:func:`sfw_jax.topk.top_k_mask`).
+    """
 
     @classmethod
     def from_diameter(cls, k: int, diameter: float, method: str = "auto") -> "KSparsePolytope":
@@ -197,20 +203,12 @@ class LpBall(Constraint):
 
 
 @dataclasses.dataclass(frozen=True)
-class KSupportNormBall(Constraint):
+class KSupportNormBall(_TopKSet):
     """conv{x : ||x||_0 <= k, ||x||_2 <= r}; LMO: -r * (top-k part of g) / ||top-k part||_2.
 
     ``project`` is not provided: the Euclidean projection needs an O(n log n) search over two
     indices (Chatterjee et al.) that we do not implement; ``shift_inside`` scales by the norm.
     """
-
-    k: int
-    radius: float
-    method: str = "auto"
-
-    def __post_init__(self):
-        _check_int_k(self.k)
-        _check_radius(self.radius)
 
     @classmethod
     def from_diameter(cls, k: int, diameter: float, method: str = "auto") -> "KSupportNormBall":

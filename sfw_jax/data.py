@@ -5,26 +5,5 @@ returns uint8 ``[N, H, W, C]`` images and int32 ``[N]`` labels for train / val /
 ``DatasetInfo``; ``iterate_batches`` / ``num_batches`` batch a ``Split`` on the host.
 """
 
-from sfw_jax.datasets import (
-    DataFormatError,
-    Dataset,
-    DatasetInfo,
-    DatasetUnavailableError,
-    Split,
-    epoch_permutation,
-    iterate_batches,
-    load_dataset,
-    num_batches,
-)
-
-__all__ = [
-    "DataFormatError",
-    "Dataset",
-    "DatasetInfo",
-    "DatasetUnavailableError",
-    "Split",
-    "epoch_permutation",
-    "iterate_batches",
-    "load_dataset",
-    "num_batches",
-]
+from sfw_jax.datasets import *  # noqa: F401,F403  (the public names, listed once there)
+from sfw_jax.datasets import __all__  # noqa: F401

@@ -52,6 +52,7 @@ from sfw_jax.config import TrainConfig
 from sfw_jax.constraints import make_feasible
 from sfw_jax.data import Dataset, DatasetInfo, Split, epoch_permutation, load_dataset
 from sfw_jax.models import get_model
+from sfw_jax.weight_stats import DEFAULT_THRESHOLDS
 
 PyTree = Any
 Callback = Callable[[dict, "TrainState"], None]
@@ -385,8 +386,9 @@ def _flat_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
     return [(path_str(p), v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-WEIGHT_THRESHOLDS = tuple(10.0 ** e for e in range(1, -11, -1))
-"""|w| thresholds of the per-epoch weight-magnitude counts: 10, 1, 0.1, ..., 1e-10."""
+WEIGHT_THRESHOLDS = DEFAULT_THRESHOLDS
+"""|w| thresholds of the per-epoch weight-magnitude counts: 10, 1, 0.1, ..., 1e-10 (those of
+``sfw_jax.weight_stats``; counted here on device so no epoch copies the weights to the host)."""
 
 
 @jax.jit

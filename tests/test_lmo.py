@@ -243,10 +243,8 @@ def test_k_support_lmo_zero_gradient_vertex():
 @settings(max_examples=40, deadline=None)
 @given(x=vectors, data=st.data())
 def test_k_support_norm_is_dual_of_top_k_l2(x, data):
-    """||x||_k^sp = max over the LMO's dual: sup_{||g||_(k)* <= 1} <x, g>; check via the variational
-    form on small n: the norm equals min over decompositions, so compare with the unit ball's
-    support function through Frank-Wolfe duality: <x, g> <= ||x||_sp * topk_l2(g) for random g,
-    with equality reached at the closed form for k = 1 (L1) and k = n (L2)."""
+    """Closed-form checks of the k-support norm: L1 for k = 1, L2 for k = n, between them
+    otherwise, and the dual-norm (Hoelder) inequality <x, g> <= ||x||_sp * ||top-k of g||_2."""
     x = np.asarray(x, np.float32).astype(np.float64)
     n = len(x)
     k = data.draw(st.integers(1, n))
