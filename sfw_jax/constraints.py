@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sfw_jax import lmo as _lmo
+from sfw_jax import topk as _topk
 from sfw_jax._tree import PyTree, Selector, path_str, select_leaves
 
 KINDS = ("k_sparse", "l1", "l2", "linf", "lp", "k_support", "unconstrained")
@@ -66,6 +67,17 @@ class Constraint:
     def lmo(self, g: jax.Array) -> jax.Array:  # pragma: no cover - interface
         """argmin_{v in C} <v, g>, same shape and dtype as g."""
         raise NotImplementedError
+
+    def lmo_select(self, g: jax.Array):
+        """First half of a two-phase LMO: a small pytree ``s`` from which
+        :meth:`lmo_vertex` ``(g, s)`` rebuilds ``lmo(g)`` elementwise (so that XLA can fuse the
+        vertex into each consumer instead of materialising it). Default: ``s`` is the vertex."""
+        return self.lmo(g)
+
+    def lmo_vertex(self, g: jax.Array, selection) -> jax.Array:
+        """Second half of the two-phase LMO: ``lmo(g)`` from ``lmo_select(g)``."""
+        del g
+        return selection
 
     def gauge(self, x: jax.Array) -> jax.Array:  # pragma: no cover - interface
         """Minkowski gauge of C scaled so that x in C iff gauge(x) <= radius."""
@@ -123,6 +135,23 @@ class KSparsePolytope(_TopKSet):
 
     def lmo(self, g: jax.Array) -> jax.Array:
         return _lmo.k_sparse_lmo(g, min(self.k, g.size), self.radius, method=self.method)
+
+    def lmo_select(self, g: jax.Array):
+        """The top-k threshold ``(t, cut)`` of ``|g|`` on the counting paths (see
+        :func:`sfw_jax.topk.top_k_threshold`); the vertex itself on the 'sort' path."""
+        k = min(self.k, g.size)
+        if k == g.size or _topk.resolve_method(g.size, self.method) == "sort":
+            return self.lmo(g)
+        return _topk.top_k_threshold(jax.lax.stop_gradient(g), k, absolute=True,
+                                     adaptive=_topk.resolve_method(g.size, self.method)
+                                     == "search")
+
+    def lmo_vertex(self, g: jax.Array, selection) -> jax.Array:
+        if not isinstance(selection, tuple):
+            return selection
+        t, cut = selection
+        mask = _topk.threshold_mask(jax.lax.stop_gradient(g), t, cut, absolute=True)
+        return _lmo.k_sparse_vertex(g, mask, self.radius)
 
     def gauge(self, x: jax.Array) -> jax.Array:
         """max(||x||_inf, ||x||_1 / K) (x in P_K(r) iff this is <= r)."""

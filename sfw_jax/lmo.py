@@ -99,7 +99,13 @@ def k_sparse_lmo(g: jax.Array, k: int, radius: Scalar, *, method: str = "auto") 
     _check_k(k, g.size)
     check_positive_finite(radius, "radius")
     # the selection is piecewise constant in g: no gradient flows through it
-    mask = top_k_mask(jax.lax.stop_gradient(jnp.abs(g)), int(k), method=method)
+    mask = top_k_mask(jax.lax.stop_gradient(g), int(k), method=method, absolute=True)
+    return k_sparse_vertex(g, mask, radius)
+
+
+def k_sparse_vertex(g: jax.Array, mask: jax.Array, radius: Scalar) -> jax.Array:
+    """The K-sparse vertex on a given support: ``-r sign(g)`` where ``mask``, 0 elsewhere (the
+    sign convention of the module docstring); shape and dtype of ``g``."""
     r = jnp.asarray(radius, g.dtype)
     return jnp.where(mask, _neg_sign(g) * r, jnp.zeros((), g.dtype))
 

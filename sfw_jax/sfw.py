@@ -14,6 +14,11 @@ This is the step of the reference PyTorch ``SFW`` optimizer (Pokutta et al.; Lu 
 iterate stays in C whenever it starts in C (a convex combination of two points of C): make the
 initial parameters feasible with :func:`sfw_jax.make_feasible`.
 
+Implementation: the per-leaf step sizes are computed together as one [L] vector; the LMO runs in
+two phases (``Constraint.lmo_select`` -> a small selection such as the top-k threshold, then
+``Constraint.lmo_vertex`` elementwise), so for the K-sparse polytope the vertex is rebuilt inside
+the loops that use it instead of being written to memory (see ``benchmarks/bench_update.py``).
+
 Leaves whose constraint is ``Unconstrained()`` pass the incoming update through unchanged (like
 ``optax.identity``): route them to another optimizer with ``optax.partition`` (the SFW branch
 then sees them as ``optax.MaskedNode``), or put a transformation before SFW in a chain.
@@ -82,16 +87,59 @@ def _norm(x: jax.Array) -> jax.Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1)), 0)
 
 
+def _leaf_momentum(g: jax.Array, m_prev: jax.Array, x: jax.Array, count: jax.Array,
+                   momentum: jax.Array) -> jax.Array:
+    """m_t for one leaf (dtype of x)."""
+    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    mu = jnp.asarray(momentum, acc)
+    g_acc = g.astype(acc)
+    return jnp.where(count == 0, g_acc, mu * m_prev.astype(acc) + (1 - mu) * g_acc).astype(x.dtype)
+
+
+def _leaf_momentum_vertex(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
+                          count: jax.Array, momentum: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(m_t, v = LMO_C(m_t)) for one leaf; ``v`` in the accumulation dtype."""
+    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    mu = jnp.asarray(momentum, acc)
+    g_acc = g.astype(acc)
+    m = jnp.where(count == 0, g_acc, mu * m_prev.astype(acc) + (1 - mu) * g_acc).astype(x.dtype)
+    return m, c.lmo(m).astype(acc)
+
+
+def _sum_sq(e: jax.Array) -> jax.Array:
+    """sum(e * e) as row sums of 16 entries, then a sum: XLA:CPU fuses an elementwise producer
+    of ``e`` (e.g. a vertex rebuilt from a threshold) into a reduction over a small minor axis,
+    but materialises it before a full reduction."""
+    f = e.reshape(-1)
+    n = f.shape[0]
+    rows = n // 16
+    total = jnp.zeros((), e.dtype)
+    if rows:
+        total = jnp.sum(jnp.sum(jnp.square(f[: rows * 16].reshape(rows, 16)), axis=1))
+    if rows * 16 < n:
+        total = total + jnp.sum(jnp.square(f[rows * 16:]))
+    return total
+
+
+def _sq_norms(m: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(||m||^2, ||d||^2) in the accumulation dtype of ``d`` (two separate sums: XLA:CPU runs a
+    variadic reduction about 5x slower)."""
+    return _sum_sq(m.astype(d.dtype)), _sum_sq(d)
+
+
+def _safe_sqrt(sq: jax.Array) -> jax.Array:
+    """sqrt with a finite derivative at 0 (the value there is 0)."""
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1)), 0)
+
+
 def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
                   count: jax.Array, lr: jax.Array, momentum: jax.Array,
                   rescale: Optional[str]) -> tuple[jax.Array, jax.Array]:
     """One SFW step for one leaf: returns (update, new momentum). See the module docstring."""
     acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
-    mu = jnp.asarray(momentum, acc)
-    g_acc = g.astype(acc)
-    m = jnp.where(count == 0, g_acc, mu * m_prev.astype(acc) + (1 - mu) * g_acc).astype(x.dtype)
-    v = c.lmo(m)
-    d = v.astype(acc) - x.astype(acc)
+    m, v = _leaf_momentum_vertex(c, g, m_prev, x, count, momentum)
+    d = v - x.astype(acc)
     if rescale == "gradient":
         dn = _norm(d)
         factor = _norm(m) / jnp.where(dn > 0, dn, 1)     # d = 0 means x = v: any eta is a no-op
@@ -101,6 +149,25 @@ def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
         factor = jnp.ones((), acc)
     eta = jnp.clip(jnp.asarray(lr, acc) * factor, 0, 1)
     return (eta * d).astype(x.dtype), m
+
+
+def _step_sizes(cs, ms, ds, lr, rescale: Optional[str]) -> jax.Array:
+    """eta_i = clip(lr * factor_i, 0, 1) for all leaves at once ([L] vector).
+
+    The per-leaf scalars are stacked so that the factor arithmetic is one small fused op rather
+    than a chain of scalar ops per leaf (each a separate kernel launch on XLA:CPU)."""
+    acc = jnp.result_type(*[d.dtype for d in ds])
+    if rescale == "gradient":
+        sq = [_sq_norms(m, d) for m, d in zip(ms, ds)]
+        sq_m = jnp.stack([s[0].astype(acc) for s in sq])
+        sq_d = jnp.stack([s[1].astype(acc) for s in sq])
+        # d = 0 means x = v: any eta is a no-op; divide by 1 there (as sfw_leaf_step)
+        factor = _safe_sqrt(sq_m) / jnp.where(sq_d > 0, _safe_sqrt(sq_d), 1)
+    elif rescale == "diameter":
+        factor = jnp.asarray([1.0 / c.diameter for c in cs], acc)
+    else:
+        factor = jnp.ones((len(cs),), acc)
+    return jnp.clip(jnp.asarray(lr, acc) * factor, 0, 1)
 
 
 def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyTree, *,
@@ -160,14 +227,30 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         cdef = jax.tree.structure(constraints, is_leaf=is_constraint)
         cs = cdef.flatten_up_to(constraints)
         gs, ms, xs = (cdef.flatten_up_to(t) for t in (updates, state.momentum, params))
-        out_u, out_m = [], []
-        for c, g, m_prev, x in zip(cs, gs, ms, xs):       # trace-time walk over the leaves
-            if _is_masked(g) or not c.constrained:
-                u, m = g, m_prev
-            else:
-                u, m = sfw_leaf_step(c, g, m_prev, x, state.count, lr, momentum, rescale)
-            out_u.append(u)
-            out_m.append(m)
+        out_u, out_m = list(gs), list(ms)          # unconstrained / masked leaves pass through
+        live = [i for i, (c, g) in enumerate(zip(cs, gs)) if c.constrained and not _is_masked(g)]
+        dirs = {}
+        sels = {}
+        for i in live:                                   # trace-time walk over the leaves
+            out_m[i] = _leaf_momentum(gs[i], ms[i], xs[i], state.count, momentum)
+            # materialise the (small) selection: otherwise XLA recomputes its scalar arithmetic
+            # for every entry of the fused vertex loops
+            sels[i] = jax.lax.optimization_barrier(cs[i].lmo_select(out_m[i]))
+
+        def direction(i, m, sel):
+            acc = jnp.float64 if xs[i].dtype == jnp.float64 else jnp.float32
+            return cs[i].lmo_vertex(m, sel).astype(acc) - xs[i].astype(acc)
+
+        if live:
+            eta = _step_sizes([cs[i] for i in live], [out_m[i] for i in live],
+                              [direction(i, out_m[i], sels[i]) for i in live], lr, rescale)
+            for j, i in enumerate(live):
+                # The vertex is rebuilt from (m, selection) behind an optimization barrier, so
+                # XLA cannot merge it with the norm's copy: both fuse into their consumers and
+                # neither v nor v - x is written to memory.
+                m_i, sel_i = jax.lax.optimization_barrier((out_m[i], sels[i]))
+                d = direction(i, m_i, sel_i)
+                out_u[i] = (eta[j].astype(d.dtype) * d).astype(xs[i].dtype)
         new_updates = cdef.unflatten(out_u)
         new_momentum = cdef.unflatten(out_m)
         count = optax.safe_int32_increment(state.count)

@@ -11,7 +11,7 @@ index wins; ``'sort'`` canonicalises ``-0.0`` to ``+0.0`` first, since ``lax.top
 ``-0.0 < +0.0``) and, where XLA flushes denormals to zero (CPU), float32/bfloat16 subnormals tie
 with 0 as well; all methods agree on this. ``+-inf`` are ordinary values.
 NaN is **not supported**: with NaN in ``x`` the result is unspecified (it may not even have ``k``
-True entries). In SFW the input is ``|m|`` for a finite momentum ``m``.
+True entries). In SFW the input is ``|m|`` (``absolute=True``) for a finite momentum ``m``.
 
 Methods
 -------
@@ -25,26 +25,38 @@ Methods
     so ``x < y  <=>  key(x) < key(y)``. With ``F(t) = #{i : x_i >= float(t)}`` (non-increasing in
     ``t``) the k-th largest value has key ``t* = max{t : F(t) >= k}``. The search keeps a bracket
     ``lo < hi`` with ``F(lo) >= k > F(hi)``, starting from ``lo = key(-inf)`` (``F = n``) and
-    ``hi = key(+inf) + 1`` (``F = 0``), and every pass evaluates ``F`` at 8 keys strictly inside
-    the bracket (evenly spaced, so the bracket shrinks >= 9x) until ``hi = lo + 1``, i.e. at most
-    ``ceil(32 / log2 9) = 11`` passes for 32-bit keys. Then ``t = lo`` and
+    ``hi = key(+inf) + 1`` (``F = 0``), and every pass over ``x`` evaluates ``F`` at 8 keys
+    strictly inside the bracket (evenly spaced, so the bracket shrinks >= 9x). Passes stop as
+    soon as ``F(lo) = k``, ``hi = lo + 1``, or at most 128 entries lie in ``[lo, hi)``. In the
+    last case those entries are *gathered*: every pass also keeps its counts per row of 15
+    entries, so the rows (or blocks of 17 rows) holding bracket entries are known; a
+    ``nonzero`` over those block counts and a gather give at most 128 blocks, and the same
+    counting search finishes on them (with ``-inf`` outside the bracket) for far less than a
+    pass. Then ``t`` is the k-th largest value and
     ``mask = (x > t) | ((x == t) & (index <= p))`` where ``p`` is the flat index of the
-    ``(k - F(hi))``-th entry equal to ``t``; ``p = n`` when ``F(lo) = k`` (no extra ties, the common
-    case); otherwise ``p`` is found by block counts + a cumulative sum inside one block
+    ``(k - #(x > t))``-th entry equal to ``t``; ``p = n`` when ``F(t) = k`` (no extra ties, the
+    common case); otherwise ``p`` is found by block counts + a cumulative sum inside one block
     (``lax.cond``, so the rare tie path costs nothing when unused).
 ``'search'``
     The same exact counting search, but the bracket is placed adaptively: the first pass uses
-    thresholds taken from a sorted strided sample of 4096 entries around the sample quantile
-    ``1 - k/n`` (+-{1/3, 1, 2, 4} sample standard deviations), later passes interpolate the
-    target key linearly inside the bracket (``lo + L (F(lo) - k) / (F(lo) - F(hi))``) and put 6
-    thresholds at +-{0.3, 1, 3} standard deviations of that estimate plus 2 at ``L/3`` and
-    ``2L/3`` (so the bracket still shrinks >= 3x per pass). Typical data needs 3-6 passes.
+    thresholds taken from a sorted strided sample (``n // 128`` entries, between 512 and 4096)
+    around the sample quantile ``1 - k/n`` (+-{1/3, 1, 2, 4} sample standard deviations), later
+    passes interpolate the target key linearly inside the bracket
+    (``lo + L (F(lo) - k) / (F(lo) - F(hi))``) and put 6 thresholds at +-{0.3, 1, 3} standard
+    deviations of that estimate plus 2 at ``L/3`` and ``2L/3`` (so the bracket still shrinks
+    >= 3x per pass). Typical data needs 2 passes over ``x`` (n = 2.36M, K = 5%), then the
+    gathered finish. The first two passes are not inside a ``while_loop`` (XLA would hoist
+    ``|x|`` out of the loop and write it to memory); further passes run in a loop under a
+    ``lax.cond``.
 ``'auto'``
     ``'sort'`` for ``n < 32768`` and ``'search'`` otherwise, on every backend (not yet measured
     off CPU). Measured on the 2-core CPU (float32, K = 5%, medians, ``benchmarks/bench_topk.py``):
-    n = 16384: sort 0.55 ms, radix 0.60, search 0.88; n = 36864: sort 1.5, radix 4.1, search 1.0;
-    n = 147456: sort 13.4, search 5.5; n = 2.36M: sort ~390, radix ~17-20, search ~7-10 (3
-    passes; min over reps, the machine is shared).
+    n = 36864: sort 1.0 ms, radix 0.26, search 0.34; n = 147456: sort 4.5, radix 0.79,
+    search 0.63; n = 589824: sort 22, radix 2.3, search 1.2; n = 2.36M: sort ~390, search 2.6
+    (2 passes + the gathered finish; minimum over 31 calls of ``top_k_mask(absolute=True)``).
+
+``top_k_threshold`` returns the exact selection as ``(t, cut)`` and ``threshold_mask`` evaluates
+it elementwise, so a consumer (the SFW update) can fuse the mask into its own loops.
 
 Why counting passes are fast on XLA:CPU
 ---------------------------------------
@@ -78,7 +90,8 @@ AUTO_SORT_MAX_N = 32768
 _ROW = 15          # entries per fused row sum (4-bit lanes hold <= 15)
 _GROUP = 17        # row sums per second-stage group (8-bit lanes hold <= 15 * 17 = 255)
 _NT = 8            # thresholds per pass
-_SAMPLE = 4096     # sample size for the first 'search' pass
+_SAMPLE = 4096     # sample size for the first 'search' pass (at most; n // 128 ...)
+_SAMPLE_MIN = 512  # ... but at least this many entries
 _TIE_BLOCK = 1024  # block size of the tie-break index search
 
 
@@ -108,40 +121,68 @@ def _from_key(key: jax.Array, fdt: jnp.dtype, kdt: jnp.dtype) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# One counting pass: F(t_j) = #{x >= t_j} for 8 thresholds
+# One counting pass: F(t_j) = #{x >= t_j} for 8 thresholds (and the same counts per row of 15)
 
 
-def _counts(xf: jax.Array, ts: jax.Array) -> jax.Array:
-    """Exact ``[#(xf >= ts[j]) for j in range(8)]`` (int32) for flat ``xf`` [n], ``ts`` [8].
+def _prep_fn(fdt: jnp.dtype, absolute: bool):
+    """The values compared: ``x`` (or ``|x|``) converted to the working float dtype. Applied
+    inside every pass so that XLA fuses it into the pass instead of materialising a copy."""
+    def prep(v):
+        v = v.astype(fdt)
+        return jnp.abs(v) if absolute else v
+    return prep
 
-    Packs the 8 indicators in 4-bit lanes of a uint32, sums rows of 15 entries inside one fused
-    loop, then regroups lanes (see module docstring). ``n < 2**31``.
+
+def _identity(v):
+    return v
+
+
+def _count_pass(xf: jax.Array, ts: jax.Array, prep=_identity) -> tuple[jax.Array, jax.Array]:
+    """Exact counts of one pass over flat ``xf`` [n] for 8 thresholds ``ts``.
+
+    Returns ``(total, rows)``: ``total[j] = #(prep(xf) >= ts[j])`` (int32 [8], ``ts`` sorted
+    ascending first) and ``rows`` (uint32 [n // 15]) whose 4-bit lane j holds the same count over
+    the entries ``15 r .. 15 r + 14`` (the tail ``n % 15`` entries are only in ``total``). Packs
+    the 8 indicators in 4-bit lanes of a uint32, sums rows of 15 entries inside one fused loop,
+    then regroups lanes (see module docstring). ``n < 2**31``.
     """
     n = xf.shape[0]
-    rows = n // _ROW
+    nrows = n // _ROW
     # Materialise the 8 (ascending) thresholds: otherwise XLA fuses their scalar arithmetic into
     # the loop over n and recomputes it for every entry (measured 5x slower). A sort is never
     # fused (lax.optimization_barrier is dropped by the compiler); on sorted input it is a no-op.
     ts = jnp.sort(ts)
     total = jnp.zeros((_NT,), jnp.int32)
-    if rows:
-        x2 = xf[: rows * _ROW].reshape(rows, _ROW)
+    s1 = jnp.zeros((0,), jnp.uint32)
+    if nrows:
+        x2 = prep(xf[: nrows * _ROW].reshape(nrows, _ROW))
         packed = jnp.zeros(x2.shape, jnp.uint32)
         for j in range(_NT):
             packed = packed | ((x2 >= ts[j]).astype(jnp.uint32) << (4 * j))
         s1 = jnp.sum(packed, axis=1, dtype=jnp.uint32)                   # [rows], 4-bit lanes
-        pad = (-rows) % _GROUP
-        s1 = jnp.pad(s1, (0, pad)).reshape(-1, _GROUP)
-        even = jnp.sum(s1 & jnp.uint32(0x0F0F0F0F), axis=1, dtype=jnp.uint32)   # t0,t2,t4,t6
-        odd = jnp.sum((s1 >> 4) & jnp.uint32(0x0F0F0F0F), axis=1, dtype=jnp.uint32)
+        pad = (-nrows) % _GROUP
+        s2 = jnp.pad(s1, (0, pad)).reshape(-1, _GROUP)
+        even = jnp.sum(s2 & jnp.uint32(0x0F0F0F0F), axis=1, dtype=jnp.uint32)   # t0,t2,t4,t6
+        odd = jnp.sum((s2 >> 4) & jnp.uint32(0x0F0F0F0F), axis=1, dtype=jnp.uint32)
         lanes = jnp.stack([(w >> (8 * i)) & jnp.uint32(255)
                            for i in range(4) for w in (even, odd)])           # [8, groups]
         total = jnp.sum(lanes.astype(jnp.int32), axis=1, dtype=jnp.int32)
-    if rows * _ROW < n:
-        tail = xf[rows * _ROW:]
+    if nrows * _ROW < n:
+        tail = prep(xf[nrows * _ROW:])
         total = total + jnp.sum((tail[:, None] >= ts[None, :]).astype(jnp.int32), axis=0,
                                 dtype=jnp.int32)
-    return total
+    return total, s1
+
+
+def _counts(xf: jax.Array, ts: jax.Array, prep=_identity) -> jax.Array:
+    """Exact ``[#(prep(xf) >= ts[j]) for j in range(8)]`` (int32) for flat ``xf`` [n], ``ts`` [8]
+    (see :func:`_count_pass`)."""
+    return _count_pass(xf, ts, prep)[0]
+
+
+def _lane(s1: jax.Array, j: jax.Array) -> jax.Array:
+    """Per-row count of threshold ``j`` (traced int) from the packed row sums of a pass."""
+    return (s1 >> (jnp.uint32(4) * j.astype(jnp.uint32))) & jnp.uint32(15)
 
 
 def _thresholds(lo: jax.Array, hi: jax.Array, pos: jax.Array, fdt, kdt) -> tuple[jax.Array, ...]:
@@ -157,7 +198,10 @@ def _thresholds(lo: jax.Array, hi: jax.Array, pos: jax.Array, fdt, kdt) -> tuple
 
 
 def _update(lo, hi, f_lo, f_hi, keys, cnts, k):
-    """Shrink the bracket with the counts of one pass (keys ascending, counts non-increasing)."""
+    """Shrink the bracket with the counts of one pass (keys ascending, counts non-increasing).
+
+    Returns the new ``(lo, hi, f_lo, f_hi)`` and the indices into ``keys`` of the new bounds
+    (-1 where a bound was kept)."""
     ge = cnts >= k
     # Largest key with F >= k (keys ascending) and smallest key with F < k.
     nge = jnp.sum(ge.astype(jnp.int32), dtype=jnp.int32)
@@ -167,7 +211,8 @@ def _update(lo, hi, f_lo, f_hi, keys, cnts, k):
     first = jnp.minimum(nge, _NT - 1)
     new_hi = jnp.where(nge < _NT, keys[first], hi)
     new_fhi = jnp.where(nge < _NT, cnts[first], f_hi)
-    return new_lo, new_hi, new_flo, new_fhi
+    return (new_lo, new_hi, new_flo, new_fhi,
+            jnp.where(nge > 0, last, -1), jnp.where(nge < _NT, first, -1))
 
 
 def _even_positions(lo, hi, f_lo, f_hi, k):
@@ -189,44 +234,141 @@ def _interp_positions(lo, hi, f_lo, f_hi, k):
     return jnp.sort(jnp.clip(pos, 0.0, 1.0))
 
 
-def _search_key(xf: jax.Array, k: int, first_pass: bool, positions) -> tuple[jax.Array, ...]:
-    """Exact selection threshold of flat ``xf`` by counting: ``(lo, F(lo), F(hi))``.
+def _pass_step(xf, k, state, positions, prep, fdt):
+    """One counting pass at ``positions`` of the bracket: the new bracket (and, when ``state``
+    carries them, the per-row counts ``rc_lo, rc_hi`` of its bounds)."""
+    lo, hi, f_lo, f_hi = state[:4]
+    kdt = lo.dtype
+    keys, ts = _thresholds(lo, hi, positions(lo, hi, f_lo, f_hi, k), fdt, kdt)
+    cnts, s1 = _count_pass(xf, ts, prep)
+    lo, hi, f_lo, f_hi, i_lo, i_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
+    if len(state) == 4:
+        return lo, hi, f_lo, f_hi
+    rc_lo, rc_hi = state[4:]
+    rc_lo = jnp.where(i_lo >= 0, _lane(s1, jnp.maximum(i_lo, 0)), rc_lo)
+    rc_hi = jnp.where(i_hi >= 0, _lane(s1, jnp.maximum(i_hi, 0)), rc_hi)
+    return lo, hi, f_lo, f_hi, rc_lo, rc_hi
 
-    On return either ``F(lo) == k`` (then ``x >= float(lo)`` has exactly k entries, the top k) or
-    ``lo = t*`` is the key of the k-th largest entry and ``F(hi) = #(x > float(lo))`` (``hi = lo+1``).
+
+def _open(state, k, cap: int) -> jax.Array:
+    """Whether the bracket still needs passes: not pinned, F(lo) != k, > cap entries inside."""
+    lo, hi, f_lo, f_hi = state[:4]
+    return (hi - lo > jnp.array(1, lo.dtype)) & (f_lo != k) & (f_lo - f_hi > cap)
+
+
+def _bracket_loop(xf, k, state, positions, prep, cap: int, fdt):
+    """Counting passes over ``xf`` shrinking the bracket ``F(lo) >= k > F(hi)`` of ``state`` =
+    ``(lo, hi, F(lo), F(hi)[, rc_lo, rc_hi])`` until ``lo`` is pinned (``hi = lo + 1``),
+    ``F(lo) = k``, or at most ``cap`` entries lie in ``[lo, hi)``. ``k`` may be traced."""
+    return lax.while_loop(lambda s: _open(s, k, cap),
+                          lambda s: _pass_step(xf, k, s, positions, prep, fdt), tuple(state))
+
+
+def _candidates(xf, lo, hi, rc_lo, rc_hi, prep, fdt, kdt, cap: int) -> jax.Array:
+    """The entries of ``prep(xf)`` in ``[float(lo), float(hi))`` (at most ``cap`` of them, so at
+    most ``cap`` blocks of 17 rows of 15 hold them), gathered with ``-inf`` in the other slots:
+    a flat array of ``min(cap, blocks) * 15 * group + n % 15`` values (``group`` = 1 row per
+    block up to ``_ROW_BLOCKS_MAX`` rows, else 17).
+
+    Only the blocks with a nonzero count ``rc_lo - rc_hi`` are read (a ``nonzero`` over the
+    block counts, then a gather), so this costs far less than a pass over ``xf``.
     """
-    fdt, kdt = xf.dtype, _work_dtype(xf.dtype)[1]
     n = xf.shape[0]
+    nrows = n // _ROW
+    vals, ok = [], []
+    if nrows:
+        rc = (rc_lo - rc_hi).astype(jnp.int32)
+        # blocks of `group` rows: single rows while a nonzero over the row counts is cheap
+        group = 1 if nrows <= _ROW_BLOCKS_MAX else _GROUP
+        pad = (-nrows) % group
+        bc = jnp.sum(jnp.pad(rc, (0, pad)).reshape(-1, group), axis=1, dtype=jnp.int32)
+        nb = bc.shape[0]
+        bmax = min(cap, nb)
+        nz = bc > 0
+        blk = jnp.nonzero(nz, size=bmax, fill_value=0)[0].astype(jnp.int32)
+        valid_blk = jnp.arange(bmax, dtype=jnp.int32) < jnp.sum(nz.astype(jnp.int32))
+        ridx = blk[:, None] * group + jnp.arange(group, dtype=jnp.int32)[None, :]
+        valid = valid_blk[:, None] & (ridx < nrows)
+        x2 = xf[: nrows * _ROW].reshape(nrows, _ROW)
+        v = prep(x2[jnp.minimum(ridx, nrows - 1)])                      # [bmax, group, 15]
+        vals.append(v.reshape(-1))
+        ok.append(jnp.broadcast_to(valid[:, :, None], v.shape).reshape(-1))
+    if nrows * _ROW < n:
+        tail = prep(xf[nrows * _ROW:])
+        vals.append(tail)
+        ok.append(jnp.ones(tail.shape, bool))
+    vals = jnp.concatenate(vals)
+    ok = jnp.concatenate(ok)
+    flo, fhi = _from_key(lo, fdt, kdt), _from_key(hi, fdt, kdt)
+    # hi may be key(+inf) + 1, whose float is a NaN: then ~(v >= fhi) is True for every v.
+    inside = ok & (vals >= flo) & ~(vals >= fhi)
+    return jnp.where(inside, vals, jnp.array(-jnp.inf, fdt))
+
+
+_CAP = 128         # the search stops its passes over x once <= _CAP entries are in the bracket
+_ROW_BLOCKS_MAX = 4096   # candidates are gathered by rows of 15 up to this many rows
+
+
+def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
+                prep=_identity) -> tuple[jax.Array, ...]:
+    """Exact selection threshold of ``prep(xf)`` (flat) by counting: ``(t, F(t), #(x > t))``.
+
+    ``t`` is the key of a value such that the top k are ``x > t`` plus the first
+    ``k - #(x > t)`` entries equal to ``t``; when ``F(t) = #(x >= t) == k`` no tie-break is needed.
+    Passes over ``xf`` run until the bracket holds at most ``_CAP`` entries; those are gathered
+    (:func:`_candidates`) and the search finishes on them, which costs far less than a pass.
+    """
+    fdt, kdt = _work_dtype(xf.dtype)
+    n = xf.shape[0]
+    nrows = n // _ROW
     lo = _to_key(jnp.array(-jnp.inf, fdt), kdt)
     hi = _to_key(jnp.array(jnp.inf, fdt), kdt) + jnp.array(1, kdt)
     f_lo = jnp.array(n, jnp.int32)
     f_hi = jnp.array(0, jnp.int32)
-    if first_pass:
-        s = min(n, _SAMPLE)
-        stride = n // s
-        sample = jnp.sort(_to_key(xf[:: stride][:s], kdt))               # ascending keys
-        q = 1.0 - k / n
-        sd = math.sqrt(s * q * (1.0 - q)) + 1.0
-        idx = [min(max(int(round(q * s + d * sd)), 0), s - 1)
-               for d in (-4.0, -2.0, -1.0, -1 / 3, 1 / 3, 1.0, 2.0, 4.0)]
-        keys = sample[jnp.array(idx)]
-        cnts = _counts(xf, _from_key(keys, fdt, kdt))
-        lo, hi, f_lo, f_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
+    rc_lo = jnp.full((nrows,), _ROW, jnp.uint32)
+    rc_hi = jnp.zeros((nrows,), jnp.uint32)
+    state = (lo, hi, f_lo, f_hi, rc_lo, rc_hi)
+    if n > _CAP:
+        if first_pass:
+            s = min(n, max(_SAMPLE_MIN, min(_SAMPLE, n // 128)))    # sorting it is not free
+            stride = n // s
+            sample = jnp.sort(_to_key(prep(xf[:: stride][:s]), kdt))        # ascending keys
+            q = 1.0 - k / n
+            sd = math.sqrt(s * q * (1.0 - q)) + 1.0
+            idx = tuple(min(max(int(round(q * s + d * sd)), 0), s - 1)
+                        for d in (-4.0, -2.0, -1.0, -1 / 3, 1 / 3, 1.0, 2.0, 4.0))
+            state = _sample_pass(xf, k, state, sample[jnp.array(idx)], prep, fdt)
+        # One more pass unconditionally, outside any loop: XLA hoists loop-invariant work such as
+        # |x| out of a while loop and materialises it, so the common case (two passes, then the
+        # candidates) runs without a loop; the loop (inside a cond) only handles the rest.
+        state = _pass_step(xf, k, state, positions, prep, fdt)
+        state = lax.cond(_open(state, k, _CAP),
+                         lambda s: _bracket_loop(xf, k, s, positions, prep, _CAP, fdt),
+                         lambda s: s, state)
+    lo, hi, f_lo, f_hi, rc_lo, rc_hi = state
 
-    def cond(state):
-        lo, hi, f_lo, _ = state
-        # Done when t = lo is pinned (hi = lo + 1) or when exactly k entries are >= lo: then the
-        # mask is x >= float(lo) whatever the true k-th key is (often saves 1-2 passes).
-        return (hi - lo > jnp.array(1, kdt)) & (f_lo != k)
+    def finish():
+        # <= _CAP entries in [lo, hi): finish the search on them (k' = k - F(hi) of them).
+        c = _candidates(xf, lo, hi, rc_lo, rc_hi, prep, fdt, kdt, _CAP)
+        kk = k - f_hi
+        lo2, hi2, flo2, fhi2 = _bracket_loop(
+            c, kk, (lo, hi, f_lo - f_hi, jnp.array(0, jnp.int32)), _interp_positions,
+            _identity, 0, fdt)
+        return lo2, flo2 + f_hi, jnp.where(flo2 == kk, f_hi, fhi2 + f_hi)
 
-    def body(state):
-        lo, hi, f_lo, f_hi = state
-        keys, ts = _thresholds(lo, hi, positions(lo, hi, f_lo, f_hi, k), fdt, kdt)
-        cnts = _counts(xf, ts)
-        return _update(lo, hi, f_lo, f_hi, keys, cnts, k)
+    done = (f_lo == k) | (hi - lo <= jnp.array(1, kdt))
+    return lax.cond(done, lambda: (lo, f_lo, f_hi), finish)
 
-    lo, hi, f_lo, f_hi = lax.while_loop(cond, body, (lo, hi, f_lo, f_hi))
-    return lo, f_lo, f_hi
+
+def _sample_pass(xf, k, state, keys, prep, fdt):
+    """The first 'search' pass, at the given (ascending) keys."""
+    lo, hi, f_lo, f_hi, rc_lo, rc_hi = state
+    kdt = lo.dtype
+    cnts, s1 = _count_pass(xf, _from_key(keys, fdt, kdt), prep)
+    lo, hi, f_lo, f_hi, i_lo, i_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
+    rc_lo = jnp.where(i_lo >= 0, _lane(s1, jnp.maximum(i_lo, 0)), rc_lo)
+    rc_hi = jnp.where(i_hi >= 0, _lane(s1, jnp.maximum(i_hi, 0)), rc_hi)
+    return lo, hi, f_lo, f_hi, rc_lo, rc_hi
 
 
 def _tie_cut(eq: jax.Array, need: jax.Array) -> jax.Array:
@@ -243,20 +385,40 @@ def _tie_cut(eq: jax.Array, need: jax.Array) -> jax.Array:
     return b * _TIE_BLOCK + j
 
 
-def _top_k_mask_count(x: jax.Array, k: int, adaptive: bool) -> jax.Array:
+def top_k_threshold(x: jax.Array, k: int, *, adaptive: bool = True,
+                    absolute: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k as a threshold: ``(t, cut)`` with
+    ``mask = (v > t) | ((v == t) & (index <= cut))``, ``v = x`` (or ``|x|`` if ``absolute``)
+    flattened in the working dtype (float32, float64 for float64 input) and ``index`` the flat
+    index. Uses the counting search (``adaptive``: 'search', else 'radix'); ``k`` static in
+    ``[1, n]``. :func:`threshold_mask` evaluates the mask (fusable into its consumers).
+    """
     fdt, kdt = _work_dtype(x.dtype)
-    xf = x.reshape(-1).astype(fdt)
+    xf = x.reshape(-1)
     n = xf.shape[0]
+    prep = _prep_fn(fdt, absolute)
     positions = _interp_positions if adaptive else _even_positions
-    t_key, f_lo, f_hi = _search_key(xf, k, first_pass=adaptive, positions=positions)
+    t_key, f_t, f_gt = _search_key(xf, k, first_pass=adaptive, positions=positions, prep=prep)
     t = _from_key(t_key, fdt, kdt)
-    # F(lo) == k: every entry equal to t is selected (p = n). Else pick the first k - F(hi) ties.
-    cut = lax.cond(f_lo == k,
+    # F(t) == k: every entry equal to t is selected (cut = n). Else pick the first k - #(>t) ties.
+    cut = lax.cond(f_t == k,
                    lambda: jnp.array(n, jnp.int32),
-                   lambda: _tie_cut(xf == t, k - f_hi).astype(jnp.int32))
-    idx = lax.broadcasted_iota(jnp.int32, (n,), 0)
-    mask = (xf > t) | ((xf == t) & (idx <= cut))
-    return mask.reshape(x.shape)
+                   lambda: _tie_cut(prep(xf) == t, k - f_gt).astype(jnp.int32))
+    return t, cut
+
+
+def threshold_mask(x: jax.Array, t: jax.Array, cut: jax.Array, *,
+                   absolute: bool = False) -> jax.Array:
+    """The mask of :func:`top_k_threshold`'s ``(t, cut)`` for ``x`` (bool, shape of ``x``)."""
+    fdt, _ = _work_dtype(x.dtype)
+    v = _prep_fn(fdt, absolute)(x.reshape(-1))
+    idx = lax.broadcasted_iota(jnp.int32, v.shape, 0)
+    return ((v > t) | ((v == t) & (idx <= cut))).reshape(x.shape)
+
+
+def _top_k_mask_count(x: jax.Array, k: int, adaptive: bool, absolute: bool = False) -> jax.Array:
+    t, cut = top_k_threshold(x, k, adaptive=adaptive, absolute=absolute)
+    return threshold_mask(x, t, cut, absolute=absolute)
 
 
 def _top_k_mask_sort(x: jax.Array, k: int) -> jax.Array:
@@ -280,14 +442,19 @@ def resolve_method(n: int, method: str = "auto", backend: str | None = None) -> 
     return "sort" if n < AUTO_SORT_MAX_N else "search"
 
 
-def top_k_mask(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
+def top_k_mask(x: jax.Array, k: int, *, method: str = "auto",
+               absolute: bool = False) -> jax.Array:
     """Bool mask of the ``k`` largest entries of ``x`` (exactly ``k`` True; ties: lower index).
+
+    With ``absolute=True`` the ``k`` largest ``|x|`` (as ``top_k_mask(jnp.abs(x), k)``, but the
+    counting paths take ``|x|`` inside each pass instead of materialising it).
 
     Args:
       x: float array (float16, bfloat16, float32, float64), any shape, no NaN; n = x.size.
       k: static Python int, ``1 <= k <= n``.
       method: ``'auto'``, ``'sort'`` (``lax.top_k``), ``'radix'`` (even counting search, <= 11
         passes) or ``'search'`` (sample-guided counting search). All give identical masks.
+      absolute: rank by ``|x|`` instead of ``x``.
 
     Returns:
       bool array of ``x.shape`` with ``mask.sum() == k``: ``mask[i]`` iff fewer than ``k``
@@ -306,5 +473,5 @@ def top_k_mask(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
     if k == n:
         return jnp.ones(x.shape, bool)
     if method == "sort":
-        return _top_k_mask_sort(x, k)
-    return _top_k_mask_count(x, k, adaptive=(method == "search"))
+        return _top_k_mask_sort(jnp.abs(x) if absolute else x, k)
+    return _top_k_mask_count(x, k, adaptive=(method == "search"), absolute=absolute)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sfw_jax as S
-from sfw_jax.constraints import sparsity_k
+from sfw_jax.constraints import KSparsePolytope, LpBall, Unconstrained, sparsity_k
 
 PARAMS = {
     "conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.zeros(4)},
@@ -222,3 +222,17 @@ def test_make_feasible_and_structure_mismatch():
     assert S.contains_all(feas, c) and not S.contains_all(PARAMS, c)
     with pytest.raises(ValueError, match="constraints must be a pytree of constraint objects"):
         S.make_feasible({"conv": PARAMS["conv"]}, c)
+
+
+@pytest.mark.parametrize("method", ["auto", "sort", "radix", "search"])
+@pytest.mark.parametrize("shape", [(7,), (3, 3, 16, 16), (300, 130)])
+def test_two_phase_lmo_equals_lmo(method, shape):
+    """lmo_vertex(g, lmo_select(g)) == lmo(g) for every top-k path (the SFW update uses it)."""
+    g = jax.random.normal(jax.random.key(3), shape)
+    g = g.at[..., :2].set(0.0)                                  # zeros take v = +r
+    k = min(max(10, int(0.05 * g.size)), g.size)
+    for c in (KSparsePolytope(k, 0.7, method), LpBall(2.0, 1.5), Unconstrained()):
+        if not c.constrained:
+            continue
+        two_phase = jax.jit(lambda g, c=c: c.lmo_vertex(g, c.lmo_select(g)))(g)
+        np.testing.assert_array_equal(np.asarray(two_phase), np.asarray(jax.jit(c.lmo)(g)))

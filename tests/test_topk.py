@@ -111,6 +111,46 @@ def test_large_arrays_every_counting_path(method, case):
         _check(x, k, jnp.float32, method)
 
 
+@pytest.mark.parametrize("method", ("radix", "search"))
+@pytest.mark.parametrize("case", ["normal", "ties", "clustered"])
+def test_block_gathered_candidates(method, case):
+    """n > 15 * 4096: the bracket's last entries are gathered by blocks of 17 rows."""
+    rng = np.random.default_rng(11)
+    n = 100_003
+    if case == "normal":
+        x = rng.normal(size=n)
+    elif case == "ties":
+        x = rng.integers(0, 50, n).astype(float)
+    else:                                   # the k-th value sits in a dense cluster near 1
+        x = np.where(rng.random(n) < 0.2, 1.0 + 1e-6 * rng.random(n), rng.normal(size=n))
+    for k in (1, 5000, 20_000, n - 1):
+        _check(x, k, jnp.float32, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n", [700, 40_007, 100_003])
+def test_absolute_ranks_magnitudes(method, n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n) * (rng.random(n) < 0.7)
+    x[: n // 10] = -x[n // 10: 2 * (n // 10)]         # +-pairs: ties in |x|
+    k = max(1, n // 20)
+    got = np.asarray(jax.jit(lambda v: top_k_mask(v, k, method=method, absolute=True))(
+        jnp.asarray(x, jnp.float32)))
+    np.testing.assert_array_equal(got, reference_mask(np.abs(x.astype(np.float32)), k))
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_threshold_form_matches_mask(adaptive):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.integers(-6, 7, (3, 5000)).astype(np.float32))
+    for k in (1, 777, 14_999):
+        t, cut = jax.jit(lambda v, k=k: topk.top_k_threshold(v, k, adaptive=adaptive,
+                                                              absolute=True))(x)
+        got = np.asarray(topk.threshold_mask(x, t, cut, absolute=True))
+        assert got.shape == x.shape
+        np.testing.assert_array_equal(got, reference_mask(np.abs(np.asarray(x)), k))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_shape_preserved_and_sfw_sizes(method):
     x = jnp.abs(jax.random.normal(jax.random.key(0), (3, 3, 16, 32)))
