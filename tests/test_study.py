@@ -228,3 +228,32 @@ def test_plots_from_plain_data(tmp_path):
     with pytest.raises(ValueError, match="log10 histogram"):
         plots.plot_weight_distribution(str(tmp_path / "x.png"), {**hist, "log": False}, cdf)
     assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_tuning_table_reads_validation_numbers(study, tmp_path, capsys):
+    from experiments import tuning_table
+
+    out, summary = study
+    md = tmp_path / "tuning.md"
+    assert tuning_table.main([out, "--sparsities", "50", "90", "--out", str(md)]) == 0
+    text = md.read_text()
+    assert text == capsys.readouterr().out
+    lines = text.strip().splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    # varied config fields between the two methods appear as columns (optimizer differs)
+    assert "optimizer" in head and "val dense" in head and "drop 90%" in head
+    assert "test" not in " ".join(head)
+    rows = {r.split("|")[2].strip(): [c.strip() for c in r.strip("|").split("|")]
+            for r in lines[2:]}
+    assert set(rows) == set(METHODS)
+    for m in METHODS:
+        res = summary["methods"][m]
+        v90 = next(r["val_acc"] for r in res["sweep"] if r["scope"] == "kernels"
+                   and not r["bn_recal"] and r["target_sparsity"] == 0.9)
+        cells = dict(zip(head, rows[m]))
+        assert cells["val dense"] == f"{100 * res['dense_val_acc']:.1f}"
+        assert cells["val 90%"] == f"{100 * v90:.1f}"
+        assert cells["drop 90%"] == f"{100 * (res['dense_val_acc'] - v90):.1f}"
+    with pytest.raises(SystemExit):
+        tuning_table.main([str(tmp_path / "missing")])
+    assert "has no summary.json" in capsys.readouterr().err

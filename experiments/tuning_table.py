@@ -1,0 +1,109 @@
+"""Validation-split comparison of several study folders (hyperparameter tuning record).
+
+    python -m experiments.tuning_table STUDY_DIR [STUDY_DIR ...] [--out tuning.md]
+        [--sparsities 90 95] [--scope kernels]
+
+Reads each folder's ``summary.json`` (written by ``python -m experiments.study``) and prints one
+Markdown row per (folder, method): the config fields that differ between the rows, dense
+validation accuracy, validation accuracy one-shot pruned at ``--sparsities`` (global magnitude,
+``--scope``), the drop from dense at those levels, and the training time. Test accuracy is
+deliberately not shown: choose hyperparameters on validation, never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+#: Config fields never shown as "varied" (paths and bookkeeping).
+_IGNORED = {"out_dir", "resume", "progress", "log_every", "keep_checkpoints", "data_dir"}
+
+
+def load_rows(study_dirs: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per (study folder, method) with its config, dense val acc and sweep rows."""
+    rows = []
+    for d in study_dirs:
+        path = os.path.join(d, "summary.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"study_dirs: {d!r} has no summary.json (not a finished study "
+                             f"folder of `python -m experiments.study`)")
+        with open(path) as f:
+            summary = json.load(f)
+        for method, rec in summary["methods"].items():
+            rows.append({"study": os.path.basename(os.path.normpath(d)), "method": method,
+                         "config": rec["config"], "dense_val": rec.get("dense_val_acc"),
+                         "sweep": rec.get("sweep", []), "train_time": rec.get("train_time")})
+    return rows
+
+
+def varied_fields(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Config fields whose values differ between rows (sorted)."""
+    keys = sorted({k for r in rows for k in r["config"]} - _IGNORED)
+    return [k for k in keys
+            if len({json.dumps(r["config"].get(k), sort_keys=True) for r in rows}) > 1]
+
+
+def val_at(row: dict[str, Any], sparsity: float, scope: str) -> float | None:
+    """Validation accuracy of ``row`` one-shot pruned at ``sparsity`` (no BN recalibration)."""
+    for s in row["sweep"]:
+        if (s["scope"] == scope and not s.get("bn_recal", False)
+                and abs(s["target_sparsity"] - sparsity) < 1e-9):
+            return s.get("val_acc")
+    return None
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: str) -> str:
+    """The Markdown table (rows sorted by validation accuracy at the first sparsity)."""
+    fields = varied_fields(rows)
+    head = (["study", "method"] + fields + ["val dense"]
+            + [f"val {100 * p:g}%" for p in sparsities]
+            + [f"drop {100 * p:g}%" for p in sparsities] + ["train s"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def key(r):
+        v = val_at(r, sparsities[0], scope) if sparsities else r["dense_val"]
+        return -(v if v is not None else -1.0)
+
+    for r in sorted(rows, key=key):
+        vals = [val_at(r, p, scope) for p in sparsities]
+        drops = [None if (v is None or r["dense_val"] is None) else r["dense_val"] - v
+                 for v in vals]
+        cells = ([r["study"], r["method"]] + [json.dumps(r["config"].get(f)) for f in fields]
+                 + [_pct(r["dense_val"])] + [_pct(v) for v in vals] + [_pct(d) for d in drops]
+                 + ["—" if r["train_time"] is None else f"{r['train_time']:.0f}"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("study_dirs", nargs="+", help="folders written by experiments.study")
+    ap.add_argument("--sparsities", nargs="+", type=float, default=[90.0, 95.0],
+                    metavar="PERCENT", help="pruning levels to show (percent)")
+    ap.add_argument("--scope", default="kernels", choices=("kernels", "all"))
+    ap.add_argument("--out", help="also write the table to this Markdown file")
+    args = ap.parse_args(argv)
+    bad = [p for p in args.sparsities if not 0 <= p < 100]
+    if bad:
+        ap.error(f"--sparsities must be percentages in [0, 100), got {bad}")
+    try:
+        rows = load_rows(args.study_dirs)
+    except ValueError as e:
+        ap.error(str(e))
+    text = table(rows, [p / 100 for p in args.sparsities], args.scope)
+    print(text, end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
