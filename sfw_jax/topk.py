@@ -29,10 +29,11 @@ Methods
     strictly inside the bracket (evenly spaced, so the bracket shrinks >= 9x). Passes stop as
     soon as ``F(lo) = k``, ``hi = lo + 1``, or at most 128 entries lie in ``[lo, hi)``. In the
     last case those entries are *gathered*: every pass also keeps its counts per row of 15
-    entries, so the rows (or blocks of 17 rows) holding bracket entries are known; a
-    ``nonzero`` over those block counts and a gather give at most 128 blocks, and the same
-    counting search finishes on them (with ``-inf`` outside the bracket) for far less than a
-    pass. Then ``t`` is the k-th largest value and
+    entries, so the per-row count of bracket entries is known (one fused loop over the rows);
+    a ``nonzero`` over it (in two levels above 4096 rows: first over groups of 17 rows) and a
+    gather give the at most 128 rows holding them, and ``t`` is read off ``lax.top_k`` of
+    those <= 1920 values (plus the < 255 tail entries) for far less than a pass. Then ``t`` is
+    the k-th largest value and
     ``mask = (x > t) | ((x == t) & (index <= p))`` where ``p`` is the flat index of the
     ``(k - #(x > t))``-th entry equal to ``t``; ``p = n`` when ``F(t) = k`` (no extra ties, the
     common case); otherwise ``p`` is found by block counts + a cumulative sum inside one block
@@ -138,17 +139,23 @@ def _identity(v):
     return v
 
 
+def _nrows(n: int) -> int:
+    """Rows of 15 entries that a pass counts per row: whole groups of 17 rows (255 entries);
+    the last ``n - 15 * nrows < 255`` entries (the *tail*) are counted without row counts."""
+    return (n // (_ROW * _GROUP)) * _GROUP
+
+
 def _count_pass(xf: jax.Array, ts: jax.Array, prep=_identity) -> tuple[jax.Array, jax.Array]:
     """Exact counts of one pass over flat ``xf`` [n] for 8 thresholds ``ts``.
 
     Returns ``(total, rows)``: ``total[j] = #(prep(xf) >= ts[j])`` (int32 [8], ``ts`` sorted
-    ascending first) and ``rows`` (uint32 [n // 15]) whose 4-bit lane j holds the same count over
-    the entries ``15 r .. 15 r + 14`` (the tail ``n % 15`` entries are only in ``total``). Packs
-    the 8 indicators in 4-bit lanes of a uint32, sums rows of 15 entries inside one fused loop,
-    then regroups lanes (see module docstring). ``n < 2**31``.
+    ascending first) and ``rows`` (uint32 [:func:`_nrows` (n)]) whose 4-bit lane j holds the
+    same count over the entries ``15 r .. 15 r + 14`` (the tail entries are only in ``total``).
+    Packs the 8 indicators in 4-bit lanes of a uint32, sums rows of 15 entries inside one fused
+    loop, then regroups lanes per group of 17 rows (see module docstring). ``n < 2**31``.
     """
     n = xf.shape[0]
-    nrows = n // _ROW
+    nrows = _nrows(n)
     # Materialise the 8 (ascending) thresholds: otherwise XLA fuses their scalar arithmetic into
     # the loop over n and recomputes it for every entry (measured 5x slower). A sort is never
     # fused (lax.optimization_barrier is dropped by the compiler); on sorted input it is a no-op.
@@ -161,8 +168,7 @@ def _count_pass(xf: jax.Array, ts: jax.Array, prep=_identity) -> tuple[jax.Array
         for j in range(_NT):
             packed = packed | ((x2 >= ts[j]).astype(jnp.uint32) << (4 * j))
         s1 = jnp.sum(packed, axis=1, dtype=jnp.uint32)                   # [rows], 4-bit lanes
-        pad = (-nrows) % _GROUP
-        s2 = jnp.pad(s1, (0, pad)).reshape(-1, _GROUP)
+        s2 = s1.reshape(-1, _GROUP)
         even = jnp.sum(s2 & jnp.uint32(0x0F0F0F0F), axis=1, dtype=jnp.uint32)   # t0,t2,t4,t6
         odd = jnp.sum((s2 >> 4) & jnp.uint32(0x0F0F0F0F), axis=1, dtype=jnp.uint32)
         lanes = jnp.stack([(w >> (8 * i)) & jnp.uint32(255)
@@ -265,35 +271,55 @@ def _bracket_loop(xf, k, state, positions, prep, cap: int, fdt):
                           lambda s: _pass_step(xf, k, s, positions, prep, fdt), tuple(state))
 
 
-def _candidates(xf, lo, hi, rc_lo, rc_hi, prep, fdt, kdt, cap: int) -> jax.Array:
-    """The entries of ``prep(xf)`` in ``[float(lo), float(hi))`` (at most ``cap`` of them, so at
-    most ``cap`` blocks of 17 rows of 15 hold them), gathered with ``-inf`` in the other slots:
-    a flat array of ``min(cap, blocks) * 15 * group + n % 15`` values (``group`` = 1 row per
-    block up to ``_ROW_BLOCKS_MAX`` rows, else 17).
+def _bounds_rows(records, nrows: int) -> tuple[jax.Array, jax.Array]:
+    """Per-row counts ``(rc_lo, rc_hi)`` (uint32 [nrows]) of the entries ``>= lo`` and ``>= hi``
+    of the bracket after the passes ``records`` = ``[(rows, i_lo, i_hi), ...]`` (in order; a pass
+    whose ``i_lo`` / ``i_hi`` is -1 kept that bound). Elementwise, so XLA fuses it into its
+    consumer instead of writing per-pass copies."""
+    rc_lo = jnp.full((nrows,), _ROW, jnp.uint32)    # lo = key(-inf): every entry
+    rc_hi = jnp.zeros((nrows,), jnp.uint32)         # hi = key(+inf) + 1: none
+    for s1, i_lo, i_hi in records:
+        rc_lo = jnp.where(i_lo >= 0, _lane(s1, jnp.maximum(i_lo, 0)), rc_lo)
+        rc_hi = jnp.where(i_hi >= 0, _lane(s1, jnp.maximum(i_hi, 0)), rc_hi)
+    return rc_lo, rc_hi
 
-    Only the blocks with a nonzero count ``rc_lo - rc_hi`` are read (a ``nonzero`` over the
-    block counts, then a gather), so this costs far less than a pass over ``xf``.
+
+def _nonzero_rows(nz: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """The first ``size`` indices where ``nz`` (bool [m]) is True, and which of them are real."""
+    idx = jnp.nonzero(nz, size=size, fill_value=0)[0].astype(jnp.int32)
+    return idx, jnp.arange(size, dtype=jnp.int32) < jnp.sum(nz.astype(jnp.int32))
+
+
+def _candidates(xf, lo, hi, rc, prep, fdt, kdt, cap: int) -> tuple[jax.Array, jax.Array]:
+    """The entries of ``prep(xf)`` in ``[float(lo), float(hi))``, at most ``cap`` of them, given
+    ``rc`` = their count per row of 15 (:func:`_nrows` rows): ``(values, inside)``, flat arrays of
+    ``min(cap, rows) * 15`` gathered row entries plus the tail, ``values = -inf`` where not
+    ``inside`` the bracket.
+
+    At most ``cap`` rows have a nonzero count, so a ``nonzero`` over the row counts finds them.
+    Above ``_ROW_BLOCKS_MAX`` rows that ``nonzero`` would cost too much, so it runs in two levels:
+    first over the counts of the groups of 17 rows (<= ``cap`` groups hold entries), then over
+    the rows of those groups. Only those rows of ``xf`` are read: far less than a pass.
     """
     n = xf.shape[0]
-    nrows = n // _ROW
+    nrows = _nrows(n)
     vals, ok = [], []
     if nrows:
-        rc = (rc_lo - rc_hi).astype(jnp.int32)
-        # blocks of `group` rows: single rows while a nonzero over the row counts is cheap
-        group = 1 if nrows <= _ROW_BLOCKS_MAX else _GROUP
-        pad = (-nrows) % group
-        bc = jnp.sum(jnp.pad(rc, (0, pad)).reshape(-1, group), axis=1, dtype=jnp.int32)
-        nb = bc.shape[0]
-        bmax = min(cap, nb)
-        nz = bc > 0
-        blk = jnp.nonzero(nz, size=bmax, fill_value=0)[0].astype(jnp.int32)
-        valid_blk = jnp.arange(bmax, dtype=jnp.int32) < jnp.sum(nz.astype(jnp.int32))
-        ridx = blk[:, None] * group + jnp.arange(group, dtype=jnp.int32)[None, :]
-        valid = valid_blk[:, None] & (ridx < nrows)
+        rc = rc.astype(jnp.int32)
+        if nrows <= _ROW_BLOCKS_MAX:
+            rows, valid = _nonzero_rows(rc > 0, min(cap, nrows))
+        else:
+            groups = nrows // _GROUP
+            gc = jnp.sum(rc.reshape(groups, _GROUP), axis=1, dtype=jnp.int32)
+            blk, valid_blk = _nonzero_rows(gc > 0, min(cap, groups))
+            ridx = (blk[:, None] * _GROUP + jnp.arange(_GROUP, dtype=jnp.int32)[None, :])
+            nz = valid_blk[:, None] & (rc[ridx] > 0)                        # [blocks, 17]
+            sel, valid = _nonzero_rows(nz.reshape(-1), min(cap, nz.size))
+            rows = ridx.reshape(-1)[sel]
         x2 = xf[: nrows * _ROW].reshape(nrows, _ROW)
-        v = prep(x2[jnp.minimum(ridx, nrows - 1)])                      # [bmax, group, 15]
+        v = prep(x2[rows])                                                  # [<= cap, 15]
         vals.append(v.reshape(-1))
-        ok.append(jnp.broadcast_to(valid[:, :, None], v.shape).reshape(-1))
+        ok.append(jnp.broadcast_to(valid[:, None], v.shape).reshape(-1))
     if nrows * _ROW < n:
         tail = prep(xf[nrows * _ROW:])
         vals.append(tail)
@@ -303,11 +329,20 @@ def _candidates(xf, lo, hi, rc_lo, rc_hi, prep, fdt, kdt, cap: int) -> jax.Array
     flo, fhi = _from_key(lo, fdt, kdt), _from_key(hi, fdt, kdt)
     # hi may be key(+inf) + 1, whose float is a NaN: then ~(v >= fhi) is True for every v.
     inside = ok & (vals >= flo) & ~(vals >= fhi)
-    return jnp.where(inside, vals, jnp.array(-jnp.inf, fdt))
+    return jnp.where(inside, vals, jnp.array(-jnp.inf, fdt)), inside
 
 
 _CAP = 128         # the search stops its passes over x once <= _CAP entries are in the bracket
-_ROW_BLOCKS_MAX = 4096   # candidates are gathered by rows of 15 up to this many rows
+_ROW_BLOCKS_MAX = 4096   # above this many rows, candidates are found by groups of 17 rows first
+
+
+def _pass(xf, k, bracket, keys, prep, fdt):
+    """One counting pass at the ascending ``keys``: the new bracket ``(lo, hi, F(lo), F(hi))``
+    and the pass record ``(rows, i_lo, i_hi)`` for :func:`_bounds_rows`."""
+    lo, hi, f_lo, f_hi = bracket
+    cnts, s1 = _count_pass(xf, _from_key(keys, fdt, lo.dtype), prep)
+    lo, hi, f_lo, f_hi, i_lo, i_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
+    return (lo, hi, f_lo, f_hi), (s1, i_lo, i_hi)
 
 
 def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
@@ -317,18 +352,15 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
     ``t`` is the key of a value such that the top k are ``x > t`` plus the first
     ``k - #(x > t)`` entries equal to ``t``; when ``F(t) = #(x >= t) == k`` no tie-break is needed.
     Passes over ``xf`` run until the bracket holds at most ``_CAP`` entries; those are gathered
-    (:func:`_candidates`) and the search finishes on them, which costs far less than a pass.
+    (:func:`_candidates`) and the k-th largest is read off ``lax.top_k`` of them.
     """
     fdt, kdt = _work_dtype(xf.dtype)
     n = xf.shape[0]
-    nrows = n // _ROW
-    lo = _to_key(jnp.array(-jnp.inf, fdt), kdt)
-    hi = _to_key(jnp.array(jnp.inf, fdt), kdt) + jnp.array(1, kdt)
-    f_lo = jnp.array(n, jnp.int32)
-    f_hi = jnp.array(0, jnp.int32)
-    rc_lo = jnp.full((nrows,), _ROW, jnp.uint32)
-    rc_hi = jnp.zeros((nrows,), jnp.uint32)
-    state = (lo, hi, f_lo, f_hi, rc_lo, rc_hi)
+    nrows = _nrows(n)
+    bracket = (_to_key(jnp.array(-jnp.inf, fdt), kdt),
+               _to_key(jnp.array(jnp.inf, fdt), kdt) + jnp.array(1, kdt),
+               jnp.array(n, jnp.int32), jnp.array(0, jnp.int32))
+    records = []
     if n > _CAP:
         if first_pass:
             s = min(n, max(_SAMPLE_MIN, min(_SAMPLE, n // 128)))    # sorting it is not free
@@ -341,38 +373,41 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
             # s - min(idx) values (lax.top_k: ~3x cheaper than sorting the sample on XLA:CPU)
             top = lax.top_k(prep(xf[:: stride][:s]), s - idx[0])[0]      # descending
             keys = _to_key(top[jnp.array([s - 1 - i for i in idx])], kdt)
-            state = _sample_pass(xf, k, state, keys, prep, fdt)
+            bracket, rec = _pass(xf, k, bracket, keys, prep, fdt)
+            records.append(rec)
         # One more pass unconditionally, outside any loop: XLA hoists loop-invariant work such as
         # |x| out of a while loop and materialises it, so the common case (two passes, then the
         # candidates) runs without a loop; the loop (inside a cond) only handles the rest.
-        state = _pass_step(xf, k, state, positions, prep, fdt)
-        state = lax.cond(_open(state, k, _CAP),
-                         lambda s: _bracket_loop(xf, k, s, positions, prep, _CAP, fdt),
-                         lambda s: s, state)
-    lo, hi, f_lo, f_hi, rc_lo, rc_hi = state
+        keys, _ = _thresholds(bracket[0], bracket[1], positions(*bracket, k), fdt, kdt)
+        bracket, rec = _pass(xf, k, bracket, keys, prep, fdt)
+        records.append(rec)
+
+    def in_bracket(_):
+        # per-row counts of [lo, hi) from the passes' row counts (one fused loop over the rows)
+        rc_lo, rc_hi = _bounds_rows(records, nrows)
+        return (*bracket, (rc_lo - rc_hi).astype(jnp.int32))
+
+    def more(_):
+        # rare: more than _CAP entries still in the bracket; the loop keeps the row counts
+        rc_lo, rc_hi = _bounds_rows(records, nrows)
+        lo, hi, f_lo, f_hi, rc_lo, rc_hi = _bracket_loop(
+            xf, k, (*bracket, rc_lo, rc_hi), positions, prep, _CAP, fdt)
+        return lo, hi, f_lo, f_hi, (rc_lo - rc_hi).astype(jnp.int32)
+
+    lo, hi, f_lo, f_hi, rc = lax.cond(_open(bracket, k, _CAP), more, in_bracket, None)
 
     def finish():
-        # <= _CAP entries in [lo, hi): finish the search on them (k' = k - F(hi) of them).
-        c = _candidates(xf, lo, hi, rc_lo, rc_hi, prep, fdt, kdt, _CAP)
-        kk = k - f_hi
-        lo2, hi2, flo2, fhi2 = _bracket_loop(
-            c, kk, (lo, hi, f_lo - f_hi, jnp.array(0, jnp.int32)), _interp_positions,
-            _identity, 0, fdt)
-        return lo2, flo2 + f_hi, jnp.where(flo2 == kk, f_hi, fhi2 + f_hi)
+        # <= _CAP entries in [lo, hi): the (k - F(hi))-th largest of them is the k-th of x.
+        c, inside = _candidates(xf, lo, hi, rc, prep, fdt, kdt, _CAP)
+        kk = k - f_hi                                     # in [1, F(lo) - F(hi)]
+        top = lax.top_k(c, min(_CAP, c.shape[0]))[0]     # descending, -inf padded
+        t = lax.dynamic_index_in_dim(top, kk - 1, keepdims=False)
+        f_ge = f_hi + jnp.sum((inside & (c >= t)).astype(jnp.int32), dtype=jnp.int32)
+        f_gt = f_hi + jnp.sum((inside & (c > t)).astype(jnp.int32), dtype=jnp.int32)
+        return _to_key(t, kdt), f_ge, f_gt
 
     done = (f_lo == k) | (hi - lo <= jnp.array(1, kdt))
     return lax.cond(done, lambda: (lo, f_lo, f_hi), finish)
-
-
-def _sample_pass(xf, k, state, keys, prep, fdt):
-    """The first 'search' pass, at the given (ascending) keys."""
-    lo, hi, f_lo, f_hi, rc_lo, rc_hi = state
-    kdt = lo.dtype
-    cnts, s1 = _count_pass(xf, _from_key(keys, fdt, kdt), prep)
-    lo, hi, f_lo, f_hi, i_lo, i_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
-    rc_lo = jnp.where(i_lo >= 0, _lane(s1, jnp.maximum(i_lo, 0)), rc_lo)
-    rc_hi = jnp.where(i_hi >= 0, _lane(s1, jnp.maximum(i_hi, 0)), rc_hi)
-    return lo, hi, f_lo, f_hi, rc_lo, rc_hi
 
 
 def _tie_cut(eq: jax.Array, need: jax.Array) -> jax.Array:

@@ -114,7 +114,8 @@ def test_large_arrays_every_counting_path(method, case):
 @pytest.mark.parametrize("method", ("radix", "search"))
 @pytest.mark.parametrize("case", ["normal", "ties", "clustered"])
 def test_block_gathered_candidates(method, case):
-    """n > 15 * 4096: the bracket's last entries are gathered by blocks of 17 rows."""
+    """n > 15 * 4096: the rows holding the bracket's last entries are found through groups of
+    17 rows first."""
     rng = np.random.default_rng(11)
     n = 100_003
     if case == "normal":
@@ -124,6 +125,19 @@ def test_block_gathered_candidates(method, case):
     else:                                   # the k-th value sits in a dense cluster near 1
         x = np.where(rng.random(n) < 0.2, 1.0 + 1e-6 * rng.random(n), rng.normal(size=n))
     for k in (1, 5000, 20_000, n - 1):
+        _check(x, k, jnp.float32, method)
+
+
+@pytest.mark.parametrize("method", ("radix", "search"))
+def test_tail_entries_outside_row_counts(method):
+    """The last n mod 255 (here 254) entries have no row counts; the k-th value sits among them
+    and ties span rows and tail."""
+    rng = np.random.default_rng(21)
+    n = 255 * 160 + 254
+    x = rng.normal(size=n)
+    x[-254:] = rng.integers(0, 3, 254) + 5.0          # 5, 6, 7 only in the tail ...
+    x[:: 997] = 6.0                                   # ... and some 6s in the rows
+    for k in (1, 60, 100, 254, 300):
         _check(x, k, jnp.float32, method)
 
 
