@@ -31,7 +31,7 @@ import datetime
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -428,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scopes", nargs="+", choices=_runs.SCOPES, default=None,
                    help="pruning scopes of the sweep (default: the preset's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TrainConfig field of the base config (JSON value), e.g. "
-                        "--set epochs=6; a method's own overrides still win; repeatable")
+                   help="override a TrainConfig field for every method (JSON value), e.g. "
+                        "--set epochs=6; wins over the preset's per-method values too (--set "
+                        "tau=7 changes every SFW method's tau); repeatable")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -455,6 +456,20 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(preset: StudyPreset, overrides: Mapping[str, Any]) -> StudyPreset:
+    """``preset`` with ``overrides`` (``TrainConfig`` fields) applied to the base config and on
+    top of every method's own overrides, so that they win for every method."""
+    if not overrides:
+        return preset
+
+    def over(methods):
+        return {m: {**dict(o), **overrides} for m, o in methods.items()}
+
+    return dataclasses.replace(preset, base={**preset.base, **overrides},
+                               methods=over(preset.methods),
+                               optional_methods=over(preset.optional_methods))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -468,9 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--preset is required: one of {study_preset_names()}")
     try:
         preset = get_study_preset(args.preset)
-        overrides = parse_overrides(args.overrides)
-        if overrides:
-            preset = dataclasses.replace(preset, base={**preset.base, **overrides})
+        preset = apply_overrides(preset, parse_overrides(args.overrides))
         methods = check_methods(preset, args.methods)
         for m in methods:
             config_lib.validate(preset.method_config(m, "x"))

@@ -183,6 +183,20 @@ def test_presets_and_method_errors():
         study_lib.run_study(DIGITS_SMOKE, "unused", scopes=["all"], progress=False)
 
 
+def test_set_overrides_win_over_method_values():
+    """``--set tau=7`` must reach a method whose preset entry sets tau itself (cifar10-cpu's
+    SFW K-sparse sets k_frac 0.02, tau 10)."""
+    preset = get_study_preset("cifar10-cpu")
+    assert preset.method_config("sfw_ksparse").tau == 10.0
+    over = study_lib.apply_overrides(preset, study_lib.parse_overrides(["tau=7", "epochs=3"]))
+    for m in ("sfw_ksparse", "sfw_l2", "sgd", "sfw_init"):
+        cfg = over.method_config(m)
+        assert (cfg.tau, cfg.epochs) == (7, 3)
+    assert over.method_config("sfw_ksparse").k_frac == 0.02      # untouched fields kept
+    assert over.method_config("sgd").optimizer == "sgd"
+    assert study_lib.apply_overrides(preset, {}) is preset
+
+
 def test_cli_errors(capsys):
     with pytest.raises(SystemExit) as e:
         study_lib.main(["--preset", "nope"])
