@@ -52,10 +52,11 @@ Methods
     ``lax.cond``.
 ``'auto'``
     ``'sort'`` for ``n < 32768`` and ``'search'`` otherwise, on every backend (not yet measured
-    off CPU). Measured on the 2-core CPU (float32, K = 5%, medians, ``benchmarks/bench_topk.py``):
-    n = 36864: sort 1.0 ms, radix 0.26, search 0.34; n = 147456: sort 4.5, radix 0.79,
-    search 0.63; n = 589824: sort 22, radix 2.3, search 1.2; n = 2.36M: sort ~390, search 2.6
-    (2 passes + the gathered finish; minimum over 31 calls of ``top_k_mask(absolute=True)``).
+    off CPU). Measured on the 2-core CPU (float32, K = 5%, medians of 31 calls, two runs of
+    ``benchmarks/bench_topk.py``; ``'sort'`` from an earlier run): n = 36864: sort 1.0 ms,
+    radix 0.44, search 0.32; n = 147456: sort 4.5, radix 0.8-0.9, search 0.66-0.78;
+    n = 589824: sort 22, radix 2.4-2.7, search 1.3-1.6; n = 2.36M: sort ~390, radix 5.8-7.5,
+    search 2.5-3.2 (2 passes + the gathered finish).
 
 ``top_k_threshold`` returns the exact selection as ``(t, cut)`` and ``threshold_mask`` evaluates
 it elementwise, so a consumer (the SFW update) can fuse the mask into its own loops.
