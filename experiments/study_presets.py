@@ -184,8 +184,9 @@ CIFAR10_CPU = StudyPreset(
              "sfw_l2": {"constraint": "l2"},
              "sgd": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
                      "lr_schedule": "cosine"}},
-    # SFW-Init (reference defaults k_frac 0.05, tau 15, as the first committed run) with 100 Adam steps (the reference's 390 = one epoch at batch 128 would cost
-    # about as much as 2-3 training epochs on the 2-core CPU).
+    # SFW-Init (reference defaults k_frac 0.05, tau 15, as the first committed run) with 100
+    # Adam steps (the reference's 390 = one epoch at batch 128 would cost about as much as 2-3
+    # training epochs on the 2-core CPU).
     optional_methods={"sfw_init": {"sfw_init": True, "sfw_init_steps": 100}},
     labels=_LABELS,
     sparsities=FULL_SPARSITIES,

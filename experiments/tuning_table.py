@@ -18,6 +18,9 @@ import os
 import sys
 from typing import Any, Sequence
 
+from experiments import _runs
+from experiments.study import _pct, _rows
+
 #: Config fields never shown as "varied" (paths and bookkeeping).
 _IGNORED = {"out_dir", "resume", "progress", "log_every", "keep_checkpoints", "data_dir"}
 
@@ -30,8 +33,7 @@ def load_rows(study_dirs: Sequence[str]) -> list[dict[str, Any]]:
         if not os.path.isfile(path):
             raise ValueError(f"study_dirs: {d!r} has no summary.json (not a finished study "
                              f"folder of `python -m experiments.study`)")
-        with open(path) as f:
-            summary = json.load(f)
+        summary = _runs.read_json(path)
         for method, rec in summary["methods"].items():
             rows.append({"study": os.path.basename(os.path.normpath(d)), "method": method,
                          "config": rec["config"], "dense_val": rec.get("dense_val_acc"),
@@ -48,15 +50,7 @@ def varied_fields(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def val_at(row: dict[str, Any], sparsity: float, scope: str) -> float | None:
     """Validation accuracy of ``row`` one-shot pruned at ``sparsity`` (no BN recalibration)."""
-    for s in row["sweep"]:
-        if (s["scope"] == scope and not s.get("bn_recal", False)
-                and abs(s["target_sparsity"] - sparsity) < 1e-9):
-            return s.get("val_acc")
-    return None
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.1f}"
+    return _rows(row, scope).get(round(sparsity, 6), {}).get("val_acc")
 
 
 def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: str) -> str:
@@ -76,7 +70,7 @@ def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: st
         drops = [None if (v is None or r["dense_val"] is None) else r["dense_val"] - v
                  for v in vals]
         cells = ([r["study"], r["method"]] + [json.dumps(r["config"].get(f)) for f in fields]
-                 + [_pct(r["dense_val"])] + [_pct(v) for v in vals] + [_pct(d) for d in drops]
+                 + [_pct(v, 1) for v in [r["dense_val"], *vals, *drops]]
                  + ["—" if r["train_time"] is None else f"{r['train_time']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -87,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("study_dirs", nargs="+", help="folders written by experiments.study")
     ap.add_argument("--sparsities", nargs="+", type=float, default=[90.0, 95.0],
                     metavar="PERCENT", help="pruning levels to show (percent)")
-    ap.add_argument("--scope", default="kernels", choices=("kernels", "all"))
+    ap.add_argument("--scope", default="kernels", choices=_runs.SCOPES)
     ap.add_argument("--out", help="also write the table to this Markdown file")
     args = ap.parse_args(argv)
     bad = [p for p in args.sparsities if not 0 <= p < 100]
@@ -100,8 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = table(rows, [p / 100 for p in args.sparsities], args.scope)
     print(text, end="")
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        _runs.write_text(args.out, text)
     return 0
 
 

@@ -140,11 +140,11 @@ class KSparsePolytope(_TopKSet):
         """The top-k threshold ``(t, cut)`` of ``|g|`` on the counting paths (see
         :func:`sfw_jax.topk.top_k_threshold`); the vertex itself on the 'sort' path."""
         k = min(self.k, g.size)
-        if k == g.size or _topk.resolve_method(g.size, self.method) == "sort":
+        path = _topk.resolve_method(g.size, self.method)
+        if k == g.size or path == "sort":
             return self.lmo(g)
         return _topk.top_k_threshold(jax.lax.stop_gradient(g), k, absolute=True,
-                                     adaptive=_topk.resolve_method(g.size, self.method)
-                                     == "search")
+                                     adaptive=path == "search")
 
     def lmo_vertex(self, g: jax.Array, selection) -> jax.Array:
         if not isinstance(selection, tuple):

@@ -77,37 +77,38 @@ def _check_scalar_hparam(value: Any, name: str, lo: float, hi: float, hi_open: b
                              f"got {value!r}")
 
 
-def _norm(x: jax.Array) -> jax.Array:
-    """||x||_2 in float32/float64 with a finite derivative at x = 0 (needed by SFW-Init, which
-    differentiates through the step)."""
-    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
-    x = x.astype(acc)
-    sq = jnp.sum(x * x)
+def _acc_dtype(x: jax.Array):
+    """Accumulation dtype of a leaf: float64 for float64 leaves, else float32."""
+    return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+
+
+def _safe_sqrt(sq: jax.Array) -> jax.Array:
+    """sqrt with a finite derivative at 0 (the value there is 0; SFW-Init differentiates
+    through the step)."""
     pos = sq > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1)), 0)
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    """||x||_2 in float32/float64 with a finite derivative at x = 0."""
+    x = x.astype(_acc_dtype(x))
+    return _safe_sqrt(jnp.sum(x * x))
 
 
 def _leaf_momentum(g: jax.Array, m_prev: jax.Array, x: jax.Array, count: jax.Array,
                    momentum: jax.Array) -> jax.Array:
     """m_t for one leaf (dtype of x)."""
-    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    acc = _acc_dtype(x)
     mu = jnp.asarray(momentum, acc)
     g_acc = g.astype(acc)
     return jnp.where(count == 0, g_acc, mu * m_prev.astype(acc) + (1 - mu) * g_acc).astype(x.dtype)
 
 
-def _leaf_momentum_vertex(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
-                          count: jax.Array, momentum: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(m_t, v = LMO_C(m_t)) for one leaf; ``v`` in the accumulation dtype."""
-    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
-    m = _leaf_momentum(g, m_prev, x, count, momentum)
-    return m, c.lmo(m).astype(acc)
-
-
 def _sum_sq(e: jax.Array) -> jax.Array:
-    """sum(e * e) as row sums of 16 entries, then a sum: XLA:CPU fuses an elementwise producer
-    of ``e`` (e.g. a vertex rebuilt from a threshold) into a reduction over a small minor axis,
-    but materialises it before a full reduction."""
+    """sum(e * e) as row sums of 16 entries, then a sum. On jax 0.10.2's XLA:CPU this is no
+    faster than ``jnp.sum(jnp.square(e))`` (both write the producer of ``e`` to memory before a
+    YNNPACK reduction); it is kept because it fixes the float summation order with which the
+    committed results (README, ``results/``) were produced."""
     f = e.reshape(-1)
     n = f.shape[0]
     rows = n // 16
@@ -125,19 +126,13 @@ def _sq_norms(m: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
     return _sum_sq(m.astype(d.dtype)), _sum_sq(d)
 
 
-def _safe_sqrt(sq: jax.Array) -> jax.Array:
-    """sqrt with a finite derivative at 0 (the value there is 0)."""
-    pos = sq > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1)), 0)
-
-
 def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
                   count: jax.Array, lr: jax.Array, momentum: jax.Array,
                   rescale: Optional[str]) -> tuple[jax.Array, jax.Array]:
     """One SFW step for one leaf: returns (update, new momentum). See the module docstring."""
-    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
-    m, v = _leaf_momentum_vertex(c, g, m_prev, x, count, momentum)
-    d = v - x.astype(acc)
+    acc = _acc_dtype(x)
+    m = _leaf_momentum(g, m_prev, x, count, momentum)
+    d = c.lmo(m).astype(acc) - x.astype(acc)
     if rescale == "gradient":
         dn = _norm(d)
         factor = _norm(m) / jnp.where(dn > 0, dn, 1)     # d = 0 means x = v: any eta is a no-op
@@ -235,7 +230,7 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
             sels[i] = jax.lax.optimization_barrier(cs[i].lmo_select(out_m[i]))
 
         def direction(i, m, sel):
-            acc = jnp.float64 if xs[i].dtype == jnp.float64 else jnp.float32
+            acc = _acc_dtype(xs[i])
             return cs[i].lmo_vertex(m, sel).astype(acc) - xs[i].astype(acc)
 
         if live:

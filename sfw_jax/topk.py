@@ -193,16 +193,15 @@ def _lane(s1: jax.Array, j: jax.Array) -> jax.Array:
     return (s1 >> (jnp.uint32(4) * j.astype(jnp.uint32))) & jnp.uint32(15)
 
 
-def _thresholds(lo: jax.Array, hi: jax.Array, pos: jax.Array, fdt, kdt) -> tuple[jax.Array, ...]:
-    """Keys ``lo + clip(floor(L * pos), 1, L - 1)`` (monotone in ``pos``) and their floats."""
+def _thresholds(lo: jax.Array, hi: jax.Array, pos: jax.Array, kdt) -> jax.Array:
+    """Keys ``lo + clip(floor(L * pos), 1, L - 1)`` (monotone in ``pos``), ``L = hi - lo``."""
     span = hi - lo
     cdt = jnp.float64 if kdt == jnp.uint64 else jnp.float32
     bits = jnp.iinfo(kdt).bits
     big = float(2 ** bits - 2 ** (bits - 24))   # exactly representable, < 2**bits
     off = jnp.clip(jnp.floor(span.astype(cdt) * pos.astype(cdt)), 1.0, big).astype(kdt)
     off = jnp.clip(off, jnp.array(1, kdt), span - jnp.array(1, kdt))
-    keys = lo + off
-    return keys, _from_key(keys, fdt, kdt)
+    return lo + off
 
 
 def _update(lo, hi, f_lo, f_hi, keys, cnts, k):
@@ -242,20 +241,33 @@ def _interp_positions(lo, hi, f_lo, f_hi, k):
     return jnp.sort(jnp.clip(pos, 0.0, 1.0))
 
 
-def _pass_step(xf, k, state, positions, prep, fdt):
-    """One counting pass at ``positions`` of the bracket: the new bracket (and, when ``state``
-    carries them, the per-row counts ``rc_lo, rc_hi`` of its bounds)."""
-    lo, hi, f_lo, f_hi = state[:4]
-    kdt = lo.dtype
-    keys, ts = _thresholds(lo, hi, positions(lo, hi, f_lo, f_hi, k), fdt, kdt)
-    cnts, s1 = _count_pass(xf, ts, prep)
+def _pass(xf, k, bracket, keys, prep, fdt):
+    """One counting pass at the ascending ``keys``: the new bracket ``(lo, hi, F(lo), F(hi))``
+    and the pass record ``(rows, i_lo, i_hi)`` for :func:`_apply_record`."""
+    lo, hi, f_lo, f_hi = bracket
+    cnts, s1 = _count_pass(xf, _from_key(keys, fdt, lo.dtype), prep)
     lo, hi, f_lo, f_hi, i_lo, i_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
-    if len(state) == 4:
-        return lo, hi, f_lo, f_hi
-    rc_lo, rc_hi = state[4:]
-    rc_lo = jnp.where(i_lo >= 0, _lane(s1, jnp.maximum(i_lo, 0)), rc_lo)
-    rc_hi = jnp.where(i_hi >= 0, _lane(s1, jnp.maximum(i_hi, 0)), rc_hi)
-    return lo, hi, f_lo, f_hi, rc_lo, rc_hi
+    return (lo, hi, f_lo, f_hi), (s1, i_lo, i_hi)
+
+
+def _positioned_pass(xf, k, bracket, positions, prep, fdt):
+    """:func:`_pass` at the keys ``positions`` places inside ``bracket``."""
+    keys = _thresholds(bracket[0], bracket[1], positions(*bracket, k), bracket[0].dtype)
+    return _pass(xf, k, bracket, keys, prep, fdt)
+
+
+def _apply_record(rc_lo, rc_hi, record):
+    """Per-row counts of the bracket bounds after a pass: a bound the pass moved (index >= 0)
+    takes that threshold's lane of the pass's row sums; a kept bound keeps its counts."""
+    s1, i_lo, i_hi = record
+    return (jnp.where(i_lo >= 0, _lane(s1, jnp.maximum(i_lo, 0)), rc_lo),
+            jnp.where(i_hi >= 0, _lane(s1, jnp.maximum(i_hi, 0)), rc_hi))
+
+
+def _pass_step(xf, k, state, positions, prep, fdt):
+    """One loop pass: ``state = (lo, hi, F(lo), F(hi), rc_lo, rc_hi)`` -> the next state."""
+    bracket, rec = _positioned_pass(xf, k, tuple(state[:4]), positions, prep, fdt)
+    return (*bracket, *_apply_record(*state[4:], rec))
 
 
 def _open(state, k, cap: int) -> jax.Array:
@@ -266,7 +278,7 @@ def _open(state, k, cap: int) -> jax.Array:
 
 def _bracket_loop(xf, k, state, positions, prep, cap: int, fdt):
     """Counting passes over ``xf`` shrinking the bracket ``F(lo) >= k > F(hi)`` of ``state`` =
-    ``(lo, hi, F(lo), F(hi)[, rc_lo, rc_hi])`` until ``lo`` is pinned (``hi = lo + 1``),
+    ``(lo, hi, F(lo), F(hi), rc_lo, rc_hi)`` until ``lo`` is pinned (``hi = lo + 1``),
     ``F(lo) = k``, or at most ``cap`` entries lie in ``[lo, hi)``. ``k`` may be traced."""
     return lax.while_loop(lambda s: _open(s, k, cap),
                           lambda s: _pass_step(xf, k, s, positions, prep, fdt), tuple(state))
@@ -277,12 +289,11 @@ def _bounds_rows(records, nrows: int) -> tuple[jax.Array, jax.Array]:
     of the bracket after the passes ``records`` = ``[(rows, i_lo, i_hi), ...]`` (in order; a pass
     whose ``i_lo`` / ``i_hi`` is -1 kept that bound). Elementwise, so XLA fuses it into its
     consumer instead of writing per-pass copies."""
-    rc_lo = jnp.full((nrows,), _ROW, jnp.uint32)    # lo = key(-inf): every entry
-    rc_hi = jnp.zeros((nrows,), jnp.uint32)         # hi = key(+inf) + 1: none
-    for s1, i_lo, i_hi in records:
-        rc_lo = jnp.where(i_lo >= 0, _lane(s1, jnp.maximum(i_lo, 0)), rc_lo)
-        rc_hi = jnp.where(i_hi >= 0, _lane(s1, jnp.maximum(i_hi, 0)), rc_hi)
-    return rc_lo, rc_hi
+    rc = (jnp.full((nrows,), _ROW, jnp.uint32),     # lo = key(-inf): every entry
+          jnp.zeros((nrows,), jnp.uint32))           # hi = key(+inf) + 1: none
+    for rec in records:
+        rc = _apply_record(*rc, rec)
+    return rc
 
 
 def _nonzero_rows(nz: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
@@ -337,15 +348,6 @@ _CAP = 128         # the search stops its passes over x once <= _CAP entries are
 _ROW_BLOCKS_MAX = 4096   # above this many rows, candidates are found by groups of 17 rows first
 
 
-def _pass(xf, k, bracket, keys, prep, fdt):
-    """One counting pass at the ascending ``keys``: the new bracket ``(lo, hi, F(lo), F(hi))``
-    and the pass record ``(rows, i_lo, i_hi)`` for :func:`_bounds_rows`."""
-    lo, hi, f_lo, f_hi = bracket
-    cnts, s1 = _count_pass(xf, _from_key(keys, fdt, lo.dtype), prep)
-    lo, hi, f_lo, f_hi, i_lo, i_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
-    return (lo, hi, f_lo, f_hi), (s1, i_lo, i_hi)
-
-
 def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
                 prep=_identity) -> tuple[jax.Array, ...]:
     """Exact selection threshold of ``prep(xf)`` (flat) by counting: ``(t, F(t), #(x > t))``.
@@ -364,7 +366,7 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
     records = []
     if n > _CAP:
         if first_pass:
-            s = min(n, max(_SAMPLE_MIN, min(_SAMPLE, n // 128)))    # sorting it is not free
+            s = min(n, max(_SAMPLE_MIN, min(_SAMPLE, n // 128)))
             stride = n // s
             q = 1.0 - k / n
             sd = math.sqrt(s * q * (1.0 - q)) + 1.0
@@ -379,8 +381,7 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
         # One more pass unconditionally, outside any loop: XLA hoists loop-invariant work such as
         # |x| out of a while loop and materialises it, so the common case (two passes, then the
         # candidates) runs without a loop; the loop (inside a cond) only handles the rest.
-        keys, _ = _thresholds(bracket[0], bracket[1], positions(*bracket, k), fdt, kdt)
-        bracket, rec = _pass(xf, k, bracket, keys, prep, fdt)
+        bracket, rec = _positioned_pass(xf, k, bracket, positions, prep, fdt)
         records.append(rec)
 
     def in_bracket(_):
