@@ -39,6 +39,36 @@ def time_stateful(step: Callable[..., tuple], state: tuple, extra: Sequence[Any]
     return times, state
 
 
+def time_interleaved(steps: dict[str, tuple[Callable[..., tuple], tuple, Sequence[Any]]], *,
+                     reps: int = 20, warmup: int = 3) -> dict[str, list[float]]:
+    """Times several stateful steps in alternation: rep i calls every step once, in order.
+
+    ``steps`` maps a name to ``(step, state, extra)`` as for :func:`time_stateful`. Alternating
+    the calls exposes every step to the same machine load, so the ratio of two medians (and
+    :func:`paired_ratio`) does not drift with the load as back-to-back blocks of reps do.
+    Returns name -> per-call ms list.
+    """
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+    states = {}
+    for name, (step, state, extra) in steps.items():
+        for _ in range(warmup):
+            state = step(*state, *extra)
+        states[name] = jax.block_until_ready(state)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, (step, _, extra) in steps.items():
+            t0 = time.perf_counter()
+            states[name] = jax.block_until_ready(step(*states[name], *extra))
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Median of the per-rep ratios ``num[i] / den[i]`` of interleaved timings."""
+    return float(np.median(np.asarray(num, float) / np.asarray(den, float)))
+
+
 def time_pure(fn: Callable[..., Any], args: Sequence[Any], *, reps: int = 20,
               warmup: int = 2) -> list[float]:
     """Per-call ms of ``fn(*args)`` (no donation, outputs discarded)."""

@@ -7,9 +7,11 @@ One jit-compiled step per optimizer: softmax cross-entropy of ``model.apply`` (`
 (batch 32 on CPU, 128 on GPU/TPU unless ``--batch``), gradients, optimizer update and
 ``optax.apply_updates``, with params / batch_stats / optimizer state donated. SFW: K-sparse on
 every tensor (as the reference), k=10, k_frac=0.05, value=15, initialization mode, momentum 0.9,
-gradient rescale; SGD: ``optax.sgd(0.1, momentum=0.9)``. Medians over ``--reps`` steps after
-warm-up. The JSON record (last line with ``--json``) has "batch" and a "results" list with one
-entry per model: {"model", "batch", "sfw_step_ms", "sgd_step_ms", "ratio", ...}; with a single
+gradient rescale; SGD: ``optax.sgd(0.1, momentum=0.9)``. The two steps are called in alternation
+(one SFW step, one SGD step per rep) so that both see the same machine load. Medians over
+``--reps`` steps after warm-up. The JSON record (last line with ``--json``) has "batch" and a
+"results" list with one entry per model: {"model", "batch", "sfw_step_ms", "sgd_step_ms",
+"ratio" (of the medians), "paired_ratio" (median of the per-rep ratios), ...}; with a single
 model those keys are also at the top level.
 """
 
@@ -47,6 +49,7 @@ def bench_model(name: str, batch: int, reps: int, method: str) -> dict:
     out = {"model": name, "batch": batch,
            "params": int(sum(p.size for p in jax.tree.leaves(params))),
            "tensors": len(jax.tree.leaves(params))}
+    steps = {}
     for opt_name, opt in (("sfw", sfw(0.1, constraints, momentum=0.9, rescale="gradient")),
                           ("sgd", optax.sgd(0.1, momentum=0.9))):
         def loss_fn(p, ext, xb, yb):
@@ -63,13 +66,15 @@ def bench_model(name: str, batch: int, reps: int, method: str) -> dict:
             u, s = opt.update(g, s, p)
             return optax.apply_updates(p, u), new_ext, s
 
-        jstep = jax.jit(step, donate_argnums=(0, 1, 2))
         p0 = jax.tree.map(jnp.copy, params)
         e0 = jax.tree.map(jnp.copy, extra)
-        times, _ = _timing.time_stateful(jstep, (p0, e0, opt.init(p0)), (x, y), reps=reps,
-                                         warmup=3)
-        out[f"{opt_name}_step_ms"] = round(_timing.median(times), 3)
-        out[opt_name] = _timing.summary(times)
+        steps[opt_name] = (jax.jit(step, donate_argnums=(0, 1, 2)), (p0, e0, opt.init(p0)),
+                           (x, y))
+    times = _timing.time_interleaved(steps, reps=reps, warmup=3)
+    for opt_name in steps:
+        out[f"{opt_name}_step_ms"] = round(_timing.median(times[opt_name]), 3)
+        out[opt_name] = _timing.summary(times[opt_name])
+    out["paired_ratio"] = round(_timing.paired_ratio(times["sfw"], times["sgd"]), 3)
     out["ratio"] = round(out["sfw_step_ms"] / out["sgd_step_ms"], 3)
     return out
 
@@ -91,13 +96,14 @@ def main(argv=None) -> int:
         ap.error(f"--batch must be >= 1, got {batch}")
     results = [bench_model(m, batch, args.reps, args.method) for m in args.models]
     _timing.print_table(
-        [(r["model"], r["batch"], r["params"], r["sfw_step_ms"], r["sgd_step_ms"], r["ratio"])
-         for r in results],
-        ("model", "batch", "params", "sfw_step_ms", "sgd_step_ms", "sfw/sgd"))
+        [(r["model"], r["batch"], r["params"], r["sfw_step_ms"], r["sgd_step_ms"], r["ratio"],
+          r["paired_ratio"]) for r in results],
+        ("model", "batch", "params", "sfw_step_ms", "sgd_step_ms", "sfw/sgd", "paired"))
     rec = {"benchmark": "bench_train_step", "batch": batch, "method": args.method,
            "reps": args.reps, "results": results, **_timing.environment()}
     if len(results) == 1:
-        rec.update({k: results[0][k] for k in ("model", "sfw_step_ms", "sgd_step_ms", "ratio")})
+        rec.update({k: results[0][k] for k in ("model", "sfw_step_ms", "sgd_step_ms", "ratio",
+                                              "paired_ratio")})
     if args.json:
         _timing.emit_json(rec)
     return 0

@@ -465,3 +465,20 @@ def test_bad_input_rank():
     model = _tiny("simple_cnn")
     with pytest.raises(ValueError, match=r"x must be an NHWC image batch .* got shape \(8, 8, 1\)"):
         model.init(KEY, jnp.zeros((8, 8, 1)))
+
+
+def test_simple_cnn_gap_head_averages_the_last_conv_features():
+    from sfw_jax.models import layers
+    model = SimpleCNN(10, width=0.5, use_bn=True, head="gap")
+    x = jax.random.normal(KEY, (2, 12, 12, 3))
+    v = model.init(KEY, x)
+    assert "fc1" not in v["params"] and v["params"]["fc2"]["kernel"].shape == (32, 10)
+    n_conv = sum(v["params"][f"conv{i}"]["kernel"].size for i in range(1, 5))
+    assert n_conv / (n_conv + v["params"]["fc2"]["kernel"].size) > 0.95
+    y, inter = model.apply(v, x, capture_intermediates=lambda m, _: m.name == "bn4")
+    bn4 = inter["intermediates"]["bn4"]["__call__"][0]                    # (2, 6, 6, 32)
+    feats = layers.max_pool_ceil(jax.nn.relu(bn4)).mean(axis=(1, 2))      # (2, 32)
+    want = feats @ v["params"]["fc2"]["kernel"] + v["params"]["fc2"]["bias"]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="head must be one of"):
+        SimpleCNN(10, head="avg")

@@ -150,7 +150,8 @@ def test_stale_run_folder_is_reported(study):
 
 
 def test_presets_and_method_errors():
-    assert study_preset_names() == ["cifar10-cpu", "digits-smoke", "paper-resnet18-cifar10"]
+    assert study_preset_names() == ["cifar10-cpu", "cifar10-cpu-gap", "digits-smoke",
+                                    "paper-resnet18-cifar10"]
     for name, preset in STUDY_PRESETS.items():
         assert set(preset.methods) >= {"sfw_ksparse", "sfw_l2", "sgd"}
         assert "sfw_init" in preset.optional_methods
@@ -162,6 +163,13 @@ def test_presets_and_method_errors():
         assert preset.method_config("sgd").optimizer == "sgd"
     cpu = get_study_preset("cifar10-cpu")
     assert cpu.base_config().data_dir == "../shared/data/cifar10-jpeg.tar.gz"
+    # the GAP-head grid: same methods and hyperparameters, only the model and epochs differ
+    gap = get_study_preset("cifar10-cpu-gap")
+    for m in cpu.all_methods():
+        a, b = cpu.method_config(m).to_dict(), gap.method_config(m).to_dict()
+        diff = {k for k in a if a[k] != b[k]}
+        assert diff == {"model_kwargs", "epochs"}, (m, diff)
+        assert b["model_kwargs"] == {"width": 1.0, "use_bn": True, "head": "gap"}
     paper = get_study_preset("paper-resnet18-cifar10")
     sgd = paper.method_config("sgd")
     assert (sgd.arch, sgd.epochs, sgd.lr, sgd.momentum, sgd.weight_decay, sgd.lr_schedule) == \
