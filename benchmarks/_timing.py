@@ -46,6 +46,9 @@ def time_interleaved(steps: dict[str, tuple[Callable[..., tuple], tuple, Sequenc
     ``steps`` maps a name to ``(step, state, extra)`` as for :func:`time_stateful`. Alternating
     the calls exposes every step to the same machine load, so the ratio of two medians (and
     :func:`paired_ratio`) does not drift with the load as back-to-back blocks of reps do.
+    Meant for long steps (full training steps, >= 100 ms). A short step loses the caches its
+    previous call warmed (measured: the optax SGD update of ResNet-18 took 7.0-7.5 ms back to
+    back but 10.5-11 ms interleaved with the SFW update), so ``bench_update`` times blocks.
     Returns name -> per-call ms list.
     """
     if reps < 1 or warmup < 0:
