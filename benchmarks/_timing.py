@@ -18,41 +18,37 @@ import jax
 import numpy as np
 
 
+def _check_reps(reps: int, warmup: int) -> None:
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+
+
 def time_stateful(step: Callable[..., tuple], state: tuple, extra: Sequence[Any] = (), *,
                   reps: int = 20, warmup: int = 3) -> tuple[list[float], tuple]:
     """Times ``state = step(*state, *extra)``; returns (per-call ms list, final state).
 
     ``step`` may donate the ``state`` buffers (``donate_argnums``): each call consumes the previous
-    call's outputs only.
+    call's outputs only. (:func:`time_interleaved` with one step.)
     """
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
-    for _ in range(warmup):
-        state = step(*state, *extra)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        state = step(*state, *extra)
-        jax.block_until_ready(state)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times, state
+    times, states = time_interleaved({"step": (step, state, extra)}, reps=reps, warmup=warmup)
+    return times["step"], states["step"]
 
 
 def time_interleaved(steps: dict[str, tuple[Callable[..., tuple], tuple, Sequence[Any]]], *,
-                     reps: int = 20, warmup: int = 3) -> dict[str, list[float]]:
+                     reps: int = 20, warmup: int = 3
+                     ) -> tuple[dict[str, list[float]], dict[str, tuple]]:
     """Times several stateful steps in alternation: rep i calls every step once, in order.
 
     ``steps`` maps a name to ``(step, state, extra)`` as for :func:`time_stateful`. Alternating
     the calls exposes every step to the same machine load, so the ratio of two medians (and
     :func:`paired_ratio`) does not drift with the load as back-to-back blocks of reps do.
     Meant for long steps (full training steps, >= 100 ms). A short step loses the caches its
-    previous call warmed (measured: the optax SGD update of ResNet-18 took 7.0-7.5 ms back to
-    back but 10.5-11 ms interleaved with the SFW update), so ``bench_update`` times blocks.
-    Returns name -> per-call ms list.
+    previous call warmed (``python -m benchmarks.bench_update`` vs the same with
+    ``--interleaved``: the optax SGD update of ResNet-18 took 5.2 vs 8.9 ms), so ``bench_update``
+    times blocks by default.
+    Returns (name -> per-call ms list, name -> final state).
     """
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+    _check_reps(reps, warmup)
     states = {}
     for name, (step, state, extra) in steps.items():
         for _ in range(warmup):
@@ -64,7 +60,7 @@ def time_interleaved(steps: dict[str, tuple[Callable[..., tuple], tuple, Sequenc
             t0 = time.perf_counter()
             states[name] = jax.block_until_ready(step(*states[name], *extra))
             times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
+    return times, states
 
 
 def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
@@ -75,8 +71,7 @@ def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
 def time_pure(fn: Callable[..., Any], args: Sequence[Any], *, reps: int = 20,
               warmup: int = 2) -> list[float]:
     """Per-call ms of ``fn(*args)`` (no donation, outputs discarded)."""
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+    _check_reps(reps, warmup)
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
     times = []

@@ -70,7 +70,7 @@ def bench_model(name: str, batch: int, reps: int, method: str) -> dict:
         e0 = jax.tree.map(jnp.copy, extra)
         steps[opt_name] = (jax.jit(step, donate_argnums=(0, 1, 2)), (p0, e0, opt.init(p0)),
                            (x, y))
-    times = _timing.time_interleaved(steps, reps=reps, warmup=3)
+    times, _ = _timing.time_interleaved(steps, reps=reps, warmup=3)
     for opt_name in steps:
         out[f"{opt_name}_step_ms"] = round(_timing.median(times[opt_name]), 3)
         out[opt_name] = _timing.summary(times[opt_name])

@@ -1,6 +1,6 @@
 """SFW update vs optax SGD-momentum update on the ResNet-18 (CIFAR) parameter tree.
 
-    python -m benchmarks.bench_update [--json] [--reps 30] [--method auto]
+    python -m benchmarks.bench_update [--json] [--reps 30] [--method auto] [--interleaved]
 
 Times, in the same run, one jit-compiled optimizer step ``(params, opt_state) -> (params',
 opt_state')`` = ``update`` + ``optax.apply_updates`` with ``donate_argnums`` on params and
@@ -9,8 +9,9 @@ opt_state, for
     value=15.0, mode='initialization'), momentum=0.9, rescale='gradient')`` on all 62 tensors
     (as the reference), top-k path ``--method``;
   * SGD: ``optax.sgd(0.1, momentum=0.9)``.
-Gradients are fixed random normals. Also times the K-sparse LMO alone (``k_sparse_lmo``) for each
-distinct tensor size of the tree. Reports medians over ``--reps`` calls after warm-up; the JSON
+Gradients are fixed random normals; each optimizer is timed in a block of ``--reps`` calls
+(``--interleaved``: one SFW and one SGD call per rep, which cools each call's caches). Also
+times the K-sparse LMO alone (``k_sparse_lmo``) for each distinct tensor size of the tree. Reports medians over ``--reps`` calls after warm-up; the JSON
 record (last line with ``--json``) has "params", "sfw_update_ms", "sgd_update_ms", "ratio" and
 "lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
 """
@@ -43,7 +44,7 @@ def _norms(params):
     return jax.tree.map(lambda w: max(float(jnp.linalg.norm(w.reshape(-1))), 1.0), params)
 
 
-def bench(reps: int, method: str, lmo_reps: int) -> dict:
+def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False) -> dict:
     params = resnet18_params()
     leaves = jax.tree.leaves(params)
     n_params = int(sum(x.size for x in leaves))
@@ -54,18 +55,20 @@ def bench(reps: int, method: str, lmo_reps: int) -> dict:
     constraints = make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
                                    mode="initialization", init_norms=_norms(params),
                                    method=method)
-    results = {}
+    steps = {}
     for name, opt in (("sfw", sfw(0.1, constraints, momentum=0.9, rescale="gradient")),
                       ("sgd", optax.sgd(0.1, momentum=0.9))):
         def step(p, s, g, opt=opt):
             u, s = opt.update(g, s, p)
             return optax.apply_updates(p, u), s
 
-        jstep = jax.jit(step, donate_argnums=(0, 1))
         p0 = jax.tree.map(jnp.copy, params)
-        times, _ = _timing.time_stateful(jstep, (p0, opt.init(p0)), (grads,), reps=reps,
-                                         warmup=3)
-        results[name] = times
+        steps[name] = (jax.jit(step, donate_argnums=(0, 1)), (p0, opt.init(p0)), (grads,))
+    if interleaved:
+        results, _ = _timing.time_interleaved(steps, reps=reps, warmup=3)
+    else:
+        results = {name: _timing.time_stateful(*st, reps=reps, warmup=3)[0]
+                   for name, st in steps.items()}
 
     lmo = {}
     sizes = sorted({x.size for x in leaves})
@@ -80,7 +83,7 @@ def bench(reps: int, method: str, lmo_reps: int) -> dict:
     sfw_ms, sgd_ms = _timing.median(results["sfw"]), _timing.median(results["sgd"])
     return {
         "benchmark": "bench_update", "model": "resnet18", "params": n_params,
-        "tensors": len(leaves), "method": method, "reps": reps,
+        "tensors": len(leaves), "method": method, "reps": reps, "interleaved": interleaved,
         "sfw_update_ms": round(sfw_ms, 3), "sgd_update_ms": round(sgd_ms, 3),
         "ratio": round(sfw_ms / sgd_ms, 3),
         "sfw": _timing.summary(results["sfw"]), "sgd": _timing.summary(results["sgd"]),
@@ -96,10 +99,13 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=30, help="timed calls per optimizer (median)")
     ap.add_argument("--lmo-reps", type=int, default=10, help="timed calls per LMO size")
     ap.add_argument("--method", default="auto", choices=METHODS, help="top-k path of the LMO")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="alternate one SFW and one SGD call per rep instead of timing a block of "
+                         "reps each (each call then finds the caches cooled by the other)")
     args = ap.parse_args(argv)
     if args.reps < 1 or args.lmo_reps < 1:
         ap.error("--reps and --lmo-reps must be >= 1")
-    rec = bench(args.reps, args.method, args.lmo_reps)
+    rec = bench(args.reps, args.method, args.lmo_reps, args.interleaved)
     print(f"ResNet-18 params={rec['params']} tensors={rec['tensors']} backend={rec['backend']} "
           f"method={rec['method']}")
     _timing.print_table(

@@ -31,6 +31,10 @@ import jax.numpy as jnp
 from sfw_jax.models import layers
 
 
+HEADS = ("fc", "gap")
+"""``SimpleCNN.head`` values."""
+
+
 class SimpleCNN(nn.Module):
     """Four 3x3 convs, two ceil-mode max-pools, two dense layers; see the module docstring.
 
@@ -50,8 +54,8 @@ class SimpleCNN(nn.Module):
 
     def __post_init__(self) -> None:
         layers.check_num_classes(self.num_classes)
-        if self.head not in ("fc", "gap"):
-            raise ValueError(f"head must be one of ['fc', 'gap'], got {self.head!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
         layers.check_width(self.width)
         layers.check_dtype(self.dtype)
         super().__post_init__()
