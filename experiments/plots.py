@@ -1,8 +1,8 @@
 """Figures of a study (matplotlib, Agg backend, PNG at 120 dpi).
 
 * :func:`plot_accuracy_vs_sparsity`: test accuracy vs sparsity, one solid line per method
-  (one-shot, no retraining), dashed for pruned + retrained, dotted horizontal line at each
-  method's dense accuracy. Two panels share the y axis: 0-90 % and the 90-99 % region expanded.
+  (one-shot, no retraining), dash-dotted for one-shot + BatchNorm re-calibration (optional),
+  dashed for pruned + retrained, dotted horizontal line at each method's dense accuracy. Two panels share the y axis: 0-90 % and the 90-99 % region expanded.
 * :func:`plot_weight_distribution`: one method's weight magnitudes: histogram of log10|w| (exact
   zeros reported in the legend) and the CDF F(x) = P(|w| <= x) on a log x axis.
 * :func:`plot_cdf_comparison`: the CDFs of all methods in one panel.
@@ -50,6 +50,7 @@ def _check_curve(name: str, curve: Curve, argname: str) -> tuple[np.ndarray, np.
 
 def plot_accuracy_vs_sparsity(path: str, oneshot: Mapping[str, Curve], *,
                               retrained: Mapping[str, Curve] | None = None,
+                              recalibrated: Mapping[str, Curve] | None = None,
                               dense: Mapping[str, float] | None = None,
                               title: str = "", split: str = "test") -> str:
     """Accuracy vs sparsity figure (see the module docstring); returns ``path``.
@@ -58,14 +59,16 @@ def plot_accuracy_vs_sparsity(path: str, oneshot: Mapping[str, Curve], *,
       path: PNG file to write.
       oneshot: method label -> (sparsities in [0, 1], accuracies in [0, 1]), one-shot pruned.
       retrained: label -> curve of the pruned + retrained networks (dashed).
+      recalibrated: label -> curve of the one-shot pruned networks with re-estimated BatchNorm
+        statistics (dash-dotted, thinner; weights as one-shot).
       dense: label -> dense accuracy in [0, 1] (dotted horizontal line).
       title: figure title.
       split: name of the evaluated split for the y label.
     """
     if not oneshot:
         raise ValueError("oneshot must hold at least one method's curve, got none")
-    retrained, dense = retrained or {}, dense or {}
-    labels = list(dict.fromkeys([*oneshot, *retrained, *dense]))
+    retrained, recalibrated, dense = retrained or {}, recalibrated or {}, dense or {}
+    labels = list(dict.fromkeys([*oneshot, *recalibrated, *retrained, *dense]))
     color = {m: COLORS[i % len(COLORS)] for i, m in enumerate(labels)}
     marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(labels)}
     fig, (lo, hi) = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True,
@@ -75,6 +78,10 @@ def plot_accuracy_vs_sparsity(path: str, oneshot: Mapping[str, Curve], *,
             xs, ys = _check_curve(m, curve, "oneshot")
             ax.plot(xs, ys, color=color[m], marker=marker[m], ms=4, lw=1.6,
                     label=f"{m} one-shot")
+        for m, curve in recalibrated.items():
+            xs, ys = _check_curve(m, curve, "recalibrated")
+            ax.plot(xs, ys, color=color[m], marker=marker[m], ms=3, mfc="none", lw=1.1,
+                    ls="-.", label=f"{m} one-shot + BN re-cal")
         for m, curve in retrained.items():
             xs, ys = _check_curve(m, curve, "retrained")
             ax.plot(xs, ys, color=color[m], marker="x", ms=7, mew=2, lw=1.6, ls="--",

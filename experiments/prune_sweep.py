@@ -94,6 +94,7 @@ def _run_stamp(run: _runs.LoadedRun) -> dict:
 def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
           scopes: Sequence[str] = ("kernels", "all"), bn_recal: bool = False,
           recal_batches: int = 20, recal_batch_size: int | None = None,
+          recal_scopes: Sequence[str] | None = None,
           cache_path: str | None = None, progress: bool = True) -> list[dict]:
     """Rows (dicts with ``CSV_FIELDS``) for every scope x sparsity (x bn_recal variant).
 
@@ -105,6 +106,8 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
         (skipped, with a note on stderr, when the model has no BatchNorm).
       recal_batches, recal_batch_size: training batches used for that (default batch size: the
         run's ``batch_size``).
+      recal_scopes: the scopes (a subset of ``scopes``) that get the re-calibrated variant
+        (None: all of ``scopes``).
       cache_path: JSON file to resume from and to rewrite after each level.
       progress: tqdm progress bar.
     """
@@ -112,6 +115,12 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
 
     levels = check_sparsities(sparsities)
     scopes = check_scopes(scopes)
+    if recal_scopes is None:
+        recal_scopes = scopes
+    recal_scopes = check_scopes(recal_scopes, "recal_scopes")
+    if not set(recal_scopes) <= set(scopes):
+        raise ValueError(f"recal_scopes must be a subset of scopes {scopes!r}, got "
+                         f"{recal_scopes!r}")
     if not isinstance(recal_batches, int) or recal_batches < 1:
         raise ValueError(f"recal_batches must be an int >= 1, got {recal_batches!r}")
     has_bn = bool(jax.tree.leaves(run.batch_stats))
@@ -125,7 +134,8 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
         cached = _runs.read_json(cache_path)
         if cached.get("run") == _run_stamp(run):
             done = {row_key(r): r for r in cached.get("rows", [])}
-    wanted = [(sc, v, s) for sc in scopes for v in variants for s in levels]
+    wanted = [(sc, v, s) for sc in scopes for v in variants for s in levels
+              if not v or sc in recal_scopes]
     todo = [k for k in wanted if (k[0], k[1], round(k[2], 6)) not in done]
 
     batches = None

@@ -58,7 +58,8 @@ class StudyPreset:
       sparsities: one-shot pruning levels (fractions).
       scopes: pruning scopes of the sweep (``'kernels'``, ``'all'``).
       main_scope: the scope of the main table and plot (and of retraining).
-      bn_recal: also sweep with BatchNorm re-calibration (an extra beyond the paper).
+      bn_recal: also sweep the main scope with BatchNorm re-calibration (an extra beyond the
+        paper).
       recal_batches: training batches for the re-calibration.
       retrain_methods: methods that are also pruned + retrained.
       retrain_sparsities: levels at which they are retrained.
@@ -172,6 +173,13 @@ pruning costs less, dense accuracy drops. lr, rescale and sfw_scope were not tun
 SFW L2 and SFW + init keep the reference defaults (k_frac 0.05, tau 15; not tuned).
 SGD: lr 0.05, momentum 0.9, weight decay 5e-4, cosine. Retraining: SGD lr 0.01 (cosine),
 momentum 0.9, the run's weight decay, 1 epoch (12% of training).
+
+BatchNorm re-calibration (``bn_recal``, switched on after the first runs of the grid): every
+level is also evaluated with the BatchNorm running statistics re-estimated for the pruned
+weights on 20 training batches (seeded order, no augmentation; cumulative average of per-batch
+statistics, no weight changes; 64-72 s per method for the 19 levels of the main scope,
+measured). The paper's numbers and the issue's targets are the rows without it; ``table.md``
+lists both.
 """
 
 CIFAR10_CPU = StudyPreset(
@@ -193,7 +201,9 @@ CIFAR10_CPU = StudyPreset(
     labels=_LABELS,
     sparsities=FULL_SPARSITIES,
     scopes=("kernels", "all"),
-    bn_recal=False,
+    # Also sweep with BatchNorm re-calibrated on 20 training batches (an extra beyond the paper,
+    # reported beside the paper's one-shot numbers; see CIFAR10_CPU_NOTES).
+    bn_recal=True,
     recal_batches=20,
     retrain_methods=("sgd",),
     retrain_sparsities=(0.9, 0.95, 0.98),

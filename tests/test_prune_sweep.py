@@ -106,6 +106,15 @@ def test_bn_recal_changes_batch_stats_only(run):
     expect = run.evaluator(pruned, new, run.dataset.test)["accuracy"]
     assert rows[1]["test_acc"] == expect
     assert rows[1]["n_pruned"] == rows[0]["n_pruned"]
+    # recal_scopes: only those scopes get the re-calibrated variant
+    rows = ps.sweep(run, [0.9], scopes=("kernels", "all"), bn_recal=True, recal_batches=3,
+                    recal_batch_size=32, recal_scopes=("all",), progress=False)
+    assert [(r["scope"], r["bn_recal"]) for r in rows] == [
+        ("kernels", False), ("all", False), ("all", True)]
+    with pytest.raises(ValueError, match=r"recal_scopes must be a subset of scopes \['kernels'\]"
+                                         r", got \['all'\]"):
+        ps.sweep(run, [0.9], scopes=("kernels",), bn_recal=True, recal_scopes=("all",),
+                 progress=False)
 
 
 def test_sweep_resumes_from_cache(run, tmp_path, monkeypatch):
