@@ -2,7 +2,8 @@
 
 * :func:`plot_accuracy_vs_sparsity`: test accuracy vs sparsity, one solid line per method
   (one-shot, no retraining), dash-dotted for one-shot + BatchNorm re-calibration (optional),
-  dashed for pruned + retrained, dotted horizontal line at each method's dense accuracy. Two panels share the y axis: 0-90 % and the 90-99 % region expanded.
+  dashed for pruned + retrained, dotted horizontal line at each method's dense accuracy. Two
+  panels share the y axis: 0-90 % and the 90-99 % region expanded.
 * :func:`plot_weight_distribution`: one method's weight magnitudes: histogram of log10|w| (exact
   zeros reported in the legend) and the CDF F(x) = P(|w| <= x) on a log x axis.
 * :func:`plot_cdf_comparison`: the CDFs of all methods in one panel.
