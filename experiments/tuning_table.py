@@ -1,13 +1,15 @@
 """Validation-split comparison of several study folders (hyperparameter tuning record).
 
     python -m experiments.tuning_table STUDY_DIR [STUDY_DIR ...] [--out tuning.md]
-        [--sparsities 90 95] [--scope kernels]
+        [--sparsities 90 95] [--scope kernels] [--bn-recal]
 
 Reads each folder's ``summary.json`` (written by ``python -m experiments.study``) and prints one
 Markdown row per (folder, method): the config fields that differ between the rows, dense
 validation accuracy, validation accuracy one-shot pruned at ``--sparsities`` (global magnitude,
-``--scope``), the drop from dense at those levels, and the training time. Test accuracy is
-deliberately not shown: choose hyperparameters on validation, never on test.
+``--scope``), the drop from dense at those levels, and the training time; with ``--bn-recal``
+also the validation accuracy at those levels with BatchNorm re-calibrated (``—`` where a folder's
+sweep has no such rows). Test accuracy is deliberately not shown: choose hyperparameters on
+validation, never on test.
 """
 
 from __future__ import annotations
@@ -48,17 +50,23 @@ def varied_fields(rows: Sequence[dict[str, Any]]) -> list[str]:
             if len({json.dumps(r["config"].get(k), sort_keys=True) for r in rows}) > 1]
 
 
-def val_at(row: dict[str, Any], sparsity: float, scope: str) -> float | None:
-    """Validation accuracy of ``row`` one-shot pruned at ``sparsity`` (no BN recalibration)."""
-    return _rows(row, scope).get(round(sparsity, 6), {}).get("val_acc")
+def val_at(row: dict[str, Any], sparsity: float, scope: str,
+           bn_recal: bool = False) -> float | None:
+    """Validation accuracy of ``row`` one-shot pruned at ``sparsity`` (with ``bn_recal``: the
+    BatchNorm re-calibrated row; None where the sweep has no such row)."""
+    return _rows(row, scope, bn_recal).get(round(sparsity, 6), {}).get("val_acc")
 
 
-def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: str) -> str:
-    """The Markdown table (rows sorted by validation accuracy at the first sparsity)."""
+def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: str,
+          bn_recal: bool = False) -> str:
+    """The Markdown table (rows sorted by validation accuracy at the first sparsity, without
+    re-calibration)."""
     fields = varied_fields(rows)
+    recal = list(sparsities) if bn_recal else []
     head = (["study", "method"] + fields + ["val dense"]
             + [f"val {100 * p:g}%" for p in sparsities]
-            + [f"drop {100 * p:g}%" for p in sparsities] + ["train s"])
+            + [f"drop {100 * p:g}%" for p in sparsities]
+            + [f"val {100 * p:g}% re-cal" for p in recal] + ["train s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def key(r):
@@ -69,8 +77,9 @@ def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: st
         vals = [val_at(r, p, scope) for p in sparsities]
         drops = [None if (v is None or r["dense_val"] is None) else r["dense_val"] - v
                  for v in vals]
+        recal_vals = [val_at(r, p, scope, bn_recal=True) for p in recal]
         cells = ([r["study"], r["method"]] + [json.dumps(r["config"].get(f)) for f in fields]
-                 + [_pct(v, 1) for v in [r["dense_val"], *vals, *drops]]
+                 + [_pct(v, 1) for v in [r["dense_val"], *vals, *drops, *recal_vals]]
                  + ["—" if r["train_time"] is None else f"{r['train_time']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -82,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sparsities", nargs="+", type=float, default=[90.0, 95.0],
                     metavar="PERCENT", help="pruning levels to show (percent)")
     ap.add_argument("--scope", default="kernels", choices=_runs.SCOPES)
+    ap.add_argument("--bn-recal", action="store_true",
+                    help="also show validation accuracy with BatchNorm re-calibrated")
     ap.add_argument("--out", help="also write the table to this Markdown file")
     args = ap.parse_args(argv)
     bad = [p for p in args.sparsities if not 0 <= p < 100]
@@ -91,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = load_rows(args.study_dirs)
     except ValueError as e:
         ap.error(str(e))
-    text = table(rows, [p / 100 for p in args.sparsities], args.scope)
+    text = table(rows, [p / 100 for p in args.sparsities], args.scope, args.bn_recal)
     print(text, end="")
     if args.out:
         _runs.write_text(args.out, text)

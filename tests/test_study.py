@@ -310,6 +310,17 @@ def test_tuning_table_reads_validation_numbers(study, tmp_path, capsys):
         assert cells["val dense"] == f"{100 * res['dense_val_acc']:.1f}"
         assert cells["val 90%"] == f"{100 * v90:.1f}"
         assert cells["drop 90%"] == f"{100 * (res['dense_val_acc'] - v90):.1f}"
+    # --bn-recal adds the re-calibrated validation accuracy per level
+    assert tuning_table.main([out, "--sparsities", "90", "--bn-recal"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[-2:] == ["val 90% re-cal", "train s"]
+    for line in lines[2:]:
+        cells = dict(zip(head, [c.strip() for c in line.strip("|").split("|")]))
+        res = summary["methods"][cells["method"]]
+        v = next(r["val_acc"] for r in res["sweep"] if r["scope"] == "kernels"
+                 and r["bn_recal"] and r["target_sparsity"] == 0.9)
+        assert cells["val 90% re-cal"] == f"{100 * v:.1f}"
     with pytest.raises(SystemExit):
         tuning_table.main([str(tmp_path / "missing")])
     assert "has no summary.json" in capsys.readouterr().err
