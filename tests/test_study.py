@@ -178,13 +178,17 @@ def test_presets_and_method_errors():
         assert preset.method_config("sgd").optimizer == "sgd"
     cpu = get_study_preset("cifar10-cpu")
     assert cpu.base_config().data_dir == "../shared/data/cifar10-jpeg.tar.gz"
-    # the GAP-head grid: same methods and hyperparameters, only the model and epochs differ
+    # the GAP-head grid: same methods and hyperparameters, only the model and epochs differ,
+    # and SFW K-sparse's k_frac (re-tuned for this head)
     gap = get_study_preset("cifar10-cpu-gap")
     for m in cpu.all_methods():
         a, b = cpu.method_config(m).to_dict(), gap.method_config(m).to_dict()
         diff = {k for k in a if a[k] != b[k]}
-        assert diff == {"model_kwargs", "epochs"}, (m, diff)
+        assert diff == {"model_kwargs", "epochs"} | ({"k_frac"} if m == "sfw_ksparse" else set()), \
+            (m, diff)
         assert b["model_kwargs"] == {"width": 1.0, "use_bn": True, "head": "gap"}
+    assert (gap.method_config("sfw_ksparse").k_frac, gap.method_config("sfw_ksparse").tau) == \
+        (0.01, 7.0)
     paper = get_study_preset("paper-resnet18-cifar10")
     sgd = paper.method_config("sgd")
     assert (sgd.arch, sgd.epochs, sgd.lr, sgd.momentum, sgd.weight_decay, sgd.lr_schedule) == \
