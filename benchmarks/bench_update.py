@@ -11,9 +11,10 @@ opt_state, for
   * SGD: ``optax.sgd(0.1, momentum=0.9)``.
 Gradients are fixed random normals; each optimizer is timed in a block of ``--reps`` calls
 (``--interleaved``: one SFW and one SGD call per rep, which cools each call's caches). Also
-times the K-sparse LMO alone (``k_sparse_lmo``) for each distinct tensor size of the tree. Reports medians over ``--reps`` calls after warm-up; the JSON
-record (last line with ``--json``) has "params", "sfw_update_ms", "sgd_update_ms", "ratio" and
-"lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
+times the K-sparse LMO alone (``k_sparse_lmo``) for each distinct tensor size of the tree.
+Reports medians over ``--reps`` calls after warm-up; the JSON record (last line with ``--json``)
+has "params", "sfw_update_ms", "sgd_update_ms", "ratio" and "lmo_ms_by_size" ({n: {"k": K,
+"ms": median}}).
 """
 
 from __future__ import annotations

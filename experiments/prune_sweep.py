@@ -106,18 +106,19 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
         (skipped, with a note on stderr, when the model has no BatchNorm).
       recal_batches, recal_batch_size: training batches used for that (default batch size: the
         run's ``batch_size``).
-      recal_scopes: the scopes (a subset of ``scopes``) that get the re-calibrated variant
-        (None: all of ``scopes``).
-      cache_path: JSON file to resume from and to rewrite after each level.
+      recal_scopes: the scopes (a subset of ``scopes``, possibly empty) that get the
+        re-calibrated variant (None: all of ``scopes``).
+      cache_path: JSON file to resume from and to rewrite after each level (rows it holds for
+        other levels, scopes or variants are kept in it).
       progress: tqdm progress bar.
     """
     from sfw_jax.pruning import apply_mask, masks_for_sweep
 
     levels = check_sparsities(sparsities)
     scopes = check_scopes(scopes)
-    if recal_scopes is None:
-        recal_scopes = scopes
-    recal_scopes = check_scopes(recal_scopes, "recal_scopes")
+    if isinstance(recal_scopes, str):
+        recal_scopes = [recal_scopes]
+    recal_scopes = scopes if recal_scopes is None else list(recal_scopes)
     if not set(recal_scopes) <= set(scopes):
         raise ValueError(f"recal_scopes must be a subset of scopes {scopes!r}, got "
                          f"{recal_scopes!r}")
@@ -148,8 +149,9 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
 
     def save() -> None:
         if cache_path:
-            rows = [done[(sc, v, round(s, 6))] for sc, v, s in wanted
-                    if (sc, v, round(s, 6)) in done]
+            keys = [(sc, v, round(s, 6)) for sc, v, s in wanted]
+            other = done.keys() - set(keys)
+            rows = [done[k] for k in keys if k in done] + [done[k] for k in done if k in other]
             _runs.write_json(cache_path, {"run_dir": run.out_dir, "run": _run_stamp(run),
                                           "dense_test_acc": run.final.get("test_acc"),
                                           "rows": rows})

@@ -173,11 +173,9 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
                                      else dataset_for(cfg))
         run = _runs.load_trained(run_dir, dataset_for(cfg))
         t0 = time.time()
-        recal_scopes = [sc for sc in scopes if sc == preset.main_scope]   # re-cal: main only
-        rows = sweep_lib.sweep(run, preset.sparsities, scopes=scopes,
-                               bn_recal=preset.bn_recal and bool(recal_scopes),
-                               recal_batches=preset.recal_batches,
-                               recal_scopes=recal_scopes or None,
+        rows = sweep_lib.sweep(run, preset.sparsities, scopes=scopes, bn_recal=preset.bn_recal,
+                               recal_batches=preset.recal_batches,     # re-cal: main scope only
+                               recal_scopes=[sc for sc in scopes if sc == preset.main_scope],
                                cache_path=os.path.join(run_dir, "sweep.json"),
                                progress=progress)
         sweep_lib.write_csv(rows, os.path.join(run_dir, "sweep.csv"))

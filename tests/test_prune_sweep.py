@@ -113,8 +113,12 @@ def test_bn_recal_changes_batch_stats_only(run):
         ("kernels", False), ("all", False), ("all", True)]
     with pytest.raises(ValueError, match=r"recal_scopes must be a subset of scopes \['kernels'\]"
                                          r", got \['all'\]"):
-        ps.sweep(run, [0.9], scopes=("kernels",), bn_recal=True, recal_scopes=("all",),
+        ps.sweep(run, [0.9], scopes=("kernels",), bn_recal=True, recal_scopes="all",
                  progress=False)
+    # an empty recal_scopes means no re-calibrated rows
+    rows = ps.sweep(run, [0.9], scopes=("kernels",), bn_recal=True, recal_scopes=[],
+                    progress=False)
+    assert [r["bn_recal"] for r in rows] == [False]
 
 
 def test_sweep_resumes_from_cache(run, tmp_path, monkeypatch):
@@ -132,6 +136,11 @@ def test_sweep_resumes_from_cache(run, tmp_path, monkeypatch):
     assert len(calls) == 2  # only the new level: val + test
     assert [r["target_sparsity"] for r in more] == [0.0, 0.5, 0.9]
     assert more[0] == first[0] and more[2] == first[1]
+    # a call for fewer levels returns only those but keeps the other cached rows
+    calls.clear()
+    one = ps.sweep(run, [0.9], scopes=("kernels",), cache_path=cache, progress=False)
+    assert one == [first[1]] and calls == []
+    assert _runs.read_json(cache)["rows"] == [first[1], first[0], more[1]]
 
 
 def test_cli_writes_csv_and_json(run_dir, tmp_path, capsys):
