@@ -1,9 +1,12 @@
 """Top-k mask time per method and tensor size (the ResNet-18 conv sizes, K = 5%).
 
     python -m benchmarks.bench_topk [--json] [--reps 15] [--sizes 36864 2359296] [--methods ...]
+                                    [--dtype float32|bfloat16|float16]
 
 For each size n, times a jit-compiled ``top_k_mask(|g|, K, method=m)`` with
-``K = min(max(10, floor(0.05 n)), n)`` on ``|g|``, ``g`` standard normal (float32), and reports
+``K = min(max(10, floor(0.05 n)), n)`` on ``|g|``, ``g`` standard normal drawn in float32 and
+cast to ``--dtype`` (bfloat16 has 256 values per octave, so thousands of entries tie with the
+k-th: the search must pin a value instead of gathering a few candidates), and reports
 the median over ``--reps`` calls. ``'sort'`` (``lax.top_k``) is skipped above ``--sort-max``
 entries (it takes ~0.4 s at n = 2.36M on the 2-core CPU). The JSON record (last line with
 ``--json``) maps each size to {method: median ms}.
@@ -32,13 +35,14 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["sort", "radix", "search", "auto"],
                     choices=METHODS)
     ap.add_argument("--sort-max", type=int, default=600_000)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args(argv)
     if args.reps < 1 or any(n < 1 for n in args.sizes):
         ap.error("--reps and --sizes must be >= 1")
     table, rec = [], {}
     for n in args.sizes:
         k = sparsity_k(n, 10, 0.05)
-        x = jnp.abs(jax.random.normal(jax.random.key(n), (n,), jnp.float32))
+        x = jnp.abs(jax.random.normal(jax.random.key(n), (n,), jnp.float32)).astype(args.dtype)
         row = {}
         for m in args.methods:
             if m == "sort" and n > args.sort_max:
@@ -49,7 +53,8 @@ def main(argv=None) -> int:
         table.append((n, k, resolve_method(n), *[row.get(m, "-") for m in args.methods]))
     _timing.print_table(table, ("n", "K", "auto_path", *[f"{m}_ms" for m in args.methods]))
     if args.json:
-        _timing.emit_json({"benchmark": "bench_topk", "reps": args.reps, "sizes": rec,
+        _timing.emit_json({"benchmark": "bench_topk", "reps": args.reps, "dtype": args.dtype,
+                           "sizes": rec,
                            **_timing.environment()})
     return 0
 

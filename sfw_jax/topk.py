@@ -36,8 +36,12 @@ Methods
     the k-th largest value and
     ``mask = (x > t) | ((x == t) & (index <= p))`` where ``p`` is the flat index of the
     ``(k - #(x > t))``-th entry equal to ``t``; ``p = n`` when ``F(t) = k`` (no extra ties, the
-    common case); otherwise ``p`` is found by block counts + a cumulative sum inside one block
-    (``lax.cond``, so the rare tie path costs nothing when unused).
+    common case). After the gathered finish every entry equal to ``t`` is among the gathered
+    ones, in flat order, so ``p`` is read off their indices (a cumulative sum over <= 2175
+    entries). When the passes pin ``t`` itself (``hi = lo + 1``, e.g. many zeros, or bfloat16
+    data with thousands of equal values) the per-row counts of ``[lo, hi)`` are the per-row
+    counts of the entries equal to ``t``: a cumulative sum over them finds the row of the cut,
+    one over that row's 15 entries its position (no pass over ``x`` either).
 ``'search'``
     The same exact counting search, but the bracket is placed adaptively: the first pass uses
     thresholds taken from a strided sample (``n // 128`` entries, between 512 and 4096; its top
@@ -80,6 +84,7 @@ batch member runs until all are done and the tie path is computed for all).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,32 +100,49 @@ _GROUP = 17        # row sums per second-stage group (8-bit lanes hold <= 15 * 1
 _NT = 8            # thresholds per pass
 _SAMPLE = 4096     # sample size for the first 'search' pass (at most; n // 128 ...)
 _SAMPLE_MIN = 512  # ... but at least this many entries
-_TIE_BLOCK = 1024  # block size of the tie-break index search
 
 
 # ----------------------------------------------------------------------------------------------
 # Keys
 
 
-def _work_dtype(dtype: jnp.dtype) -> tuple[jnp.dtype, jnp.dtype]:
-    """(float dtype compared in, unsigned key dtype) for an input float dtype."""
+class _Space(NamedTuple):
+    """Where the search works for one input dtype: values are compared as ``fdt`` (float32, or
+    float64 for float64 input) and keyed by the bits of their ``vdt`` value (the input dtype)
+    as ``kdt`` (unsigned int of that width). Keying 16-bit inputs by their own 16 bits makes the
+    search pin a value after at most 65536 keys instead of 2**32 (bfloat16 data has few
+    distinct values: ties of thousands of entries are common)."""
+
+    fdt: jnp.dtype
+    kdt: jnp.dtype
+    vdt: jnp.dtype
+
+
+def _space(dtype: jnp.dtype) -> _Space:
+    """The :class:`_Space` of an input float dtype."""
+    dtype = jnp.dtype(dtype)
     if dtype == jnp.float64:
-        return jnp.dtype(jnp.float64), jnp.dtype(jnp.uint64)
-    return jnp.dtype(jnp.float32), jnp.dtype(jnp.uint32)
+        return _Space(dtype, jnp.dtype(jnp.uint64), dtype)
+    if dtype.itemsize == 2:                                  # float16, bfloat16
+        return _Space(jnp.dtype(jnp.float32), jnp.dtype(jnp.uint16), dtype)
+    return _Space(jnp.dtype(jnp.float32), jnp.dtype(jnp.uint32), jnp.dtype(jnp.float32))
 
 
-def _to_key(v: jax.Array, kdt: jnp.dtype) -> jax.Array:
-    """Order-preserving map float -> unsigned int: ``v < w  <=>  key(v) < key(w)`` (no NaN)."""
-    bits = lax.bitcast_convert_type(v, kdt)
+def _to_key(v: jax.Array, sp: _Space) -> jax.Array:
+    """Order-preserving map float -> unsigned int: ``v < w  <=>  key(v) < key(w)`` (no NaN).
+    ``v`` must be exactly representable in ``sp.vdt`` (it is one of the input's values)."""
+    kdt = sp.kdt
+    bits = lax.bitcast_convert_type(v.astype(sp.vdt), kdt)
     top = jnp.array(1, kdt) << (jnp.iinfo(kdt).bits - 1)
     return jnp.where((bits & top) != 0, ~bits, bits | top)
 
 
-def _from_key(key: jax.Array, fdt: jnp.dtype, kdt: jnp.dtype) -> jax.Array:
-    """Inverse of :func:`_to_key`."""
+def _from_key(key: jax.Array, sp: _Space) -> jax.Array:
+    """Inverse of :func:`_to_key`, as a ``sp.fdt`` value."""
+    kdt = sp.kdt
     top = jnp.array(1, kdt) << (jnp.iinfo(kdt).bits - 1)
     bits = jnp.where((key & top) != 0, key ^ top, ~key)
-    return lax.bitcast_convert_type(bits, fdt)
+    return lax.bitcast_convert_type(bits, sp.vdt).astype(sp.fdt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,19 +263,19 @@ def _interp_positions(lo, hi, f_lo, f_hi, k):
     return jnp.sort(jnp.clip(pos, 0.0, 1.0))
 
 
-def _pass(xf, k, bracket, keys, prep, fdt):
+def _pass(xf, k, bracket, keys, prep, sp):
     """One counting pass at the ascending ``keys``: the new bracket ``(lo, hi, F(lo), F(hi))``
     and the pass record ``(rows, i_lo, i_hi)`` for :func:`_apply_record`."""
     lo, hi, f_lo, f_hi = bracket
-    cnts, s1 = _count_pass(xf, _from_key(keys, fdt, lo.dtype), prep)
+    cnts, s1 = _count_pass(xf, _from_key(keys, sp), prep)
     lo, hi, f_lo, f_hi, i_lo, i_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
     return (lo, hi, f_lo, f_hi), (s1, i_lo, i_hi)
 
 
-def _positioned_pass(xf, k, bracket, positions, prep, fdt):
+def _positioned_pass(xf, k, bracket, positions, prep, sp):
     """:func:`_pass` at the keys ``positions`` places inside ``bracket``."""
     keys = _thresholds(bracket[0], bracket[1], positions(*bracket, k), bracket[0].dtype)
-    return _pass(xf, k, bracket, keys, prep, fdt)
+    return _pass(xf, k, bracket, keys, prep, sp)
 
 
 def _apply_record(rc_lo, rc_hi, record):
@@ -264,9 +286,9 @@ def _apply_record(rc_lo, rc_hi, record):
             jnp.where(i_hi >= 0, _lane(s1, jnp.maximum(i_hi, 0)), rc_hi))
 
 
-def _pass_step(xf, k, state, positions, prep, fdt):
+def _pass_step(xf, k, state, positions, prep, sp):
     """One loop pass: ``state = (lo, hi, F(lo), F(hi), rc_lo, rc_hi)`` -> the next state."""
-    bracket, rec = _positioned_pass(xf, k, tuple(state[:4]), positions, prep, fdt)
+    bracket, rec = _positioned_pass(xf, k, tuple(state[:4]), positions, prep, sp)
     return (*bracket, *_apply_record(*state[4:], rec))
 
 
@@ -276,12 +298,12 @@ def _open(state, k, cap: int) -> jax.Array:
     return (hi - lo > jnp.array(1, lo.dtype)) & (f_lo != k) & (f_lo - f_hi > cap)
 
 
-def _bracket_loop(xf, k, state, positions, prep, cap: int, fdt):
+def _bracket_loop(xf, k, state, positions, prep, cap: int, sp):
     """Counting passes over ``xf`` shrinking the bracket ``F(lo) >= k > F(hi)`` of ``state`` =
     ``(lo, hi, F(lo), F(hi), rc_lo, rc_hi)`` until ``lo`` is pinned (``hi = lo + 1``),
     ``F(lo) = k``, or at most ``cap`` entries lie in ``[lo, hi)``. ``k`` may be traced."""
     return lax.while_loop(lambda s: _open(s, k, cap),
-                          lambda s: _pass_step(xf, k, s, positions, prep, fdt), tuple(state))
+                          lambda s: _pass_step(xf, k, s, positions, prep, sp), tuple(state))
 
 
 def _bounds_rows(records, nrows: int) -> tuple[jax.Array, jax.Array]:
@@ -302,11 +324,13 @@ def _nonzero_rows(nz: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     return idx, jnp.arange(size, dtype=jnp.int32) < jnp.sum(nz.astype(jnp.int32))
 
 
-def _candidates(xf, lo, hi, rc, prep, fdt, kdt, cap: int) -> tuple[jax.Array, jax.Array]:
+def _candidates(xf, lo, hi, rc, prep, sp,
+                cap: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The entries of ``prep(xf)`` in ``[float(lo), float(hi))``, at most ``cap`` of them, given
-    ``rc`` = their count per row of 15 (:func:`_nrows` rows): ``(values, inside)``, flat arrays of
-    ``min(cap, rows) * 15`` gathered row entries plus the tail, ``values = -inf`` where not
-    ``inside`` the bracket.
+    ``rc`` = their count per row of 15 (:func:`_nrows` rows): ``(values, inside, index)``, flat
+    arrays of ``min(cap, rows) * 15`` gathered row entries plus the tail, ``values = -inf`` where
+    not ``inside`` the bracket, ``index`` their flat index in ``xf``. The entries ``inside`` are
+    in increasing flat order (rows ascending, then the tail).
 
     At most ``cap`` rows have a nonzero count, so a ``nonzero`` over the row counts finds them.
     Above ``_ROW_BLOCKS_MAX`` rows that ``nonzero`` would cost too much, so it runs in two levels:
@@ -315,7 +339,7 @@ def _candidates(xf, lo, hi, rc, prep, fdt, kdt, cap: int) -> tuple[jax.Array, ja
     """
     n = xf.shape[0]
     nrows = _nrows(n)
-    vals, ok = [], []
+    vals, ok, pos = [], [], []
     if nrows:
         rc = rc.astype(jnp.int32)
         if nrows <= _ROW_BLOCKS_MAX:
@@ -332,16 +356,19 @@ def _candidates(xf, lo, hi, rc, prep, fdt, kdt, cap: int) -> tuple[jax.Array, ja
         v = prep(x2[rows])                                                  # [<= cap, 15]
         vals.append(v.reshape(-1))
         ok.append(jnp.broadcast_to(valid[:, None], v.shape).reshape(-1))
+        pos.append((rows[:, None] * _ROW + jnp.arange(_ROW, dtype=jnp.int32)[None, :]).reshape(-1))
     if nrows * _ROW < n:
         tail = prep(xf[nrows * _ROW:])
         vals.append(tail)
         ok.append(jnp.ones(tail.shape, bool))
+        pos.append(jnp.arange(nrows * _ROW, n, dtype=jnp.int32))
     vals = jnp.concatenate(vals)
     ok = jnp.concatenate(ok)
-    flo, fhi = _from_key(lo, fdt, kdt), _from_key(hi, fdt, kdt)
+    pos = jnp.concatenate(pos)
+    flo, fhi = _from_key(lo, sp), _from_key(hi, sp)
     # hi may be key(+inf) + 1, whose float is a NaN: then ~(v >= fhi) is True for every v.
     inside = ok & (vals >= flo) & ~(vals >= fhi)
-    return jnp.where(inside, vals, jnp.array(-jnp.inf, fdt)), inside
+    return jnp.where(inside, vals, jnp.array(-jnp.inf, sp.fdt)), inside, pos
 
 
 _CAP = 128         # the search stops its passes over x once <= _CAP entries are in the bracket
@@ -350,18 +377,24 @@ _ROW_BLOCKS_MAX = 4096   # above this many rows, candidates are found by groups 
 
 def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
                 prep=_identity) -> tuple[jax.Array, ...]:
-    """Exact selection threshold of ``prep(xf)`` (flat) by counting: ``(t, F(t), #(x > t))``.
+    """Exact selection threshold of ``prep(xf)`` (flat) by counting:
+    ``(t, F(t), #(x > t), cut)``.
 
     ``t`` is the key of a value such that the top k are ``x > t`` plus the first
-    ``k - #(x > t)`` entries equal to ``t``; when ``F(t) = #(x >= t) == k`` no tie-break is needed.
+    ``k - #(x > t)`` entries equal to ``t``, i.e. those with flat index ``<= cut``; when
+    ``F(t) = #(x >= t) == k`` no tie-break is needed and ``cut = n``.
     Passes over ``xf`` run until the bracket holds at most ``_CAP`` entries; those are gathered
-    (:func:`_candidates`) and the k-th largest is read off ``lax.top_k`` of them.
+    (:func:`_candidates`), the k-th largest is read off ``lax.top_k`` of them and ``cut`` off
+    their flat indices. When the passes pin ``t`` itself (``hi = lo + 1``: the bracket holds
+    only entries equal to ``t``, possibly many) the cut comes from the passes' row counts
+    (:func:`_pinned_cut`).
     """
-    fdt, kdt = _work_dtype(xf.dtype)
+    sp = _space(xf.dtype)
+    kdt = sp.kdt
     n = xf.shape[0]
     nrows = _nrows(n)
-    bracket = (_to_key(jnp.array(-jnp.inf, fdt), kdt),
-               _to_key(jnp.array(jnp.inf, fdt), kdt) + jnp.array(1, kdt),
+    bracket = (_to_key(jnp.array(-jnp.inf, sp.fdt), sp),
+               _to_key(jnp.array(jnp.inf, sp.fdt), sp) + jnp.array(1, kdt),
                jnp.array(n, jnp.int32), jnp.array(0, jnp.int32))
     records = []
     if n > _CAP:
@@ -375,13 +408,13 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
             # order statistics idx (ascending) of the sample = positions s-1-idx of its top
             # s - min(idx) values (lax.top_k: ~3x cheaper than sorting the sample on XLA:CPU)
             top = lax.top_k(prep(xf[:: stride][:s]), s - idx[0])[0]      # descending
-            keys = _to_key(top[jnp.array([s - 1 - i for i in idx])], kdt)
-            bracket, rec = _pass(xf, k, bracket, keys, prep, fdt)
+            keys = _to_key(top[jnp.array([s - 1 - i for i in idx])], sp)
+            bracket, rec = _pass(xf, k, bracket, keys, prep, sp)
             records.append(rec)
         # One more pass unconditionally, outside any loop: XLA hoists loop-invariant work such as
         # |x| out of a while loop and materialises it, so the common case (two passes, then the
         # candidates) runs without a loop; the loop (inside a cond) only handles the rest.
-        bracket, rec = _positioned_pass(xf, k, bracket, positions, prep, fdt)
+        bracket, rec = _positioned_pass(xf, k, bracket, positions, prep, sp)
         records.append(rec)
 
     def in_bracket(_):
@@ -393,37 +426,64 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
         # rare: more than _CAP entries still in the bracket; the loop keeps the row counts
         rc_lo, rc_hi = _bounds_rows(records, nrows)
         lo, hi, f_lo, f_hi, rc_lo, rc_hi = _bracket_loop(
-            xf, k, (*bracket, rc_lo, rc_hi), positions, prep, _CAP, fdt)
+            xf, k, (*bracket, rc_lo, rc_hi), positions, prep, _CAP, sp)
         return lo, hi, f_lo, f_hi, (rc_lo - rc_hi).astype(jnp.int32)
 
     lo, hi, f_lo, f_hi, rc = lax.cond(_open(bracket, k, _CAP), more, in_bracket, None)
 
     def finish():
         # <= _CAP entries in [lo, hi): the (k - F(hi))-th largest of them is the k-th of x.
-        c, inside = _candidates(xf, lo, hi, rc, prep, fdt, kdt, _CAP)
+        c, inside, index = _candidates(xf, lo, hi, rc, prep, sp, _CAP)
         kk = k - f_hi                                     # in [1, F(lo) - F(hi)]
         top = lax.top_k(c, min(_CAP, c.shape[0]))[0]     # descending, -inf padded
         t = lax.dynamic_index_in_dim(top, kk - 1, keepdims=False)
         f_ge = f_hi + jnp.sum((inside & (c >= t)).astype(jnp.int32), dtype=jnp.int32)
         f_gt = f_hi + jnp.sum((inside & (c > t)).astype(jnp.int32), dtype=jnp.int32)
-        return _to_key(t, kdt), f_ge, f_gt
+        # Every entry equal to t is a candidate (t is inside the bracket), listed in flat order:
+        # the tie cut is the index of the (k - #(x > t))-th of them (n when all are selected).
+        eq = (inside & (c == t)).astype(jnp.int32)
+        j = jnp.sum((jnp.cumsum(eq, dtype=jnp.int32) < k - f_gt).astype(jnp.int32),
+                    dtype=jnp.int32)
+        cut = jnp.where(f_ge == k, jnp.int32(n),
+                        lax.dynamic_index_in_dim(index, jnp.minimum(j, index.shape[0] - 1),
+                                                 keepdims=False))
+        return _to_key(t, sp), f_ge, f_gt, cut
+
+    def pinned():
+        # t = lo, and the entries equal to it are exactly those in [lo, hi): their per-row counts
+        # rc locate the (k - F(hi))-th of them (the cut is n when F(lo) = k: nothing to break)
+        cut = lax.cond(f_lo == k, lambda: jnp.int32(n),
+                       lambda: _pinned_cut(xf, rc, _from_key(lo, sp), k - f_hi, prep))
+        return lo, f_lo, f_hi, cut
 
     done = (f_lo == k) | (hi - lo <= jnp.array(1, kdt))
-    return lax.cond(done, lambda: (lo, f_lo, f_hi), finish)
+    return lax.cond(done, pinned, finish)
 
 
-def _tie_cut(eq: jax.Array, need: jax.Array) -> jax.Array:
-    """Flat index of the ``need``-th True of ``eq`` (1-based ``need`` <= #True), via block sums."""
-    n = eq.shape[0]
-    pad = (-n) % _TIE_BLOCK
-    blocks = jnp.pad(eq, (0, pad)).reshape(-1, _TIE_BLOCK).astype(jnp.int32)
-    per = jnp.sum(blocks, axis=1, dtype=jnp.int32)
-    cum = jnp.cumsum(per, dtype=jnp.int32)
-    b = jnp.sum((cum < need).astype(jnp.int32), dtype=jnp.int32)
-    before = cum[b] - per[b]
-    row = jnp.cumsum(lax.dynamic_index_in_dim(blocks, b, axis=0, keepdims=False), dtype=jnp.int32)
-    j = jnp.sum((row < need - before).astype(jnp.int32), dtype=jnp.int32)
-    return b * _TIE_BLOCK + j
+def _pinned_cut(xf: jax.Array, rc: jax.Array, t: jax.Array, need: jax.Array,
+                prep=_identity) -> jax.Array:
+    """Flat index of the ``need``-th entry (1-based, in flat order) of ``prep(xf)`` equal to
+    ``t``, given ``rc`` = the number of such entries per row of 15 (:func:`_nrows` rows; the
+    tail's are counted here). A cumulative sum over the row counts finds the row, one more over
+    its 15 entries the position: no pass over ``xf``."""
+    n = xf.shape[0]
+    nrows = rc.shape[0]
+    in_rows, rows_total = jnp.int32(0), jnp.int32(0)
+    if nrows:
+        cum = jnp.cumsum(rc, dtype=jnp.int32)
+        rows_total = cum[-1]
+        r = jnp.minimum(jnp.sum((cum < need).astype(jnp.int32), dtype=jnp.int32), nrows - 1)
+        before = cum[r] - rc[r]
+        row = prep(lax.dynamic_slice_in_dim(xf, r * _ROW, _ROW))
+        rcum = jnp.cumsum((row == t).astype(jnp.int32), dtype=jnp.int32)
+        in_rows = r * _ROW + jnp.sum((rcum < need - before).astype(jnp.int32), dtype=jnp.int32)
+    if nrows * _ROW == n:
+        return in_rows
+    tail = prep(xf[nrows * _ROW:])
+    tcum = jnp.cumsum((tail == t).astype(jnp.int32), dtype=jnp.int32)
+    in_tail = nrows * _ROW + jnp.sum((tcum < need - rows_total).astype(jnp.int32),
+                                     dtype=jnp.int32)
+    return jnp.where(need <= rows_total, in_rows, in_tail)
 
 
 def top_k_threshold(x: jax.Array, k: int, *, adaptive: bool = True,
@@ -434,25 +494,19 @@ def top_k_threshold(x: jax.Array, k: int, *, adaptive: bool = True,
     index. Uses the counting search (``adaptive``: 'search', else 'radix'); ``k`` static in
     ``[1, n]``. :func:`threshold_mask` evaluates the mask (fusable into its consumers).
     """
-    fdt, kdt = _work_dtype(x.dtype)
+    sp = _space(x.dtype)
     xf = x.reshape(-1)
     n = xf.shape[0]
-    prep = _prep_fn(fdt, absolute)
+    prep = _prep_fn(sp.fdt, absolute)
     positions = _interp_positions if adaptive else _even_positions
-    t_key, f_t, f_gt = _search_key(xf, k, first_pass=adaptive, positions=positions, prep=prep)
-    t = _from_key(t_key, fdt, kdt)
-    # F(t) == k: every entry equal to t is selected (cut = n). Else pick the first k - #(>t) ties.
-    cut = lax.cond(f_t == k,
-                   lambda: jnp.array(n, jnp.int32),
-                   lambda: _tie_cut(prep(xf) == t, k - f_gt).astype(jnp.int32))
-    return t, cut
+    t_key, _, _, cut = _search_key(xf, k, first_pass=adaptive, positions=positions, prep=prep)
+    return _from_key(t_key, sp), cut
 
 
 def threshold_mask(x: jax.Array, t: jax.Array, cut: jax.Array, *,
                    absolute: bool = False) -> jax.Array:
     """The mask of :func:`top_k_threshold`'s ``(t, cut)`` for ``x`` (bool, shape of ``x``)."""
-    fdt, _ = _work_dtype(x.dtype)
-    v = _prep_fn(fdt, absolute)(x.reshape(-1))
+    v = _prep_fn(_space(x.dtype).fdt, absolute)(x.reshape(-1))
     idx = lax.broadcasted_iota(jnp.int32, v.shape, 0)
     return ((v > t) | ((v == t) & (idx <= cut))).reshape(x.shape)
 

@@ -141,6 +141,64 @@ def test_tail_entries_outside_row_counts(method):
         _check(x, k, jnp.float32, method)
 
 
+def _search_cut(x: np.ndarray, k: int, adaptive: bool) -> tuple[int, int]:
+    """(t as float32 bits, cut) of the counting search before any whole-array tie path."""
+    xf = jnp.asarray(x, jnp.float32)
+    positions = topk._interp_positions if adaptive else topk._even_positions
+    t_key, _, _, cut = jax.jit(lambda v: topk._search_key(v, k, adaptive, positions))(xf)
+    t = topk._from_key(t_key, topk._space(jnp.float32))
+    return float(t), int(cut)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("n", [100_003, 255 * 160 + 254])
+def test_few_ties_at_threshold_cut_from_gathered_entries(adaptive, n):
+    """A handful of entries equal to the k-th value, spread over early rows, late rows and the
+    tail: the search resolves the tie cut from the gathered entries (no whole-array pass), and
+    the cut is the flat index of the last selected tie."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n).astype(np.float32)
+    k = n // 20
+    v = np.sort(x)[::-1][k - 1]                        # the k-th largest value
+    ties = np.array([3, n // 2 + 1, n - 100, n - 2])   # the tail starts at 255 * (n // 255)
+    ties = ties[x[ties] < v]                           # turn entries below v into ties ...
+    x[ties] = v
+    need = k - int((x > v).sum())                      # ... so k - #(x > v) of them are kept
+    eq = np.flatnonzero(x == v)
+    assert eq.size >= need + 2 >= 3
+    t, cut = _search_cut(x, k, adaptive)
+    assert t == v and cut == eq[need - 1]
+    method = "search" if adaptive else "radix"
+    _check(x, k, jnp.float32, method)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("where", ["rows", "tail"])
+def test_many_ties_pinned_threshold_cut_from_row_counts(adaptive, where):
+    """The k-th largest is 0 and ~97% of the entries are 0: the search pins t = 0 (thousands of
+    ties, none gathered) and the cut comes from the row counts: the flat index of the
+    (k - #(x > 0))-th zero, in the rows or in the last 254 entries (the tail)."""
+    rng = np.random.default_rng(5)
+    n = 255 * 400 + 254
+    x = (np.abs(rng.normal(size=n)) * (rng.random(n) < 0.03)).astype(np.float32)
+    zeros = np.flatnonzero(x == 0)
+    in_rows = int((zeros < n - 254).sum())
+    need = 4000 if where == "rows" else in_rows + 7
+    k = int((x > 0).sum()) + need
+    t, cut = _search_cut(x, k, adaptive)
+    # t may be pinned on a subnormal key, which XLA:CPU compares equal to 0 (see module doc)
+    assert 0.0 <= t < np.finfo(np.float32).tiny
+    assert cut == zeros[need - 1] and (cut >= n - 254) == (where == "tail")
+    _check(x, k, jnp.float32, "search" if adaptive else "radix")
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_no_ties_cut_is_n(adaptive):
+    x = np.random.default_rng(8).permutation(100_003).astype(np.float32)
+    t, cut = _search_cut(x, 4321, adaptive)
+    assert t == 100_003 - 4321 and cut == 100_003
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("n", [700, 40_007, 100_003])
 def test_absolute_ranks_magnitudes(method, n):
@@ -207,11 +265,29 @@ def test_signed_zero_and_subnormals_tie_with_zero_by_index():
                                       [True, True, True, True, False, False])
 
 
-def test_key_transform_is_order_preserving_and_invertible():
-    vals = jnp.array([-jnp.inf, -3.5, -1e-38, -0.0, 0.0, 1e-45, 2.0, jnp.inf], jnp.float32)
-    keys = np.asarray(topk._to_key(vals, jnp.dtype(jnp.uint32))).astype(np.int64)
-    assert np.all(np.diff(keys) > 0)
-    back = topk._from_key(topk._to_key(vals, jnp.dtype(jnp.uint32)), jnp.float32, jnp.uint32)
+_KEY_VALUES = {
+    "float32": [-np.inf, -3.5, -1e-38, -0.0, 0.0, 1e-45, 2.0, np.inf],
+    # 16-bit inputs are keyed by their own 16 bits (no subnormals here: whether converting them
+    # flushes to zero is the backend's choice)
+    "bfloat16": [-np.inf, -3.5, -2.0 ** -126, -0.0, 0.0, 2.0 ** -126, 2.0, 2.015625, np.inf],
+    "float16": [-np.inf, -65504.0, -3.5, -0.0, 0.0, 2.0 ** -14, 2.0, 2.001953125, np.inf],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_KEY_VALUES))
+def test_key_transform_is_order_preserving_and_invertible(name):
+    dtype = jnp.dtype(name)
+    sp = topk._space(dtype)
+    assert sp.kdt == (jnp.uint16 if dtype.itemsize == 2 else jnp.uint32)
+    vals = jnp.array(_KEY_VALUES[name], jnp.float32)      # compared as float32, keyed in dtype
+    assert np.array_equal(np.asarray(vals.astype(dtype).astype(jnp.float32)), np.asarray(vals))
+    keys = topk._to_key(vals, sp)
+    assert keys.dtype == sp.kdt
+    assert np.all(np.diff(np.asarray(keys).astype(np.int64)) > 0)
+    if dtype.itemsize == 2:     # adjacent representable values: adjacent keys
+        assert int(keys[-2]) - int(keys[-3]) == 1
+    back = topk._from_key(keys, sp)
+    assert back.dtype == jnp.float32
     np.testing.assert_array_equal(np.signbit(np.asarray(back)), np.signbit(np.asarray(vals)))
     np.testing.assert_array_equal(np.asarray(back), np.asarray(vals))
 
