@@ -23,8 +23,9 @@ Methods
     the order-preserving transform ``key = bits | signbit`` for ``x >= 0`` and ``~bits`` for
     ``x < 0`` (``bits`` = IEEE bit pattern of the input dtype: 16-bit keys for float16 and
     bfloat16, whose values are compared after an exact conversion to float32; 32-bit keys for
-    float32, 64-bit for float64), so ``x < y  <=>  key(x) < key(y)``. With ``F(t) = #{i : x_i >= float(t)}`` (non-increasing in
-    ``t``) the k-th largest value has key ``t* = max{t : F(t) >= k}``. The search keeps a bracket
+    float32, 64-bit for float64), so ``x < y  <=>  key(x) < key(y)``. With
+    ``F(t) = #{i : x_i >= float(t)}`` (non-increasing in ``t``) the k-th largest value has key
+    ``t* = max{t : F(t) >= k}``. The search keeps a bracket
     ``lo < hi`` with ``F(lo) >= k > F(hi)``, starting from ``lo = key(-inf)`` (``F = n``) and
     ``hi = key(+inf) + 1`` (``F = 0``), and every pass over ``x`` evaluates ``F`` at 8 keys
     strictly inside the bracket (evenly spaced, so the bracket shrinks >= 9x). Passes stop as
