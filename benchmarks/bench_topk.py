@@ -7,9 +7,9 @@ For each size n, times a jit-compiled ``top_k_mask(|g|, K, method=m)`` with
 ``K = min(max(10, floor(0.05 n)), n)`` on ``|g|``, ``g`` standard normal drawn in float32 and
 cast to ``--dtype`` (bfloat16 has 256 values per octave, so thousands of entries tie with the
 k-th: the search must pin a value instead of gathering a few candidates), and reports
-the median over ``--reps`` calls. ``'sort'`` (``lax.top_k``) is skipped above ``--sort-max``
+the median over ``--reps`` calls, and how many entries equal the k-th value (``ties``). ``'sort'`` (``lax.top_k``) is skipped above ``--sort-max``
 entries (it takes ~0.4 s at n = 2.36M on the 2-core CPU). The JSON record (last line with
-``--json``) maps each size to {method: median ms}.
+``--json``) maps each size to {"k", "ties", "auto_path", method: median ms}.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from benchmarks import _timing
 from sfw_jax.constraints import sparsity_k
@@ -43,15 +44,18 @@ def main(argv=None) -> int:
     for n in args.sizes:
         k = sparsity_k(n, 10, 0.05)
         x = jnp.abs(jax.random.normal(jax.random.key(n), (n,), jnp.float32)).astype(args.dtype)
+        v = np.asarray(x.astype(jnp.float32))
+        ties = int(np.sum(v == np.partition(v, n - k)[n - k]))
         row = {}
         for m in args.methods:
             if m == "sort" and n > args.sort_max:
                 continue
             f = jax.jit(lambda v, m=m, k=k: top_k_mask(v, k, method=m))
             row[m] = round(_timing.median(_timing.time_pure(f, (x,), reps=args.reps)), 3)
-        rec[str(n)] = {"k": k, "auto_path": resolve_method(n), **row}
-        table.append((n, k, resolve_method(n), *[row.get(m, "-") for m in args.methods]))
-    _timing.print_table(table, ("n", "K", "auto_path", *[f"{m}_ms" for m in args.methods]))
+        rec[str(n)] = {"k": k, "ties": ties, "auto_path": resolve_method(n), **row}
+        table.append((n, k, ties, resolve_method(n), *[row.get(m, "-") for m in args.methods]))
+    _timing.print_table(table, ("n", "K", "ties", "auto_path",
+                                *[f"{m}_ms" for m in args.methods]))
     if args.json:
         _timing.emit_json({"benchmark": "bench_topk", "reps": args.reps, "dtype": args.dtype,
                            "sizes": rec,

@@ -70,13 +70,16 @@ def percents_to_fractions(values: Sequence[float], argname: str = "--sparsities"
     return check_sparsities([round(v / 100, 6) for v in values], argname)
 
 
-def check_scopes(scopes: Sequence[str], argname: str = "scopes") -> list[str]:
-    """Scope names from ``_runs.SCOPES`` (unique, order kept); ValueError otherwise."""
+def check_scopes(scopes: Sequence[str], argname: str = "scopes", *,
+                 allow_empty: bool = False) -> list[str]:
+    """Scope names from ``_runs.SCOPES`` (unique, order kept; a bare string is one scope);
+    ValueError otherwise (also when empty, unless ``allow_empty``)."""
     if isinstance(scopes, str):
         scopes = [scopes]
     bad = [s for s in scopes if s not in _runs.SCOPES]
-    if bad or not scopes:
-        raise ValueError(f"{argname} must be a non-empty list from {list(_runs.SCOPES)}, "
+    if bad or not (scopes or allow_empty):
+        what = "a list" if allow_empty else "a non-empty list"
+        raise ValueError(f"{argname} must be {what} from {list(_runs.SCOPES)}, "
                          f"got {list(scopes)!r}")
     return list(dict.fromkeys(scopes))
 
@@ -116,9 +119,8 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
 
     levels = check_sparsities(sparsities)
     scopes = check_scopes(scopes)
-    if isinstance(recal_scopes, str):
-        recal_scopes = [recal_scopes]
-    recal_scopes = scopes if recal_scopes is None else list(recal_scopes)
+    recal_scopes = (scopes if recal_scopes is None
+                    else check_scopes(recal_scopes, "recal_scopes", allow_empty=True))
     if not set(recal_scopes) <= set(scopes):
         raise ValueError(f"recal_scopes must be a subset of scopes {scopes!r}, got "
                          f"{recal_scopes!r}")
@@ -150,8 +152,9 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
     def save() -> None:
         if cache_path:
             keys = [(sc, v, round(s, 6)) for sc, v, s in wanted]
-            other = done.keys() - set(keys)
-            rows = [done[k] for k in keys if k in done] + [done[k] for k in done if k in other]
+            asked = set(keys)
+            rows = ([done[k] for k in keys if k in done]
+                    + [r for k, r in done.items() if k not in asked])
             _runs.write_json(cache_path, {"run_dir": run.out_dir, "run": _run_stamp(run),
                                           "dense_test_acc": run.final.get("test_acc"),
                                           "rows": rows})

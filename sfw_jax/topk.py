@@ -379,8 +379,7 @@ _ROW_BLOCKS_MAX = 4096   # above this many rows, candidates are found by groups 
 
 def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
                 prep=_identity) -> tuple[jax.Array, ...]:
-    """Exact selection threshold of ``prep(xf)`` (flat) by counting:
-    ``(t, F(t), #(x > t), cut)``.
+    """Exact selection of the top k of ``prep(xf)`` (flat) by counting: ``(t, cut)``.
 
     ``t`` is the key of a value such that the top k are ``x > t`` plus the first
     ``k - #(x > t)`` entries equal to ``t``, i.e. those with flat index ``<= cut``; when
@@ -439,24 +438,23 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
         kk = k - f_hi                                     # in [1, F(lo) - F(hi)]
         top = lax.top_k(c, min(_CAP, c.shape[0]))[0]     # descending, -inf padded
         t = lax.dynamic_index_in_dim(top, kk - 1, keepdims=False)
-        f_ge = f_hi + jnp.sum((inside & (c >= t)).astype(jnp.int32), dtype=jnp.int32)
-        f_gt = f_hi + jnp.sum((inside & (c > t)).astype(jnp.int32), dtype=jnp.int32)
         # Every entry equal to t is a candidate (t is inside the bracket), listed in flat order:
-        # the tie cut is the index of the (k - #(x > t))-th of them (n when all are selected).
-        eq = (inside & (c == t)).astype(jnp.int32)
-        j = jnp.sum((jnp.cumsum(eq, dtype=jnp.int32) < k - f_gt).astype(jnp.int32),
-                    dtype=jnp.int32)
-        cut = jnp.where(f_ge == k, jnp.int32(n),
-                        lax.dynamic_index_in_dim(index, jnp.minimum(j, index.shape[0] - 1),
-                                                 keepdims=False))
-        return _to_key(t, sp), f_ge, f_gt, cut
+        # the tie cut is the index of the need-th of them, need = k - #(x > t) (n when all of
+        # them are selected).
+        need = k - f_hi - jnp.sum((inside & (c > t)).astype(jnp.int32), dtype=jnp.int32)
+        ties = jnp.cumsum((inside & (c == t)).astype(jnp.int32), dtype=jnp.int32)
+        j = jnp.minimum(jnp.sum((ties < need).astype(jnp.int32), dtype=jnp.int32),
+                        index.shape[0] - 1)
+        cut = jnp.where(ties[-1] == need, jnp.int32(n),
+                        lax.dynamic_index_in_dim(index, j, keepdims=False))
+        return _to_key(t, sp), cut
 
     def pinned():
         # t = lo, and the entries equal to it are exactly those in [lo, hi): their per-row counts
         # rc locate the (k - F(hi))-th of them (the cut is n when F(lo) = k: nothing to break)
         cut = lax.cond(f_lo == k, lambda: jnp.int32(n),
                        lambda: _pinned_cut(xf, rc, _from_key(lo, sp), k - f_hi, prep))
-        return lo, f_lo, f_hi, cut
+        return lo, cut
 
     done = (f_lo == k) | (hi - lo <= jnp.array(1, kdt))
     return lax.cond(done, pinned, finish)
@@ -501,7 +499,7 @@ def top_k_threshold(x: jax.Array, k: int, *, adaptive: bool = True,
     n = xf.shape[0]
     prep = _prep_fn(sp.fdt, absolute)
     positions = _interp_positions if adaptive else _even_positions
-    t_key, _, _, cut = _search_key(xf, k, first_pass=adaptive, positions=positions, prep=prep)
+    t_key, cut = _search_key(xf, k, first_pass=adaptive, positions=positions, prep=prep)
     return _from_key(t_key, sp), cut
 
 

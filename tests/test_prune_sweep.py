@@ -115,6 +115,10 @@ def test_bn_recal_changes_batch_stats_only(run):
                                          r", got \['all'\]"):
         ps.sweep(run, [0.9], scopes=("kernels",), bn_recal=True, recal_scopes="all",
                  progress=False)
+    with pytest.raises(ValueError, match=r"recal_scopes must be a list from \['kernels', 'all'\], "
+                                         r"got \['bogus'\]"):
+        ps.sweep(run, [0.9], scopes=("kernels",), bn_recal=True, recal_scopes=["bogus"],
+                 progress=False)
     # an empty recal_scopes means no re-calibrated rows
     rows = ps.sweep(run, [0.9], scopes=("kernels",), bn_recal=True, recal_scopes=[],
                     progress=False)

@@ -145,7 +145,7 @@ def _search_cut(x: np.ndarray, k: int, adaptive: bool) -> tuple[int, int]:
     """(t as float32 bits, cut) of the counting search before any whole-array tie path."""
     xf = jnp.asarray(x, jnp.float32)
     positions = topk._interp_positions if adaptive else topk._even_positions
-    t_key, _, _, cut = jax.jit(lambda v: topk._search_key(v, k, adaptive, positions))(xf)
+    t_key, cut = jax.jit(lambda v: topk._search_key(v, k, adaptive, positions))(xf)
     t = topk._from_key(t_key, topk._space(jnp.float32))
     return float(t), int(cut)
 
