@@ -142,7 +142,7 @@ def test_tail_entries_outside_row_counts(method):
 
 
 def _search_cut(x: np.ndarray, k: int, adaptive: bool) -> tuple[int, int]:
-    """(t as float32 bits, cut) of the counting search before any whole-array tie path."""
+    """(t as a float, cut) straight from the counting search (``_search_key``)."""
     xf = jnp.asarray(x, jnp.float32)
     positions = topk._interp_positions if adaptive else topk._even_positions
     t_key, cut = jax.jit(lambda v: topk._search_key(v, k, adaptive, positions))(xf)
