@@ -8,13 +8,15 @@ opt_state, for
   * SFW: ``sfw_jax.sfw(lr=0.1, make_constraints(params, 'k_sparse', k=10, k_frac=0.05,
     value=15.0, mode='initialization'), momentum=0.9, rescale='gradient')`` on all 62 tensors
     (as the reference), top-k path ``--method``;
+  * SFW with ``cpu_kernel=True`` (the native kernel of ``sfw_jax.native``; CPU backend only,
+    skipped with a note where it cannot be built);
   * SGD: ``optax.sgd(0.1, momentum=0.9)``.
 Gradients are fixed random normals; each optimizer is timed in a block of ``--reps`` calls
 (``--interleaved``: one SFW and one SGD call per rep, which cools each call's caches). Also
 times the K-sparse LMO alone (``k_sparse_lmo``) for each distinct tensor size of the tree.
 Reports medians over ``--reps`` calls after warm-up; the JSON record (last line with ``--json``)
-has "params", "sfw_update_ms", "sgd_update_ms", "ratio" and "lmo_ms_by_size" ({n: {"k": K,
-"ms": median}}).
+has "params", "sfw_update_ms", "sgd_update_ms", "ratio", "sfw_kernel_update_ms" and
+"kernel_ratio" (null without the kernel) and "lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import optax
 from benchmarks import _timing
 from sfw_jax import k_sparse_lmo, make_constraints, sfw, sparsity_k
 from sfw_jax.models import get_model
+from sfw_jax.native import NativeKernelError
 from sfw_jax.topk import METHODS, resolve_method
 
 
@@ -56,9 +59,19 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False) -> d
     constraints = make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
                                    mode="initialization", init_norms=_norms(params),
                                    method=method)
+    opts = [("sfw", sfw(0.1, constraints, momentum=0.9, rescale="gradient"))]
+    kernel_note = None
+    if jax.default_backend() != "cpu":
+        kernel_note = f"cpu_kernel not timed: backend is {jax.default_backend()}"
+    else:
+        try:
+            opts.append(("sfw_kernel", sfw(0.1, constraints, momentum=0.9, rescale="gradient",
+                                           cpu_kernel=True)))
+        except NativeKernelError as e:
+            kernel_note = f"cpu_kernel not timed: {e}"
+    opts.append(("sgd", optax.sgd(0.1, momentum=0.9)))
     steps = {}
-    for name, opt in (("sfw", sfw(0.1, constraints, momentum=0.9, rescale="gradient")),
-                      ("sgd", optax.sgd(0.1, momentum=0.9))):
+    for name, opt in opts:
         def step(p, s, g, opt=opt):
             u, s = opt.update(g, s, p)
             return optax.apply_updates(p, u), s
@@ -82,12 +95,18 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False) -> d
         lmo[str(n)] = {"k": k, "ms": round(_timing.median(t), 3), "tensors": count,
                        "path": resolve_method(n, method)}
     sfw_ms, sgd_ms = _timing.median(results["sfw"]), _timing.median(results["sgd"])
+    kernel_ms = _timing.median(results["sfw_kernel"]) if "sfw_kernel" in results else None
     return {
         "benchmark": "bench_update", "model": "resnet18", "params": n_params,
         "tensors": len(leaves), "method": method, "reps": reps, "interleaved": interleaved,
         "sfw_update_ms": round(sfw_ms, 3), "sgd_update_ms": round(sgd_ms, 3),
         "ratio": round(sfw_ms / sgd_ms, 3),
+        "sfw_kernel_update_ms": None if kernel_ms is None else round(kernel_ms, 3),
+        "kernel_ratio": None if kernel_ms is None else round(kernel_ms / sgd_ms, 3),
+        "kernel_note": kernel_note,
         "sfw": _timing.summary(results["sfw"]), "sgd": _timing.summary(results["sgd"]),
+        "sfw_kernel": (_timing.summary(results["sfw_kernel"]) if "sfw_kernel" in results
+                       else None),
         "lmo_ms_by_size": lmo,
         "lmo_sum_ms": round(sum(v["ms"] * v["tensors"] for v in lmo.values()), 3),
         **_timing.environment(),
@@ -109,12 +128,17 @@ def main(argv=None) -> int:
     rec = bench(args.reps, args.method, args.lmo_reps, args.interleaved)
     print(f"ResNet-18 params={rec['params']} tensors={rec['tensors']} backend={rec['backend']} "
           f"method={rec['method']}")
-    _timing.print_table(
-        [("sfw", rec["sfw"]["median_ms"], rec["sfw"]["min_ms"], rec["sfw"]["p90_ms"]),
-         ("sgd(momentum=0.9)", rec["sgd"]["median_ms"], rec["sgd"]["min_ms"],
-          rec["sgd"]["p90_ms"])],
-        ("update", "median_ms", "min_ms", "p90_ms"))
+    rows = [("sfw", rec["sfw"])]
+    if rec["sfw_kernel"] is not None:
+        rows.append(("sfw cpu_kernel=True", rec["sfw_kernel"]))
+    rows.append(("sgd(momentum=0.9)", rec["sgd"]))
+    _timing.print_table([(name, r["median_ms"], r["min_ms"], r["p90_ms"]) for name, r in rows],
+                        ("update", "median_ms", "min_ms", "p90_ms"))
     print(f"SFW / SGD = {rec['ratio']:.2f}x")
+    if rec["kernel_ratio"] is not None:
+        print(f"SFW (cpu_kernel=True) / SGD = {rec['kernel_ratio']:.2f}x")
+    if rec["kernel_note"]:
+        print(rec["kernel_note"])
     _timing.print_table(
         [(n, v["k"], v["tensors"], v["path"], v["ms"]) for n, v in rec["lmo_ms_by_size"].items()],
         ("n", "K", "tensors", "path", "lmo_ms"))

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SFW-Init: learn per-tensor init scales before training")
     g.add_argument("--sfw-init-steps", type=int, help="SFW-Init Adam steps (reference 390)")
     g.add_argument("--sfw-init-lr", type=float, help="SFW-Init Adam learning rate")
+    g.add_argument("--cpu-kernel", action=argparse.BooleanOptionalAction,
+                   help="SFW: native CPU kernel for the float32 K-sparse leaves (sfw_jax.native)")
     g.add_argument("--lr", type=float, help="base lr (SFW default 1.0, SGD 0.1)")
     g.add_argument("--rest-lr", type=float, help="SGD lr of unconstrained leaves (SFW)")
     g.add_argument("--lr-schedule", choices=config_lib.LR_SCHEDULES)

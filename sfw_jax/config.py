@@ -40,7 +40,8 @@ PRECISIONS = ("fp32", "bf16")
 ARCHS = ("simple_cnn", "mlp", "resnet18", "vgg16")
 
 SFW_ONLY_FIELDS = ("constraint", "k", "k_frac", "tau", "mode", "rescale", "sfw_scope",
-                   "init_norm_samples", "rest_lr", "sfw_init", "sfw_init_steps", "sfw_init_lr")
+                   "init_norm_samples", "rest_lr", "sfw_init", "sfw_init_steps", "sfw_init_lr",
+                   "cpu_kernel")
 """Fields that only mean something with ``optimizer='sfw'`` (explicitly setting one for SGD is a
 conflict the CLI reports)."""
 
@@ -71,6 +72,9 @@ class TrainConfig:
       sfw_init, sfw_init_steps, sfw_init_lr: SFW-Init (``sfw_jax.sfw_init``): learn one scale per
         tensor of the initial params with ``sfw_init_steps`` Adam steps (lr ``sfw_init_lr``)
         before training (reference: 390 steps, lr 1e-3).
+      cpu_kernel: on the CPU, run the front half of the SFW step of float32 K-sparse leaves as
+        one native kernel (``sfw_jax.native``: same momentum and selection, norms summed in
+        another order; built on first use with the system C++ compiler, x86-64).
       lr: base learning rate (SFW: step-size factor); None = optimizer default.
       rest_lr: SGD learning rate of the non-kernel leaves when ``sfw_scope='kernels'``.
       lr_schedule: 'constant' | 'step' | 'cosine' | 'dynamic_change' (``sfw_jax.schedules``).
@@ -111,6 +115,7 @@ class TrainConfig:
     sfw_init: bool = False
     sfw_init_steps: int = 390
     sfw_init_lr: float = 1e-3
+    cpu_kernel: bool = False
     lr: float | None = None
     rest_lr: float = 0.1
     lr_schedule: str | None = None
@@ -301,6 +306,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.sfw_init and cfg.optimizer != "sfw":
         _bad("sfw_init", cfg.sfw_init, "False with optimizer='sgd' (SFW-Init tunes the init for SFW)")
     _check_int(cfg, "sfw_init_steps", 1)
+    if cfg.cpu_kernel not in (True, False):
+        _bad("cpu_kernel", cfg.cpu_kernel, "True or False")
     _check_float(cfg, "sfw_init_lr", 0.0, lo_open=True)
     _check_float(cfg, "lr", 0.0, lo_open=True, optional=True)
     _check_float(cfg, "rest_lr", 0.0)

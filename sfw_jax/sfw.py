@@ -36,6 +36,7 @@ import optax
 
 from sfw_jax._tree import PyTree
 from sfw_jax.constraints import Constraint, check_constraints_match as _check_structure, is_constraint
+from sfw_jax.topk import top_k_threshold
 
 RESCALES = ("gradient", "diameter", None)
 
@@ -144,14 +145,14 @@ def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
     return (eta * d).astype(x.dtype), m
 
 
-def _step_sizes(cs, ms, ds, lr, rescale: Optional[str]) -> jax.Array:
-    """eta_i = clip(lr * factor_i, 0, 1) for all leaves at once ([L] vector).
+def _step_sizes(cs, sq, acc, lr, rescale: Optional[str]) -> jax.Array:
+    """eta_i = clip(lr * factor_i, 0, 1) for all leaves at once ([L] vector); ``sq`` is a list of
+    ``(||m_i||^2, ||d_i||^2)`` thunks (called for 'gradient' only), ``acc`` the result dtype.
 
     The per-leaf scalars are stacked so that the factor arithmetic is one small fused op rather
     than a chain of scalar ops per leaf (each a separate kernel launch on XLA:CPU)."""
-    acc = jnp.result_type(*[d.dtype for d in ds])
     if rescale == "gradient":
-        sq = [_sq_norms(m, d) for m, d in zip(ms, ds)]
+        sq = [f() for f in sq]
         sq_m = jnp.stack([s[0].astype(acc) for s in sq])
         sq_d = jnp.stack([s[1].astype(acc) for s in sq])
         # d = 0 means x = v: any eta is a no-op; divide by 1 there (as sfw_leaf_step)
@@ -163,9 +164,21 @@ def _step_sizes(cs, ms, ds, lr, rescale: Optional[str]) -> jax.Array:
     return jnp.clip(jnp.asarray(lr, acc) * factor, 0, 1)
 
 
+def _native_eligible(c: Constraint, g: Any, m: Any, x: Any) -> bool:
+    """Leaves the native CPU kernel handles: K-sparse with K < n, float32 (any top-k method: the
+    kernel's selection is the same exact top-k)."""
+    from sfw_jax.constraints import KSparsePolytope
+    if not isinstance(c, KSparsePolytope):
+        return False
+    if any(jnp.dtype(a.dtype) != jnp.float32 for a in (g, m, x)):
+        return False
+    return min(c.k, x.size) < x.size
+
+
 def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyTree, *,
         momentum: Union[float, jax.Array] = 0.9,
-        rescale: Optional[str] = "gradient") -> optax.GradientTransformationExtraArgs:
+        rescale: Optional[str] = "gradient",
+        cpu_kernel: bool = False) -> optax.GradientTransformationExtraArgs:
     """Stochastic Frank-Wolfe over per-leaf constraint sets (see the module docstring).
 
     Args:
@@ -173,6 +186,11 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
       constraints: pytree like params of constraint objects (:func:`sfw_jax.make_constraints`).
       momentum: mu in [0, 1); m = mu m + (1 - mu) g with m = g on the first step.
       rescale: 'gradient' (reference default), 'diameter' or None.
+      cpu_kernel: on the CPU, compute m, the top-k selection and the two norms of every float32
+        K-sparse leaf with K < n by one call to the native kernel of :mod:`sfw_jax.native`
+        (built on first use with the system C++ compiler; x86-64). Same m and selection as the
+        XLA path; the norms are summed in another order, so eta may differ in its last bits.
+        Other platforms, and other leaves, use the XLA path.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params)`` requires
@@ -184,6 +202,11 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         rescale = None
     if rescale not in RESCALES:
         raise ValueError(f"rescale must be one of {RESCALES}, got {rescale!r}")
+    if not isinstance(cpu_kernel, bool):
+        raise ValueError(f"cpu_kernel must be True or False, got {cpu_kernel!r}")
+    if cpu_kernel:
+        from sfw_jax import native
+        native.ensure_registered()                # fail here, not inside jit, when it cannot
     if not callable(learning_rate):
         _check_scalar_hparam(learning_rate, "learning_rate", 0.0, math.inf, True)
     _check_scalar_hparam(momentum, "momentum", 0.0, 1.0, True)
@@ -222,20 +245,46 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         gs, ms, xs = (cdef.flatten_up_to(t) for t in (updates, state.momentum, params))
         out_u, out_m = list(gs), list(ms)          # unconstrained / masked leaves pass through
         live = [i for i, (c, g) in enumerate(zip(cs, gs)) if c.constrained and not _is_masked(g)]
-        sels = {}
-        for i in live:                                   # trace-time walk over the leaves
-            out_m[i] = _leaf_momentum(gs[i], ms[i], xs[i], state.count, momentum)
-            # materialise the (small) selection: otherwise XLA recomputes its scalar arithmetic
-            # for every entry of the fused vertex loops
-            sels[i] = jax.lax.optimization_barrier(cs[i].lmo_select(out_m[i]))
+        sels, sqs = {}, {}
 
         def direction(i, m, sel):
             acc = _acc_dtype(xs[i])
             return cs[i].lmo_vertex(m, sel).astype(acc) - xs[i].astype(acc)
 
+        def xla_front(i):
+            m = _leaf_momentum(gs[i], ms[i], xs[i], state.count, momentum)
+            # materialise the (small) selection: otherwise XLA recomputes its scalar arithmetic
+            # for every entry of the fused vertex loops
+            sel = jax.lax.optimization_barrier(cs[i].lmo_select(m))
+            return m, sel
+
+        for i in live:                                   # trace-time walk over the leaves
+            if cpu_kernel and _native_eligible(cs[i], gs[i], ms[i], xs[i]):
+                from sfw_jax import native
+
+                def on_cpu(i=i):
+                    m, sel, sq_m, sq_d = native.sfw_select_f32(
+                        gs[i], ms[i], xs[i], state.count, jnp.asarray(momentum, jnp.float32),
+                        min(cs[i].k, xs[i].size), cs[i].radius)
+                    return m, sel, (sq_m, sq_d)
+
+                def elsewhere(i=i):
+                    m, sel = xla_front(i)
+                    if not isinstance(sel, tuple):   # 'sort' path: the same selection as (t, cut)
+                        sel = jax.lax.optimization_barrier(top_k_threshold(
+                            jax.lax.stop_gradient(m), min(cs[i].k, m.size), absolute=True))
+                    return m, sel, _sq_norms(m, direction(i, m, sel))
+
+                out_m[i], sels[i], sq = jax.lax.platform_dependent(cpu=on_cpu,
+                                                                   default=elsewhere)
+                sqs[i] = lambda sq=sq: sq
+            else:
+                out_m[i], sels[i] = xla_front(i)
+                sqs[i] = lambda i=i: _sq_norms(out_m[i], direction(i, out_m[i], sels[i]))
+
         if live:
-            eta = _step_sizes([cs[i] for i in live], [out_m[i] for i in live],
-                              [direction(i, out_m[i], sels[i]) for i in live], lr, rescale)
+            acc = jnp.result_type(*[_acc_dtype(xs[i]) for i in live])
+            eta = _step_sizes([cs[i] for i in live], [sqs[i] for i in live], acc, lr, rescale)
             for j, i in enumerate(live):
                 # The vertex is rebuilt from (m, selection) behind an optimization barrier, so
                 # XLA cannot merge it with the norm's copy and fuses it into the update loop

@@ -1,0 +1,128 @@
+"""Native CPU kernel for the front half of the SFW step on K-sparse float32 leaves.
+
+``sfw(..., cpu_kernel=True)`` replaces, for every float32 leaf with a :class:`KSparsePolytope`
+constraint on the CPU, the XLA ops that compute
+
+    m = mu m_prev + (1 - mu) g   (m = g at count 0),   the top-k selection (t, cut) of |m|,
+    ||m||^2   and   ||v - x||^2   (v = LMO(m))
+
+by one call to a C++ kernel (``sfw_jax/_native/sfw_cpu.cc``, an XLA FFI custom call) that makes
+one pass over ``g, m_prev, x``: it writes ``m`` and sums ``m^2``, and, with a key bracket for
+the k-th largest ``|m|`` read off a strided sample of ``m``, sums ``(v - x)^2`` for the entries
+above the bracket and ``x^2`` for those below it, copying the few inside aside; the k-th
+largest of those gives the exact selection (a second pass only if the bracket missed). The
+pass is split over XLA's intra-op thread pool (AVX-512 where the CPU has it). The update
+``x + eta (v - x)`` stays an XLA loop (fused into ``optax.apply_updates``).
+
+``m`` and the selection are bitwise those of the XLA path (the same float32 arithmetic, one
+fma where XLA:CPU contracts one, denormals flushed as XLA:CPU flushes them); the two squared
+norms are summed in 16 lanes of float32 blocks flushed into float64 instead
+of XLA's float32 reduction order, so the step size ``eta`` can differ in its last bits and a
+long training run is not bitwise the XLA path's run. The kernel's own sums have a fixed order
+(16 lanes, 64 float32 terms per lane between float64 flushes, fixed parts), independent of the
+number of threads.
+
+The kernel is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``,
+``g++`` or ``clang++``) into ``$SFW_JAX_CACHE`` (default ``~/.cache/sfw_jax``), keyed by the
+source and the jaxlib version, and registered with ``jax.ffi``. x86-64 only (the flush-to-zero
+mode that keeps ``m`` bitwise equal to XLA's is set through MXCSR).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TARGET = "sfw_jax_sfw_select_f32"
+_SOURCE = Path(__file__).with_name("_native") / "sfw_cpu.cc"
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off",
+          "-fno-fast-math")
+
+
+class NativeKernelError(RuntimeError):
+    """The native CPU kernel cannot be built or loaded here."""
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    raise NativeKernelError("cpu_kernel=True needs a C++ compiler: none of $CXX, c++, g++, "
+                            "clang++ is on PATH (install one, or use cpu_kernel=False)")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SFW_JAX_CACHE", Path.home() / ".cache" / "sfw_jax"))
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (the library is built with -march=native)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+
+
+def build() -> Path:
+    """Compile the kernel (if not cached) and return the shared library's path."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise NativeKernelError(f"cpu_kernel=True supports x86-64 CPUs only, this machine is "
+                                f"{platform.machine()!r}")
+    import jaxlib
+    src = _SOURCE.read_bytes()
+    key = hashlib.sha256(src + jaxlib.__version__.encode() + " ".join(_FLAGS).encode()
+                         + _cpu_flags().encode())
+    out = _cache_dir() / f"sfw_cpu_{key.hexdigest()[:16]}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cxx = _compiler()
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        so = Path(tmp) / out.name
+        cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(so)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise NativeKernelError(f"compiling {_SOURCE} failed ({' '.join(cmd)}):\n"
+                                    f"{proc.stderr[-4000:]}")
+        os.replace(so, out)                   # atomic: concurrent builders agree on the file
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def ensure_registered() -> None:
+    """Build, load and register the kernel with ``jax.ffi`` (once per process)."""
+    lib = ctypes.cdll.LoadLibrary(str(build()))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.SfwSelectF32), platform="cpu")
+
+
+def sfw_select_f32(g: jax.Array, m_prev: jax.Array, x: jax.Array, count: jax.Array,
+                   mu: jax.Array, k: int, radius: float):
+    """``(m, (t, cut), sq_m, sq_d)`` for one float32 leaf (module docstring); CPU only.
+
+    Shapes: ``g, m_prev, x`` any common shape with n entries, ``1 <= k <= n`` static; ``m`` has
+    that shape, ``t`` float32 and ``cut`` int32 scalars in the format of
+    :func:`sfw_jax.topk.top_k_threshold` (``absolute=True``), ``sq_m, sq_d`` float32 scalars.
+    """
+    ensure_registered()
+    f32 = jnp.float32
+    call = jax.ffi.ffi_call(
+        TARGET,
+        (jax.ShapeDtypeStruct(g.shape, f32), jax.ShapeDtypeStruct((), f32),
+         jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((2,), f32)),
+        input_output_aliases={1: 0}, vmap_method="sequential")
+    m, t, cut, sq = call(g.astype(f32), m_prev.astype(f32), x.astype(f32),
+                         jnp.asarray(count, jnp.int32), jnp.asarray(mu, f32),
+                         k=np.int64(k), radius=np.float32(radius))
+    return m, (t, cut), sq[0], sq[1]
