@@ -23,8 +23,8 @@ long training run is not bitwise the XLA path's run. The kernel's own sums have 
 number of threads.
 
 The kernel is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``,
-``g++`` or ``clang++``) into ``$SFW_JAX_CACHE`` (default ``~/.cache/sfw_jax``), keyed by the
-source and the jaxlib version, and registered with ``jax.ffi``. x86-64 only (the flush-to-zero
+``g++`` or ``clang++``; ``-O3 -march=native``) into ``$SFW_JAX_CACHE`` (default
+``~/.cache/sfw_jax``), keyed by the source, the jaxlib version and the CPU's flags, and registered with ``jax.ffi``. x86-64 only (the flush-to-zero
 mode that keeps ``m`` bitwise equal to XLA's is set through MXCSR).
 """
 

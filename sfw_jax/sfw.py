@@ -35,7 +35,9 @@ import jax.numpy as jnp
 import optax
 
 from sfw_jax._tree import PyTree
-from sfw_jax.constraints import Constraint, check_constraints_match as _check_structure, is_constraint
+from sfw_jax import native
+from sfw_jax.constraints import (Constraint, KSparsePolytope, is_constraint,
+                                 check_constraints_match as _check_structure)
 from sfw_jax.topk import top_k_threshold
 
 RESCALES = ("gradient", "diameter", None)
@@ -167,7 +169,6 @@ def _step_sizes(cs, sq, acc, lr, rescale: Optional[str]) -> jax.Array:
 def _native_eligible(c: Constraint, g: Any, m: Any, x: Any) -> bool:
     """Leaves the native CPU kernel handles: K-sparse with K < n, float32 (any top-k method: the
     kernel's selection is the same exact top-k)."""
-    from sfw_jax.constraints import KSparsePolytope
     if not isinstance(c, KSparsePolytope):
         return False
     if any(jnp.dtype(a.dtype) != jnp.float32 for a in (g, m, x)):
@@ -205,7 +206,6 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
     if not isinstance(cpu_kernel, bool):
         raise ValueError(f"cpu_kernel must be True or False, got {cpu_kernel!r}")
     if cpu_kernel:
-        from sfw_jax import native
         native.ensure_registered()                # fail here, not inside jit, when it cannot
     if not callable(learning_rate):
         _check_scalar_hparam(learning_rate, "learning_rate", 0.0, math.inf, True)
@@ -260,19 +260,20 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
 
         for i in live:                                   # trace-time walk over the leaves
             if cpu_kernel and _native_eligible(cs[i], gs[i], ms[i], xs[i]):
-                from sfw_jax import native
+                k = min(cs[i].k, xs[i].size)
 
                 def on_cpu(i=i):
                     m, sel, sq_m, sq_d = native.sfw_select_f32(
                         gs[i], ms[i], xs[i], state.count, jnp.asarray(momentum, jnp.float32),
-                        min(cs[i].k, xs[i].size), cs[i].radius)
+                        k, cs[i].radius)
                     return m, sel, (sq_m, sq_d)
 
-                def elsewhere(i=i):
-                    m, sel = xla_front(i)
-                    if not isinstance(sel, tuple):   # 'sort' path: the same selection as (t, cut)
-                        sel = jax.lax.optimization_barrier(top_k_threshold(
-                            jax.lax.stop_gradient(m), min(cs[i].k, m.size), absolute=True))
+                def elsewhere(i=i, k=k):
+                    # the XLA path with the selection as (t, cut) on every size (the kernel's
+                    # format; the 'sort' path's vertex would not match the other branch)
+                    m = _leaf_momentum(gs[i], ms[i], xs[i], state.count, momentum)
+                    sel = jax.lax.optimization_barrier(
+                        top_k_threshold(jax.lax.stop_gradient(m), k, absolute=True))
                     return m, sel, _sq_norms(m, direction(i, m, sel))
 
                 out_m[i], sels[i], sq = jax.lax.platform_dependent(cpu=on_cpu,
