@@ -193,8 +193,8 @@ CIFAR10_CPU = StudyPreset(
     description="SimpleCNN (width 0.5, BN) on the shared CIFAR-10 JPEG copy, 2-core CPU scale",
     base_preset="cpu-simplecnn-cifar10",
     base=dict(data_dir=CIFAR10_JPEG, model_kwargs={"width": 0.5, "use_bn": True},
-              epochs=8, lr_schedule="cosine", init_norm_samples=20, keep_checkpoints=2,
-              val_fraction=0.1, augment=True),
+              epochs=8, lr_schedule="cosine", init_norm_samples=20, init_norm_rule="per_leaf",
+              keep_checkpoints=2, val_fraction=0.1, augment=True),
     # SFW K-sparse: k_frac and tau chosen on the validation split (see CIFAR10_CPU_NOTES).
     methods={"sfw_ksparse": {"k_frac": 0.02, "tau": 7.0},
              "sfw_l2": {"constraint": "l2"},

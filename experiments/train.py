@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'all' tensors (reference) or 'kernels' only with SGD on the rest")
     g.add_argument("--init-norm-samples", type=int,
                    help="initialisations averaged for E||W_init|| (reference: 100)")
+    g.add_argument("--init-norm-rule", choices=config_lib.INIT_NORM_RULES,
+                   help="E||W_init|| by tensor shape as the reference ('reference') or per tensor")
     g.add_argument("--sfw-init", action=argparse.BooleanOptionalAction,
                    help="SFW-Init: learn per-tensor init scales before training")
     g.add_argument("--sfw-init-steps", type=int, help="SFW-Init Adam steps (reference 390)")
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="base lr (SFW default 1.0, SGD 0.1)")
     g.add_argument("--rest-lr", type=float, help="SGD lr of unconstrained leaves (SFW)")
     g.add_argument("--lr-schedule", choices=config_lib.LR_SCHEDULES)
+    g.add_argument("--trend-loss", choices=config_lib.TREND_LOSSES,
+                   help="epoch loss read by 'dynamic_change' (reference: last_batch)")
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float, help="SGD default 5e-4, SFW 0")
 

@@ -30,18 +30,20 @@ import json
 import math
 from typing import Any, Mapping
 
+from sfw_jax.constraints import INIT_NORM_RULES
+from sfw_jax.schedules import SCHEDULES as LR_SCHEDULES, TREND_LOSSES
+
 OPTIMIZERS = ("sfw", "sgd")
 CONSTRAINTS = ("k_sparse", "l1", "l2", "linf", "lp", "k_support", "unconstrained")
 MODES = ("initialization", "radius", "diameter")
 RESCALES = ("gradient", "diameter", "none")
 SFW_SCOPES = ("all", "kernels")
-LR_SCHEDULES = ("constant", "step", "cosine", "dynamic_change")
 PRECISIONS = ("fp32", "bf16")
 ARCHS = ("simple_cnn", "mlp", "resnet18", "vgg16")
 
 SFW_ONLY_FIELDS = ("constraint", "k", "k_frac", "tau", "mode", "rescale", "sfw_scope",
-                   "init_norm_samples", "rest_lr", "sfw_init", "sfw_init_steps", "sfw_init_lr",
-                   "cpu_kernel")
+                   "init_norm_samples", "init_norm_rule", "rest_lr", "sfw_init",
+                   "sfw_init_steps", "sfw_init_lr", "cpu_kernel")
 """Fields that only mean something with ``optimizer='sfw'`` (explicitly setting one for SGD is a
 conflict the CLI reports)."""
 
@@ -69,6 +71,9 @@ class TrainConfig:
       constraint, k, k_frac, tau, mode, rescale: SFW constraint set and step rescaling.
       sfw_scope: 'all' tensors (the reference) or 'kernels' only (SGD on the rest).
       init_norm_samples: initialisations averaged for E||W_init|| ('initialization' mode).
+      init_norm_rule: 'reference' (E||W_init|| looked up by tensor shape, the last module of a
+        shape winning, as the reference code does) or 'per_leaf' (each tensor its own); see
+        ``sfw_jax.constraints.expected_init_norms``.
       sfw_init, sfw_init_steps, sfw_init_lr: SFW-Init (``sfw_jax.sfw_init``): learn one scale per
         tensor of the initial params with ``sfw_init_steps`` Adam steps (lr ``sfw_init_lr``)
         before training (reference: 390 steps, lr 1e-3).
@@ -78,6 +83,8 @@ class TrainConfig:
       lr: base learning rate (SFW: step-size factor); None = optimizer default.
       rest_lr: SGD learning rate of the non-kernel leaves when ``sfw_scope='kernels'``.
       lr_schedule: 'constant' | 'step' | 'cosine' | 'dynamic_change' (``sfw_jax.schedules``).
+      trend_loss: the loss of an epoch that 'dynamic_change' reads: 'epoch_mean' or 'last_batch'
+        (the reference's).
       momentum: SFW momentum (m = mu m + (1 - mu) g) or SGD heavy-ball momentum.
       weight_decay: L2 decay added to the gradient of SGD-updated leaves; None = default.
     Loop:
@@ -112,6 +119,7 @@ class TrainConfig:
     rescale: str = "gradient"
     sfw_scope: str = "all"
     init_norm_samples: int = 100
+    init_norm_rule: str = "reference"
     sfw_init: bool = False
     sfw_init_steps: int = 390
     sfw_init_lr: float = 1e-3
@@ -119,6 +127,7 @@ class TrainConfig:
     lr: float | None = None
     rest_lr: float = 0.1
     lr_schedule: str | None = None
+    trend_loss: str = "epoch_mean"
     momentum: float = 0.9
     weight_decay: float | None = None
 
@@ -171,12 +180,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-resnet18-cifar10": dict(
         arch="resnet18", dataset="cifar10", optimizer="sfw", constraint="k_sparse", k=10,
         k_frac=0.05, tau=15.0, mode="initialization", rescale="gradient", sfw_scope="all",
-        init_norm_samples=100, lr=1.0, lr_schedule="dynamic_change", momentum=0.9,
+        init_norm_samples=100, init_norm_rule="reference", lr=1.0,
+        lr_schedule="dynamic_change", trend_loss="last_batch", momentum=0.9,
         weight_decay=0.0, epochs=180, batch_size=128, augment=True, val_fraction=0.0),
     "paper-vgg16-cifar10": dict(
         arch="vgg16", dataset="cifar10", optimizer="sfw", constraint="k_sparse", k=10,
         k_frac=0.05, tau=15.0, mode="initialization", rescale="gradient", sfw_scope="all",
-        init_norm_samples=100, lr=1.0, lr_schedule="dynamic_change", momentum=0.9,
+        init_norm_samples=100, init_norm_rule="reference", lr=1.0,
+        lr_schedule="dynamic_change", trend_loss="last_batch", momentum=0.9,
         weight_decay=0.0, epochs=180, batch_size=128, augment=True, val_fraction=0.0),
     # The SGD baseline of the same setting (lr 0.1, momentum 0.9, decay 5e-4, /10 at E/3, 2E/3).
     "paper-resnet18-cifar10-sgd": dict(
@@ -189,7 +200,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quickstart-digits": dict(
         arch="simple_cnn", model_kwargs={"width": 0.5}, dataset="digits", optimizer="sfw",
         constraint="k_sparse", k=10, k_frac=0.02, tau=10.0, mode="initialization",
-        rescale="gradient", sfw_scope="all", init_norm_samples=20, lr=1.0,
+        rescale="gradient", sfw_scope="all", init_norm_samples=20, init_norm_rule="per_leaf",
+        lr=1.0,
         lr_schedule="step", momentum=0.9, weight_decay=0.0, epochs=30, batch_size=64,
         augment=False, val_fraction=0.1),
     # A CPU-sized CIFAR-10 run on the JPEG image-folder copy (unpacked to data/cifar10-jpeg).
@@ -301,6 +313,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_choice(cfg, "rescale", RESCALES)
     _check_choice(cfg, "sfw_scope", SFW_SCOPES)
     _check_int(cfg, "init_norm_samples", 1)
+    _check_choice(cfg, "init_norm_rule", INIT_NORM_RULES)
     if cfg.sfw_init not in (True, False):
         _bad("sfw_init", cfg.sfw_init, "True or False")
     if cfg.sfw_init and cfg.optimizer != "sfw":
@@ -312,6 +325,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_float(cfg, "lr", 0.0, lo_open=True, optional=True)
     _check_float(cfg, "rest_lr", 0.0)
     _check_choice(cfg, "lr_schedule", LR_SCHEDULES, optional=True)
+    _check_choice(cfg, "trend_loss", TREND_LOSSES)
     _check_float(cfg, "momentum", 0.0, 1.0)
     if cfg.momentum >= 1.0:
         _bad("momentum", cfg.momentum, "in [0, 1)")

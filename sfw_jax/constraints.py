@@ -20,9 +20,10 @@ Pokutta et al.'s SFW code): per tensor K = min(max(k, floor(k_frac * n)), n) and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -299,31 +300,98 @@ def sparsity_k(n: int, k: int, k_frac: float) -> int:
     return min(max(int(k), int(math.floor(k_frac * n))), n)
 
 
+INIT_NORM_RULES = ("reference", "per_leaf")
+"""How :func:`expected_init_norms` assigns E||W_init||_2 to a leaf (see there)."""
+
+
+def _container_order(tree: Any) -> list[tuple]:
+    """Paths (tuples of dict keys / sequence indices) of ``tree``'s leaves in the order the
+    containers themselves list them (a dict's insertion order), not jax's sorted-key order.
+    Flax's ``model.init`` inserts modules in the order they are first called."""
+    out: list[tuple] = []
+
+    def walk(node, prefix):
+        if isinstance(node, Mapping):
+            for key, child in node.items():
+                walk(child, prefix + (key,))
+        elif isinstance(node, (list, tuple)) and not hasattr(node, "_fields"):
+            for i, child in enumerate(node):
+                walk(child, prefix + (i,))
+        else:
+            out.append(prefix)
+
+    walk(tree, ())
+    return out
+
+
+def _raw_path(path: tuple) -> tuple:
+    """A jax key path as the raw keys ``_container_order`` uses."""
+    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _mean_norms(init_fn: Callable[[jax.Array], PyTree], keys: jax.Array) -> PyTree:
+    """Mean over ``keys`` of each leaf's L2 norm in ``init_fn(key)`` (sequential draws)."""
+    def one(key):
+        return jax.tree.map(lambda w: jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)))),
+                            init_fn(key))
+    return jax.tree.map(lambda a: jnp.mean(a, axis=0), jax.lax.map(one, keys))
+
+
 def expected_init_norms(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array,
-                        n_samples: int = 100, *, zero_norm: float = 1.0) -> PyTree:
-    """E||W_init||_2 per leaf, the mean L2 norm over ``n_samples`` draws of ``init_fn(key)``.
+                        n_samples: int = 100, *, zero_norm: float = 1.0,
+                        rule: str = "reference") -> PyTree:
+    """E||W_init||_2 for each leaf of ``init_fn(key)``, averaged over ``n_samples`` draws.
 
     ``init_fn(key) -> params`` is the model's own initializer (e.g.
-    ``lambda key: model.init(key, x)['params']``). Norms are computed leaf by leaf: unlike the
-    reference, which keys the averages by tensor *shape* (so every same-shaped tensor, e.g. each
-    BatchNorm scale and bias of one width, shares one norm), each leaf gets the expected norm of
-    its own initializer. A leaf whose expected norm is 0 (zero-initialized biases, BatchNorm bias)
-    gets ``zero_norm`` (1.0, the reference's fallback). Draws run sequentially under one jit
-    (``lax.map``), so memory is that of one draw. Returns a pytree of Python floats.
+    ``lambda key: model.init(key, x)['params']``). Each leaf's mean norm over the draws is
+    computed first; a mean of 0 (zero-initialized biases, BatchNorm bias) becomes ``zero_norm``
+    (1.0, the reference's fallback). Then ``rule`` decides what each leaf gets:
+
+    * ``'reference'`` (default): the reference implementation's table keyed by tensor *shape*.
+      Walking the leaves in the order the modules are defined (the order ``init_fn``'s dicts
+      list them; flax's ``model.init`` lists modules in the order they are first called, which
+      for this package's models is the reference models' ``model.modules()`` order), each leaf
+      writes its value into ``table[shape]``; every leaf then gets ``table[its shape]``, i.e. the
+      value of the *last* leaf of that shape. So a BatchNorm scale (mean norm sqrt(C)) shares
+      the value of the BatchNorm bias that follows it (0 -> 1.0): D = 2 tau for both. PyTorch
+      stores conv/dense weights transposed relative to Flax; the transposition is the same for
+      every tensor of one rank, so keying by the Flax shape groups the same tensors.
+    * ``'per_leaf'``: each leaf keeps its own mean norm (a BatchNorm scale of C channels gets
+      sqrt(C), so its K-sparse radius is sqrt(C) times the reference's; with tau = 15 this makes
+      ResNet-18 diverge in its first SFW steps, see docs/reference-semantics.md).
+
+    Draws run sequentially under one jit (``lax.map``), so memory is that of one draw.
+    Returns a pytree of Python floats like ``init_fn(key)`` (jax's container order).
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     _check_radius(zero_norm, "zero_norm")
+    if rule not in INIT_NORM_RULES:
+        raise ValueError(f"rule must be one of {INIT_NORM_RULES}, got {rule!r}")
 
-    @jax.jit
-    def mean_norms(keys):
-        def one(key):
-            return jax.tree.map(lambda w: jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)))),
-                                init_fn(key))
-        return jax.tree.map(lambda a: jnp.mean(a, axis=0), jax.lax.map(one, keys))
+    norms = _mean_norms(init_fn, jax.random.split(rng, int(n_samples)))
+    norms = jax.tree.map(lambda v: float(v) if float(v) > 0 else float(zero_norm), norms)
+    if rule == "per_leaf":
+        return norms
 
-    norms = mean_norms(jax.random.split(rng, int(n_samples)))
-    return jax.tree.map(lambda v: float(v) if float(v) > 0 else float(zero_norm), norms)
+    order: list[list[tuple]] = []
+
+    def probe(key):
+        params = init_fn(key)
+        order.append(_container_order(params))         # trace-time record, not an output
+        return params
+
+    shapes = jax.eval_shape(probe, rng)
+    flat = {_raw_path(p): (v, np.shape(s)) for (p, v), s in zip(
+        jax.tree_util.tree_flatten_with_path(norms)[0], jax.tree.leaves(shapes))}
+    sequence = order[0] if order and set(order[0]) == set(flat) else list(flat)
+    table = {}
+    for path in sequence:
+        value, shape = flat[path]
+        table[shape] = value
+    return jax.tree_util.tree_map_with_path(
+        lambda p, v: table[flat[_raw_path(p)][1]], norms)
 
 
 def make_constraints(params: PyTree, kind: str, *, k: int = 10, k_frac: float = 0.05,

@@ -62,7 +62,7 @@ def compute_init_norms(init_fn: Any, rng: jax.Array, cfg: TrainConfig) -> PyTree
     """``expected_init_norms`` over ``cfg.init_norm_samples`` draws when the config needs them."""
     if cfg.optimizer != "sfw" or cfg.mode != "initialization" or cfg.constraint == "unconstrained":
         return None
-    return expected_init_norms(init_fn, rng, cfg.init_norm_samples)
+    return expected_init_norms(init_fn, rng, cfg.init_norm_samples, rule=cfg.init_norm_rule)
 
 
 def param_labels(constraints: PyTree) -> PyTree:

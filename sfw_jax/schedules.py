@@ -7,17 +7,19 @@ and ``lr0`` the base learning rate. For epoch ``e``:
 * ``constant``:  ``lr_e = lr0``.
 * ``step``:      ``lr_e = lr0 * 0.1 ** #{m in (E // 3, 2 * E // 3) : e >= m, m > 0}``.
 * ``cosine``:    ``lr_e = lr0 * (1 + cos(pi * e / E)) / 2``.
-* ``dynamic_change`` (the reference's loss-trend rule; stateful, ``lr_0 = lr0``). With
-  ``L`` the per-epoch training losses of epochs ``0 .. e-1``:
+* ``dynamic_change`` (the reference's loss-trend rule, exactly; stateful, ``lr_0 = lr0``). With
+  ``L`` the per-epoch training losses of epochs ``0 .. e-1`` (``len(L) = e``), ``lr_e`` is
+  ``lr_{e-1}`` changed by two rules applied in turn:
 
-  - if ``e`` is ``E // 3`` or ``2 * E // 3`` (and ``> 0``): ``lr_e = lr_{e-1} / 10``;
-  - elif ``e > 20``, ``e % 5 == 0`` and ``len(L) >= 10``:
-    ``lr_e = 0.7 * lr_{e-1}`` if ``mean(L[-5:]) > mean(L[-10:])`` (loss trending up),
-    ``lr_e = 1.06 * lr_{e-1}`` if ``mean(L[-5:]) < mean(L[-10:])``, unchanged if equal;
-  - else ``lr_e = lr_{e-1}``.
+  - if ``e`` is ``E // 3`` or ``2 * E // 3`` (and ``> 0``): divide by 10;
+  - then, if ``e > 20`` and ``e % 5 == 0``: with ``a = mean(L[e-6 : e-1])`` (5 epochs) and
+    ``b = mean(L[e-11 : e-1])`` (10 epochs), both ending one epoch before the last, multiply
+    by 0.7 if ``a > b`` (loss trending up) and by 1.06 if ``a < b``.
 
-  The reference records the *last batch's* loss as an epoch's loss; here ``L`` holds the *mean*
-  training loss of each epoch, which is less noisy (a deliberate difference).
+  So at E = 180 the epochs 60 and 120 get both rules. What an epoch's loss is comes from the
+  training loop (``TrainConfig.trend_loss``): the reference feeds the loss of the epoch's last
+  batch (``'last_batch'``); ``'epoch_mean'`` feeds the mean over the epoch's batches, which is
+  less noisy.
 
 ``ScheduleState`` (current lr + loss history) is what a checkpoint must save to resume exactly.
 """
@@ -29,6 +31,8 @@ import math
 from typing import Sequence
 
 SCHEDULES = ("constant", "step", "cosine", "dynamic_change")
+TREND_LOSSES = ("epoch_mean", "last_batch")
+"""Which loss of an epoch 'dynamic_change' reads: the batch mean, or the last batch's (reference)."""
 
 DECAY_FACTOR = 0.1
 TREND_START_EPOCH = 20
@@ -39,7 +43,7 @@ TREND_UP = 1.06
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleState:
-    """Learning rate of the current epoch and the mean training loss of each finished epoch."""
+    """Learning rate of the current epoch and the training loss of each finished epoch."""
 
     lr: float
     losses: tuple[float, ...] = ()
@@ -78,17 +82,19 @@ def cosine_lr(base_lr: float, epoch: int, total_epochs: int) -> float:
 
 def dynamic_change_lr(prev_lr: float, epoch: int, total_epochs: int,
                       losses: Sequence[float]) -> float:
-    """'dynamic_change' lr of ``epoch`` from the previous epoch's lr and the loss history."""
+    """'dynamic_change' lr of ``epoch`` from the previous epoch's lr and the losses of epochs
+    ``0 .. epoch-1`` (see the module docstring)."""
+    lr = prev_lr
     if epoch in milestones(total_epochs):
-        return prev_lr * DECAY_FACTOR
-    if epoch > TREND_START_EPOCH and epoch % TREND_EVERY == 0 and len(losses) >= 10:
-        recent = sum(losses[-5:]) / 5.0
-        longer = sum(losses[-10:]) / 10.0
+        lr *= DECAY_FACTOR
+    if epoch > TREND_START_EPOCH and epoch % TREND_EVERY == 0 and len(losses) >= 11:
+        recent = sum(losses[-6:-1]) / 5.0        # L[e-6 : e-1] when len(L) = e
+        longer = sum(losses[-11:-1]) / 10.0      # L[e-11 : e-1]
         if recent > longer:
-            return prev_lr * TREND_DOWN
-        if recent < longer:
-            return prev_lr * TREND_UP
-    return prev_lr
+            lr *= TREND_DOWN
+        elif recent < longer:
+            lr *= TREND_UP
+    return lr
 
 
 def init_schedule(name: str, base_lr: float, total_epochs: int) -> ScheduleState:
@@ -99,7 +105,7 @@ def init_schedule(name: str, base_lr: float, total_epochs: int) -> ScheduleState
 
 def next_epoch(name: str, state: ScheduleState, *, base_lr: float, epoch: int,
                total_epochs: int, epoch_loss: float) -> ScheduleState:
-    """State for epoch ``epoch + 1`` after epoch ``epoch`` ended with mean loss ``epoch_loss``."""
+    """State for epoch ``epoch + 1`` after epoch ``epoch`` ended with loss ``epoch_loss``."""
     _check(name, base_lr, total_epochs)
     losses = state.losses + (float(epoch_loss),)
     e = epoch + 1
@@ -116,7 +122,7 @@ def next_epoch(name: str, state: ScheduleState, *, base_lr: float, epoch: int,
 
 def lr_sequence(name: str, base_lr: float, total_epochs: int,
                 epoch_losses: Sequence[float]) -> list[float]:
-    """Learning rates of epochs ``0 .. len(epoch_losses)`` given each epoch's mean loss."""
+    """Learning rates of epochs ``0 .. len(epoch_losses)`` given each epoch's loss."""
     state = init_schedule(name, base_lr, total_epochs)
     lrs = [state.lr]
     for e, loss in enumerate(epoch_losses):

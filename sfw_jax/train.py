@@ -16,7 +16,8 @@ One run (:func:`train`) does, for a ``TrainConfig`` ``cfg``:
 5. evaluate on the test split (``out_dir/final.json``).
 
 Losses are the mean softmax cross-entropy of a batch; an epoch's ``train_loss`` is the mean over
-its batches (the reference logs only the last batch's loss) and drives 'dynamic_change'.
+its batches; 'dynamic_change' reads it, or the epoch's last batch loss with
+``trend_loss='last_batch'`` (the reference's).
 ``train_acc`` is measured on the (augmented) training batches during the epoch.
 
 A non-finite training loss raises :class:`NonFiniteLossError` (naming epoch and step) before the
@@ -575,7 +576,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
             }
             sched = schedules.next_epoch(cfg.lr_schedule, sched, base_lr=cfg.lr, epoch=epoch,
                                          total_epochs=cfg.epochs,
-                                         epoch_loss=record["train_loss"])
+                                         epoch_loss=(losses[-1] if cfg.trend_loss == "last_batch"
+                                                     else record["train_loss"]))
             history.append(record)
             if ckpt is not None:
                 ckpt.save(epoch + 1, state, {"epochs_done": epoch + 1,

@@ -202,7 +202,7 @@ def test_expected_init_norms_per_leaf():
     model = _Tiny()
     x = jnp.ones((1, 5))
     norms = S.expected_init_norms(lambda key: model.init(key, x)["params"], jax.random.key(0),
-                                  n_samples=400)
+                                  n_samples=400, rule="per_leaf")
     # E||W|| for W ~ N(0, s^2 I_n) is close to s sqrt(n) for moderate n
     assert norms["Dense_0"]["kernel"] == pytest.approx(0.5 * math.sqrt(40), rel=0.03)
     # uniform(0, 1) entries: E||W|| ~ sqrt(n / 3)
@@ -212,6 +212,11 @@ def test_expected_init_norms_per_leaf():
     assert norms["BatchNorm_0"]["scale"] == pytest.approx(math.sqrt(8))
     assert norms["BatchNorm_0"]["bias"] == 1.0
     assert norms["Dense_0"]["bias"] == 1.0
+    # the reference's shape table: the (8,) leaves all take the last one's value (BN bias, 1.0)
+    ref = S.expected_init_norms(lambda key: model.init(key, x)["params"], jax.random.key(0),
+                                n_samples=400)
+    assert ref["BatchNorm_0"]["scale"] == ref["BatchNorm_0"]["bias"] == 1.0
+    assert ref["Dense_0"]["kernel"] == norms["Dense_0"]["kernel"]
     with pytest.raises(ValueError, match="n_samples must be an int >= 1, got 0"):
         S.expected_init_norms(lambda key: model.init(key, x)["params"], jax.random.key(0), 0)
 

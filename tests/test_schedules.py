@@ -46,12 +46,12 @@ def _trend_losses():
 def test_dynamic_change_rule_on_synthetic_losses():
     E, lr0 = 90, 1.0  # milestones 30 and 60
     lrs = schedules.lr_sequence("dynamic_change", lr0, E, _trend_losses())
-    # Epoch 20 is a multiple of 5 but not > 20: no change. Epoch 25: mean of epochs 20..24
-    # (5.0) exceeds the 10-epoch mean -> x0.7. Epoch 30: milestone -> /10 (no trend step).
-    # Epoch 35: recent losses are below the 10-epoch mean (which includes the spike) -> x1.06.
-    # Epoch 40: epochs 35..39 below the mean of 30..39 (still decreasing) -> x1.06.
-    expected = ([lr0] * 25 + [lr0 * 0.7] * 5 + [lr0 * 0.7 * 0.1] * 5
-                + [lr0 * 0.7 * 0.1 * 1.06] * 5 + [lr0 * 0.7 * 0.1 * 1.06 * 1.06])
+    # Epoch 20 is a multiple of 5 but not > 20: no change. Epoch 25: the mean of epochs 19..23
+    # (4.01) exceeds that of 14..23 (2.03) -> x0.7. Epoch 30: milestone /10, then the trend
+    # rule too: epochs 24..28 (1.03) below 19..28 (2.52) -> x1.06. Epochs 35 and 40: losses
+    # still falling -> x1.06 each.
+    expected = ([lr0] * 25 + [lr0 * 0.7] * 5 + [lr0 * 0.7 * 0.1 * 1.06] * 5
+                + [lr0 * 0.7 * 0.1 * 1.06 * 1.06] * 5 + [lr0 * 0.7 * 0.1 * 1.06 * 1.06 * 1.06])
     assert lrs == expected
 
 
@@ -63,13 +63,46 @@ def test_dynamic_change_equal_means_keep_lr_and_milestones_apply():
 
 
 def test_dynamic_change_single_step_function():
-    # Direct use: increasing losses at epoch 25 -> x0.7; decreasing -> x1.06.
+    # Direct use: increasing losses at epoch 25 -> x0.7; decreasing -> x1.06; at a milestone
+    # that is also a trend epoch both apply.
     up = [float(i) for i in range(25)]
     down = [float(-i) for i in range(25)]
     assert schedules.dynamic_change_lr(0.2, 25, 180, up) == 0.2 * 0.7
     assert schedules.dynamic_change_lr(0.2, 25, 180, down) == 0.2 * 1.06
     assert schedules.dynamic_change_lr(0.2, 26, 180, up) == 0.2
-    assert schedules.dynamic_change_lr(0.2, 60, 180, up) == 0.2 * 0.1
+    assert schedules.dynamic_change_lr(0.2, 60, 180, up) == 0.2 * 0.1 * 0.7
+
+
+def _reference_dynamic_change(lr0, epochs, losses):
+    """Transliteration of the reference training loop's 'dynamic_change' branch (Lu et al.'s
+    train_prune.py): lr set at the top of each epoch from ``loss_list`` (one entry per
+    finished epoch), absolute indices, the milestone and the trend rule both checked."""
+    lr, lrs, loss_list = lr0, [], []
+    for epoch in range(len(losses) + 1):
+        if epoch == int(epochs / 3):
+            lr = lr / 10
+        elif epoch == int(epochs * 2 / 3):
+            lr = lr / 10
+        if epoch > 20 and epoch % 5 == 0:
+            a = sum(loss_list[(epoch - 6):(epoch - 1)]) / 5
+            b = sum(loss_list[(epoch - 11):(epoch - 1)]) / 10
+            if a > b:
+                lr = lr * 0.7
+            if a < b:
+                lr = lr * 1.06
+        lrs.append(lr)
+        if epoch < len(losses):
+            loss_list.append(losses[epoch])
+    return lrs
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([180, 90, 60, 45]), st.floats(1e-3, 10.0),
+       st.lists(st.floats(0.0, 5.0), min_size=1, max_size=180))
+def test_dynamic_change_matches_the_reference_loop(epochs, lr0, losses):
+    losses = losses[:epochs - 1]
+    assert schedules.lr_sequence("dynamic_change", lr0, epochs, losses) == pytest.approx(
+        _reference_dynamic_change(lr0, epochs, losses), rel=1e-12)
 
 
 def test_state_roundtrip_and_errors():
