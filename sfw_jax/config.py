@@ -350,8 +350,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.momentum >= 1.0:
         _bad("momentum", cfg.momentum, "in [0, 1)")
     _check_float(cfg, "weight_decay", 0.0, optional=True)
+    # with 'nm_sparse' the leaves without N:M groups are SGD-trained: decay applies to them
     if (cfg.optimizer == "sfw" and cfg.sfw_scope == "all" and cfg.weight_decay
-            and cfg.constraint != "unconstrained"):
+            and cfg.constraint not in ("unconstrained", "nm_sparse")):
         raise ValueError(
             f"weight_decay={cfg.weight_decay!r} conflicts with optimizer='sfw' and "
             f"sfw_scope='all': SFW has no weight decay (the constraint regularises); use "

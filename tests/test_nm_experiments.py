@@ -47,6 +47,10 @@ def test_parse_nm_and_config_validation():
     with pytest.raises(ValueError, match=r"nm must be an N:M pattern .*got '8:4'"):
         config_lib.validate(config_lib.TrainConfig(constraint="nm_sparse", nm="8:4"))
     assert "nm_sparse" in config_lib.CONSTRAINTS and "nm_sparse" in S.KINDS
+    # the leaves without groups are trained by SGD, so weight decay is allowed with every scope
+    cfg = config_lib.validate(config_lib.TrainConfig(constraint="nm_sparse", nm="2:4",
+                                                     weight_decay=5e-4))
+    assert (cfg.sfw_scope, cfg.weight_decay) == ("all", 5e-4)
 
 
 def _cli_error(capsys, argv) -> str:
