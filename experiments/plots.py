@@ -7,6 +7,8 @@
 * :func:`plot_weight_distribution`: one method's weight magnitudes: histogram of log10|w| (exact
   zeros reported in the legend) and the CDF F(x) = P(|w| <= x) on a log x axis.
 * :func:`plot_cdf_comparison`: the CDFs of all methods in one panel.
+* :func:`plot_nm_accuracy`: accuracy of every method dense and one-shot pruned to each N:M
+  pattern (grouped bars), with pruned + retrained networks marked by crosses.
 
 Inputs are plain data (lists / the dicts of ``sfw_jax.weight_stats``), so figures can be
 re-drawn from a study's ``summary.json`` without the checkpoints.
@@ -162,5 +164,49 @@ def plot_cdf_comparison(path: str, cdfs: Mapping[str, Mapping], *, title: str = 
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_nm_accuracy(path: str, oneshot: Mapping[str, Mapping[str, float]], *,
+                     patterns: Sequence[str],
+                     retrained: Mapping[str, Mapping[str, float]] | None = None,
+                     dense: Mapping[str, float] | None = None, title: str = "",
+                     split: str = "test") -> str:
+    """Grouped bars: x = 'dense' and each N:M pattern, one bar per method; returns ``path``.
+
+    Args:
+      path: PNG file to write.
+      oneshot: method label -> {pattern ('2:4'): accuracy in [0, 1]} one-shot pruned.
+      patterns: the patterns on the x axis, in order.
+      retrained: label -> {pattern: accuracy} of the pruned + retrained networks (crosses).
+      dense: label -> dense accuracy (the 'dense' group).
+      title: figure title.
+      split: name of the evaluated split for the y label.
+    """
+    if not oneshot:
+        raise ValueError("oneshot must hold at least one method, got none")
+    retrained, dense = retrained or {}, dense or {}
+    groups = ["dense", *patterns]
+    labels = list(oneshot)
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups) * max(1, len(labels) / 3), 4.2))
+    for i, m in enumerate(labels):
+        accs = [dense.get(m), *[oneshot[m].get(p) for p in patterns]]
+        xs = [g + (i - (len(labels) - 1) / 2) * width for g in range(len(groups))]
+        ys = [np.nan if a is None else 100 * a for a in accs]
+        ax.bar(xs, ys, width=width * 0.95, color=COLORS[i % len(COLORS)], label=f"{m} one-shot")
+        done = [(g, p) for g, p in enumerate(patterns, start=1) if p in retrained.get(m, {})]
+        if done:
+            ax.plot([xs[g] for g, _ in done], [100 * retrained[m][p] for _, p in done],
+                    marker="x", ms=9, mew=2.5, color="black", ls="none",
+                    label=f"{m} pruned + retrained")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

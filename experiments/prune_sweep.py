@@ -1,7 +1,7 @@
 """One-shot magnitude pruning of a trained run at many sparsities, no retraining.
 
 ``python -m experiments.prune_sweep RUN_DIR [--scope kernels|all|both] [--bn-recal]
-[--sparsities 0 10 ... 99] [--out FILE.csv] [--json FILE.json]``
+[--sparsities 0 10 ... 99] [--nm 2:4 1:4] [--out FILE.csv] [--json FILE.json]``
 
 For each scope and sparsity level the run's final params are pruned with *global* magnitude
 ranking (``sfw_jax.pruning.masks_for_sweep``: the magnitudes are sorted once per scope, every
@@ -13,6 +13,13 @@ evaluated (jit-compiled, batched) on the validation and test splits. Scopes:
 
 Each row also records the achieved sparsity (pruned / entries in the scope: equals
 ``round(s * N) / N``) and the fraction of exact zeros in the scope after masking.
+
+``--nm 2:4 1:4`` adds one-shot N:M magnitude pruning (``sfw_jax.pruning.nm_mask``): in every
+group of M consecutive input features (axis -2) of each kernel whose input size is divisible by
+M, the N entries of largest |w| are kept. These rows have ``pattern`` 'N:M' (the unstructured
+rows: 'unstructured'), scope 'kernels', ``target_sparsity`` 1 - N/M (the sparsity of the grouped
+kernels) and ``sparsity`` the achieved one over all kernels (lower when a kernel, such as a first
+conv with 3 input channels, has no groups).
 
 ``--bn-recal`` adds, per level, a variant whose BatchNorm running statistics are re-estimated on
 ``--recal-batches`` training batches for the pruned weights (params untouched). This is an
@@ -38,13 +45,17 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import _runs
+from sfw_jax.config import format_nm, parse_nm
 
 SPARSITY_PERCENTS = (*range(0, 91, 10), *range(91, 100))
 SPARSITIES = tuple(p / 100 for p in SPARSITY_PERCENTS)
 """The reference's levels: 0, 10, ..., 90, 91, ..., 99 % (kept 1.0, 0.9, ..., 0.1, 0.09, ... 0.01)."""
 
-CSV_FIELDS = ("scope", "bn_recal", "target_sparsity", "sparsity", "n_pruned", "n_scope",
-              "zero_fraction", "val_acc", "val_loss", "test_acc", "test_loss")
+CSV_FIELDS = ("scope", "pattern", "bn_recal", "target_sparsity", "sparsity", "n_pruned",
+              "n_scope", "zero_fraction", "val_acc", "val_loss", "test_acc", "test_loss")
+
+UNSTRUCTURED = "unstructured"
+"""``pattern`` of the rows of global magnitude pruning (N:M rows hold 'N:M')."""
 
 
 def check_sparsities(values: Sequence[Any], argname: str = "sparsities") -> list[float]:
@@ -84,9 +95,33 @@ def check_scopes(scopes: Sequence[str], argname: str = "scopes", *,
     return list(dict.fromkeys(scopes))
 
 
-def row_key(row: dict) -> tuple[str, bool, float]:
-    """Identity of a sweep row: (scope, bn_recal, target sparsity)."""
-    return (row["scope"], bool(row["bn_recal"]), round(float(row["target_sparsity"]), 6))
+def check_patterns(patterns: Sequence[Any], argname: str = "nm") -> list[str]:
+    """N:M patterns (strings 'N:M' or ``(n, m)`` pairs) as canonical unique 'N:M' strings,
+    order kept; ValueError naming ``argname`` and the value otherwise."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = []
+    for p in patterns:
+        text = format_nm(*p) if isinstance(p, (tuple, list)) and len(p) == 2 else p
+        out.append(format_nm(*parse_nm(text, argname)))
+    return list(dict.fromkeys(out))
+
+
+def row_pattern(row: dict) -> str:
+    """A row's ``pattern`` (rows written before N:M rows existed are unstructured)."""
+    return row.get("pattern", UNSTRUCTURED)
+
+
+def row_key(row: dict) -> tuple[str, str, bool, float]:
+    """Identity of a sweep row: (scope, pattern, bn_recal, target sparsity)."""
+    return (row["scope"], row_pattern(row), bool(row["bn_recal"]),
+            round(float(row["target_sparsity"]), 6))
+
+
+def nm_target(pattern: str) -> float:
+    """The sparsity of the grouped kernels under an 'N:M' pattern: 1 - N/M."""
+    n, m = parse_nm(pattern)
+    return round(1.0 - n / m, 6)
 
 
 def _run_stamp(run: _runs.LoadedRun) -> dict:
@@ -97,9 +132,10 @@ def _run_stamp(run: _runs.LoadedRun) -> dict:
 def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
           scopes: Sequence[str] = ("kernels", "all"), bn_recal: bool = False,
           recal_batches: int = 20, recal_batch_size: int | None = None,
-          recal_scopes: Sequence[str] | None = None,
+          recal_scopes: Sequence[str] | None = None, nm: Sequence[Any] = (),
           cache_path: str | None = None, progress: bool = True) -> list[dict]:
-    """Rows (dicts with ``CSV_FIELDS``) for every scope x sparsity (x bn_recal variant).
+    """Rows (dicts with ``CSV_FIELDS``) for every scope x sparsity (x bn_recal variant), then
+    one per N:M pattern (x bn_recal variant, when 'kernels' is re-calibrated).
 
     Args:
       run: a loaded finished run (``_runs.load_trained``).
@@ -111,14 +147,18 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
         run's ``batch_size``).
       recal_scopes: the scopes (a subset of ``scopes``, possibly empty) that get the
         re-calibrated variant (None: all of ``scopes``).
+      nm: N:M patterns ('2:4' or ``(2, 4)``) of one-shot N:M pruning of the kernels
+        (``sfw_jax.pruning.nm_mask`` along axis -2; see the module docstring).
       cache_path: JSON file to resume from and to rewrite after each level (rows it holds for
         other levels, scopes or variants are kept in it).
       progress: tqdm progress bar.
     """
-    from sfw_jax.pruning import apply_mask, masks_for_sweep
+    from sfw_jax.pruning import apply_mask, masks_for_sweep, nm_mask
 
     levels = check_sparsities(sparsities)
     scopes = check_scopes(scopes)
+    patterns = check_patterns(nm)
+    nm_recal = recal_scopes is None or "kernels" in recal_scopes
     recal_scopes = (scopes if recal_scopes is None
                     else check_scopes(recal_scopes, "recal_scopes", allow_empty=True))
     if not set(recal_scopes) <= set(scopes):
@@ -137,12 +177,15 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
         cached = _runs.read_json(cache_path)
         if cached.get("run") == _run_stamp(run):
             done = {row_key(r): r for r in cached.get("rows", [])}
-    wanted = [(sc, v, s) for sc in scopes for v in variants for s in levels
-              if not v or sc in recal_scopes]
-    todo = [k for k in wanted if (k[0], k[1], round(k[2], 6)) not in done]
+    # keys (scope, pattern, bn_recal, target sparsity), in output order
+    wanted = [(sc, UNSTRUCTURED, v, round(s, 6)) for sc in scopes for v in variants
+              for s in levels if not v or sc in recal_scopes]
+    wanted += [("kernels", p, v, nm_target(p)) for p in patterns for v in variants
+               if not v or nm_recal]
+    todo = [k for k in wanted if k not in done]
 
     batches = None
-    if any(k[1] for k in todo):
+    if any(k[2] for k in todo):
         batches = _runs.recal_images(run.train_split, recal_batches,
                                      recal_batch_size or run.config.batch_size, run.config.seed)
     val = run.evaluator.put(run.dataset.val) if len(run.dataset.val) else None
@@ -151,9 +194,8 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
 
     def save() -> None:
         if cache_path:
-            keys = [(sc, v, round(s, 6)) for sc, v, s in wanted]
-            asked = set(keys)
-            rows = ([done[k] for k in keys if k in done]
+            asked = set(wanted)
+            rows = ([done[k] for k in wanted if k in done]
                     + [r for k, r in done.items() if k not in asked])
             _runs.write_json(cache_path, {"run_dir": run.out_dir, "run": _run_stamp(run),
                                           "dense_test_acc": run.final.get("test_acc"),
@@ -161,39 +203,45 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
 
     bar = tqdm(total=len(todo), desc=f"sweep {os.path.basename(run.out_dir.rstrip('/'))}",
                disable=not progress, file=sys.stderr, leave=False)
+
+    def evaluate(scope: str, pattern: str, s: float, mask: Any) -> None:
+        """The rows of ``todo`` for one mask (each wanted variant)."""
+        pruned = apply_mask(run.params, mask)
+        counts = _runs.sparsity_counts(pruned, mask, scope)
+        for v in variants:
+            key = (scope, pattern, v, round(s, 6))
+            if key not in todo:
+                continue
+            t0 = time.time()
+            bs = _runs.recalibrated_batch_stats(run, pruned, batches) if v else run.batch_stats
+            ev_val = run.evaluator(pruned, bs, val) if val is not None else nan
+            ev_test = run.evaluator(pruned, bs, test)
+            done[key] = {
+                "scope": scope, "pattern": pattern, "bn_recal": v, "target_sparsity": s,
+                "sparsity": counts["sparsity"], "n_pruned": counts["pruned"],
+                "n_scope": counts["size"], "zero_fraction": counts["zeros"] / counts["size"],
+                "val_acc": ev_val["accuracy"], "val_loss": ev_val["loss"],
+                "test_acc": ev_test["accuracy"], "test_loss": ev_test["loss"],
+                "eval_time": time.time() - t0}
+            bar.update(1)
+        save()
+
     try:
         for scope in scopes:
-            scope_todo = [k for k in todo if k[0] == scope]
-            if not scope_todo:
+            need = sorted({k[3] for k in todo if k[:2] == (scope, UNSTRUCTURED)})
+            if not need:
                 continue
-            need = sorted({k[2] for k in scope_todo})
             masks = masks_for_sweep(run.params, need, scope="global",
                                     include=_runs.scope_include(scope))
             for s, mask in zip(need, masks):
-                pruned = apply_mask(run.params, mask)
-                counts = _runs.sparsity_counts(pruned, mask, scope)
-                for v in variants:
-                    if (scope, v, s) not in scope_todo:
-                        continue
-                    t0 = time.time()
-                    bs = (_runs.recalibrated_batch_stats(run, pruned, batches) if v
-                          else run.batch_stats)
-                    ev_val = run.evaluator(pruned, bs, val) if val is not None else nan
-                    ev_test = run.evaluator(pruned, bs, test)
-                    done[(scope, v, round(s, 6))] = {
-                        "scope": scope, "bn_recal": v, "target_sparsity": s,
-                        "sparsity": counts["sparsity"], "n_pruned": counts["pruned"],
-                        "n_scope": counts["size"],
-                        "zero_fraction": counts["zeros"] / counts["size"],
-                        "val_acc": ev_val["accuracy"], "val_loss": ev_val["loss"],
-                        "test_acc": ev_test["accuracy"], "test_loss": ev_test["loss"],
-                        "eval_time": time.time() - t0}
-                    bar.update(1)
-                save()
+                evaluate(scope, UNSTRUCTURED, s, mask)
+        for p in patterns:
+            if any(k[1] == p for k in todo):
+                evaluate("kernels", p, nm_target(p), nm_mask(run.params, *parse_nm(p)))
     finally:
         bar.close()
         save()
-    return [done[(sc, v, round(s, 6))] for sc, v, s in wanted]
+    return [done[k] for k in wanted]
 
 
 def write_csv(rows: Sequence[dict], path: str) -> None:
@@ -209,12 +257,12 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
 
 def format_rows(rows: Sequence[dict]) -> str:
     """Plain-text table of the rows (accuracies in %)."""
-    lines = [f"{'scope':8s} {'bn_recal':8s} {'target':>7s} {'actual':>8s} {'val acc':>8s} "
-             f"{'test acc':>8s}"]
+    lines = [f"{'scope':8s} {'pattern':12s} {'bn_recal':8s} {'target':>7s} {'actual':>8s} "
+             f"{'val acc':>8s} {'test acc':>8s}"]
     for r in rows:
-        lines.append(f"{r['scope']:8s} {str(r['bn_recal']):8s} {100 * r['target_sparsity']:6.1f}% "
-                     f"{100 * r['sparsity']:7.3f}% {100 * r['val_acc']:7.2f}% "
-                     f"{100 * r['test_acc']:7.2f}%")
+        lines.append(f"{r['scope']:8s} {row_pattern(r):12s} {str(r['bn_recal']):8s} "
+                     f"{100 * r['target_sparsity']:6.1f}% {100 * r['sparsity']:7.3f}% "
+                     f"{100 * r['val_acc']:7.2f}% {100 * r['test_acc']:7.2f}%")
     return "\n".join(lines)
 
 
@@ -227,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference), or both")
     p.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITY_PERCENTS),
                    metavar="PERCENT", help="sparsity levels in percent")
+    p.add_argument("--nm", nargs="+", default=[], metavar="N:M",
+                   help="also prune one-shot to these N:M patterns (e.g. 2:4 1:4) along the "
+                        "input-feature axis of the kernels")
     p.add_argument("--bn-recal", action="store_true",
                    help="also evaluate with BatchNorm statistics re-estimated after pruning "
                         "(an extra beyond the paper)")
@@ -246,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         levels = percents_to_fractions(args.sparsities)
+        patterns = check_patterns(args.nm, "--nm")
         if args.recal_batches < 1:
             raise ValueError(f"--recal-batches must be >= 1, got {args.recal_batches}")
         if args.recal_batch_size is not None and args.recal_batch_size < 1:
@@ -261,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = _runs.load_trained(args.run_dir)
     rows = sweep(run, levels, scopes=scopes, bn_recal=args.bn_recal,
                  recal_batches=args.recal_batches, recal_batch_size=args.recal_batch_size,
-                 cache_path=json_path, progress=not args.no_progress)
+                 nm=patterns, cache_path=json_path, progress=not args.no_progress)
     write_csv(rows, out)
     print(format_rows(rows))
     print(f"dense test acc {100 * run.final['test_acc']:.2f}%; wrote {out} and {json_path} "

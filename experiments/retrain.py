@@ -1,7 +1,7 @@
 """The baseline the paper argues against: prune a trained net, then retrain under the mask.
 
-``python -m experiments.retrain RUN_DIR --sparsities 90 95 98 [--epochs N] [--lr 0.01]
-[--scope kernels|all] [--out FILE.json]``
+``python -m experiments.retrain RUN_DIR --sparsities 90 95 98 [--nm 2:4] [--epochs N]
+[--lr 0.01] [--scope kernels|all] [--out FILE.json]``
 
 For each sparsity: global magnitude mask of the run's final params (``sfw_jax.pruning``), pruned
 entries set to 0, then ``N`` epochs of SGD (heavy-ball momentum 0.9, learning rate ``lr`` with
@@ -16,6 +16,12 @@ accuracy before retraining, the accuracy after, the retraining compute (epochs, 
 time, and the run's own training time for comparison) and the verified final sparsity: every
 pruned entry must be exactly 0 at the end (else RuntimeError), so ``final_sparsity`` equals
 ``round(s * N) / N`` exactly.
+
+``--nm 2:4`` prunes with an N:M mask instead (``sfw_jax.pruning.nm_mask``: the N largest |w| of
+every M consecutive input features of each kernel whose input size M divides; scope 'kernels')
+and retrains under it the same way; its record has ``pattern`` '2:4' and ``sparsity`` 1 - N/M
+(unstructured records: ``pattern`` 'unstructured'). With ``--nm`` and no ``--sparsities`` only
+the N:M patterns are retrained.
 
 The output JSON is rewritten after each sparsity; a re-run skips the sparsities already there
 with the same settings (resumable).
@@ -39,7 +45,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from experiments import _runs
-from experiments.prune_sweep import check_sparsities, percents_to_fractions
+from sfw_jax.config import parse_nm
+from sfw_jax.nm import nm_eligible
+from experiments.prune_sweep import (UNSTRUCTURED, check_patterns, check_sparsities, nm_target,
+                                     percents_to_fractions, row_pattern)
 
 PyTree = Any
 
@@ -86,15 +95,19 @@ def run_train_time(run: _runs.LoadedRun) -> float:
     return float(sum(r.get("epoch_time", 0.0) for r in run.history))
 
 
-def retrain(run: _runs.LoadedRun, sparsity: float, *, epochs: int | None = None,
-            lr: float = 0.01, momentum: float = 0.9, weight_decay: float | None = None,
-            batch_size: int | None = None, scope: str = "kernels", seed: int | None = None,
+def retrain(run: _runs.LoadedRun, sparsity: float | None = None, *, nm: Any = None,
+            epochs: int | None = None, lr: float = 0.01, momentum: float = 0.9,
+            weight_decay: float | None = None, batch_size: int | None = None,
+            scope: str = "kernels", seed: int | None = None,
             progress: bool = True) -> RetrainResult:
-    """Prune ``run`` to ``sparsity`` (global magnitude, ``scope``) and retrain under the mask.
+    """Prune ``run`` to ``sparsity`` (global magnitude, ``scope``), or to the N:M pattern ``nm``,
+    and retrain under the mask.
 
     Args:
       run: a loaded finished run (``_runs.load_trained``).
-      sparsity: fraction in [0, 1] of the scope's entries to prune.
+      sparsity: fraction in [0, 1] of the scope's entries to prune (give it or ``nm``).
+      nm: an N:M pattern ('2:4' or ``(2, 4)``): ``sfw_jax.pruning.nm_mask`` of the kernels
+        (scope 'kernels'), the sparsity of the grouped kernels is 1 - N/M.
       epochs: retraining epochs (default :func:`default_epochs` of the run's epochs).
       lr: peak learning rate (cosine decay to 0 over all retraining steps).
       momentum: SGD heavy-ball momentum.
@@ -113,17 +126,29 @@ def retrain(run: _runs.LoadedRun, sparsity: float, *, epochs: int | None = None,
     from sfw_jax import train as train_lib
     from sfw_jax.data import epoch_permutation
     from sfw_jax.optimizers import sgd_with_decay
-    from sfw_jax.pruning import apply_mask, keep_masked, magnitude_mask
+    from sfw_jax.pruning import apply_mask, keep_masked, magnitude_mask, nm_mask
 
     cfg = run.config
     epochs = default_epochs(cfg.epochs) if epochs is None else epochs
+    if (sparsity is None) == (nm is None):
+        raise ValueError(f"give exactly one of sparsity and nm, got sparsity={sparsity!r}, "
+                         f"nm={nm!r}")
+    pattern = UNSTRUCTURED if nm is None else check_patterns([nm])[0]
+    if nm is not None:
+        if scope != "kernels":
+            raise ValueError(f"scope must be 'kernels' with nm (N:M masks prune kernels only), "
+                             f"got {scope!r}")
+        sparsity = nm_target(pattern)
     s = _check_args(sparsity, epochs, lr, momentum, weight_decay, batch_size, scope)
     wd = float(cfg.weight_decay if weight_decay is None else weight_decay)
     bs = cfg.batch_size if batch_size is None else batch_size
     seed = cfg.seed if seed is None else seed
     t0 = time.time()
 
-    mask = magnitude_mask(run.params, s, scope="global", include=_runs.scope_include(scope))
+    if nm is None:
+        mask = magnitude_mask(run.params, s, scope="global", include=_runs.scope_include(scope))
+    else:
+        mask = nm_mask(run.params, *parse_nm(pattern))
     params0 = apply_mask(run.params, mask)
     val = run.evaluator.put(run.dataset.val) if len(run.dataset.val) else None
     test = run.evaluator.put(run.dataset.test)
@@ -181,17 +206,22 @@ def retrain(run: _runs.LoadedRun, sparsity: float, *, epochs: int | None = None,
 
     params = jax.device_get(state.params)
     counts = _runs.sparsity_counts(params, mask, scope)
-    expected = round(s * counts["size"])
+    if nm is None:
+        expected = round(s * counts["size"])
+    else:   # (M - N) of every M entries of each grouped kernel
+        n, m = parse_nm(pattern)
+        expected = sum(x.size for x in jax.tree.leaves(params)
+                       if nm_eligible(x.shape, m)) * (m - n) // m
     if not (counts["pruned"] == expected and counts["pruned_zero"] == expected):
         raise RuntimeError(
-            f"retraining broke the mask at sparsity {s}: {counts['pruned']} pruned entries "
-            f"(expected {expected}), of which {counts['pruned_zero']} are exactly 0")
+            f"retraining broke the {pattern} mask at sparsity {s}: {counts['pruned']} pruned "
+            f"entries (expected {expected}), of which {counts['pruned_zero']} are exactly 0")
     after_val = run.evaluator(state.params, state.batch_stats, val) if val is not None else nan
     after_test = run.evaluator(state.params, state.batch_stats, test)
     wall = time.time() - t0
     record = {
-        "sparsity": s, "scope": scope, "epochs": epochs, "steps": total, "lr": float(lr),
-        "momentum": float(momentum), "weight_decay": wd, "batch_size": bs,
+        "sparsity": s, "pattern": pattern, "scope": scope, "epochs": epochs, "steps": total,
+        "lr": float(lr), "momentum": float(momentum), "weight_decay": wd, "batch_size": bs,
         "schedule": "cosine (per step, to 0)", "seed": seed,
         "oneshot_val_acc": before_val["accuracy"], "oneshot_test_acc": before_test["accuracy"],
         "val_acc": after_val["accuracy"], "val_loss": after_val["loss"],
@@ -211,12 +241,14 @@ def _same_settings(rec: dict, want: dict) -> bool:
     return all(rec.get(k) == v for k, v in want.items())
 
 
-def retrain_many(run: _runs.LoadedRun, sparsities: Sequence[float], *,
+def retrain_many(run: _runs.LoadedRun, sparsities: Sequence[float], *, nm: Sequence[Any] = (),
                  out_path: str | None = None, progress: bool = True,
                  **kw: Any) -> list[dict]:
-    """:func:`retrain` at each sparsity; records are appended to ``out_path`` (JSON) after each
-    one, and records already there with the same settings are reused (resumable)."""
-    levels = check_sparsities(sparsities)
+    """:func:`retrain` at each sparsity, then at each N:M pattern of ``nm`` (``sparsities`` may
+    be empty when ``nm`` is not); records are appended to ``out_path`` (JSON) after each one,
+    and records already there with the same settings are reused (resumable)."""
+    patterns = check_patterns(nm)
+    levels = check_sparsities(sparsities) if len(sparsities) or not patterns else []
     epochs = kw.pop("epochs", None)
     epochs = default_epochs(run.config.epochs) if epochs is None else epochs
     kw["epochs"] = epochs
@@ -226,14 +258,18 @@ def retrain_many(run: _runs.LoadedRun, sparsities: Sequence[float], *,
     settings = {"epochs": epochs, "lr": float(kw.get("lr", 0.01)),
                 "scope": kw.get("scope", "kernels")}
     out = []
-    for s in levels:
-        hit = [r for r in records if abs(r["sparsity"] - s) < 1e-9 and _same_settings(r, settings)]
+    jobs = [(UNSTRUCTURED, s) for s in levels] + [(p, nm_target(p)) for p in patterns]
+    for pattern, s in jobs:
+        hit = [r for r in records if abs(r["sparsity"] - s) < 1e-9 and row_pattern(r) == pattern
+               and _same_settings(r, settings)]
         if hit:
             out.append(hit[-1])
             continue
-        rec = retrain(run, s, progress=progress, **kw).record
+        how = {"sparsity": s} if pattern == UNSTRUCTURED else {"nm": pattern}
+        rec = retrain(run, progress=progress, **how, **kw).record
         if progress:
-            print(f"retrain {100 * s:g}%: one-shot test {100 * rec['oneshot_test_acc']:.2f}% -> "
+            name = f"{100 * s:g}%" if pattern == UNSTRUCTURED else pattern
+            print(f"retrain {name}: one-shot test {100 * rec['oneshot_test_acc']:.2f}% -> "
                   f"{100 * rec['test_acc']:.2f}% after {rec['epochs']} epoch(s), "
                   f"{rec['wall_time']:.0f}s", file=sys.stderr)
         records.append(rec)
@@ -249,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.retrain",
                                 description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("run_dir", help="a finished training run (holds final.json, checkpoints/)")
-    p.add_argument("--sparsities", type=float, nargs="+", default=[90, 95, 98],
-                   metavar="PERCENT", help="sparsity levels in percent")
+    p.add_argument("--sparsities", type=float, nargs="+", default=None, metavar="PERCENT",
+                   help="sparsity levels in percent (default 90 95 98, none with --nm)")
+    p.add_argument("--nm", nargs="+", default=[], metavar="N:M",
+                   help="also retrain under N:M masks of the kernels (e.g. 2:4)")
     p.add_argument("--epochs", type=int, default=None,
                    help="retraining epochs per sparsity (default: 10%% of the run's epochs)")
     p.add_argument("--lr", type=float, default=0.01, help="peak lr (cosine decay to 0)")
@@ -268,22 +306,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        levels = percents_to_fractions(args.sparsities)
-        _check_args(levels[0], 1 if args.epochs is None else args.epochs, args.lr,
-                    args.momentum, args.weight_decay, args.batch_size, args.scope)
+        patterns = check_patterns(args.nm, "--nm")
+        percents = args.sparsities
+        if percents is None:
+            percents = [] if patterns else [90, 95, 98]
+        levels = percents_to_fractions(percents) if percents else []
+        if patterns and args.scope != "kernels":
+            raise ValueError(f"--nm prunes kernels only: --scope must be 'kernels', got "
+                             f"{args.scope!r}")
+        _check_args(levels[0] if levels else 0.0, 1 if args.epochs is None else args.epochs,
+                    args.lr, args.momentum, args.weight_decay, args.batch_size, args.scope)
         if not _runs.is_finished(args.run_dir):
             raise ValueError(f"run_dir {args.run_dir!r} is not a finished run (no final.json)")
     except ValueError as e:
         parser.error(str(e).replace("epochs must", "--epochs must"))
     out = args.out or os.path.join(args.run_dir, "retrain.json")
     run = _runs.load_trained(args.run_dir)
-    recs = retrain_many(run, levels, out_path=out, progress=not args.no_progress,
+    recs = retrain_many(run, levels, nm=patterns, out_path=out, progress=not args.no_progress,
                         epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, batch_size=args.batch_size,
                         scope=args.scope)
     print(f"dense test acc {100 * run.final['test_acc']:.2f}%")
     for r in recs:
-        print(f"{100 * r['sparsity']:5.1f}%  one-shot {100 * r['oneshot_test_acc']:6.2f}%  "
+        name = f"{100 * r['sparsity']:5.1f}%" if row_pattern(r) == UNSTRUCTURED else \
+            f"{row_pattern(r):>6s}"
+        print(f"{name}  one-shot {100 * r['oneshot_test_acc']:6.2f}%  "
               f"retrained {100 * r['test_acc']:6.2f}%  ({r['epochs']} epochs, "
               f"{r['wall_time']:.0f}s, final sparsity {100 * r['final_sparsity']:.3f}%)")
     print(f"wrote {out}")

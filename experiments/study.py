@@ -1,24 +1,27 @@
 """The whole pruning study of one architecture and dataset (section 5 of Lu et al., 2022).
 
 ``python -m experiments.study --preset NAME [--out results/NAME] [--methods M ...]
-[--scopes kernels all] [--set KEY=VALUE ...] [--no-progress]`` (``--list-presets`` lists the
-grids of ``experiments.study_presets``; ``--set epochs=6`` overrides a ``TrainConfig`` field of
-every method).
+[--scopes kernels all] [--nm 2:4 1:4] [--set KEY=VALUE ...] [--no-progress]``
+(``--list-presets`` lists the grids of ``experiments.study_presets``; ``--set epochs=6``
+overrides a ``TrainConfig`` field of every method).
 
 For each method of the preset (SFW K-sparse, SFW L2, SGD, optionally SFW + init):
 
 1. train it dense (``sfw_jax.train.train``) into ``<out>/runs/<method>/``; a run whose
    ``final.json`` exists is not redone, one with checkpoints but no ``final.json`` is resumed;
 2. prune it one-shot at every sparsity (``experiments.prune_sweep``; scopes 'kernels' and the
-   reference's 'all'; optionally the main scope also with BatchNorm re-calibration)
+   reference's 'all'; optionally the main scope also with BatchNorm re-calibration) and to
+   every N:M pattern of the preset's ``nm_patterns`` (or ``--nm``)
    -> ``runs/<method>/sweep.json``;
 3. for the preset's ``retrain_methods`` (SGD at least): prune + retrain under the mask
-   (``experiments.retrain``) -> ``runs/<method>/retrain.json``;
+   (``experiments.retrain``), and for its ``nm_retrain_methods`` the same under N:M masks
+   -> ``runs/<method>/retrain.json``;
 4. weight-magnitude statistics (counts above 10, 1, ..., 1e-10; histogram; CDF).
 
 Then it writes ``<out>/table.md`` (test accuracy per method per sparsity, one-shot and
-retrained; dense accuracies; retraining cost; the issue's targets; wall times),
-``weights_above.md``, ``accuracy_vs_sparsity.png``, ``weights_<method>.png``,
+retrained; dense accuracies; retraining cost; the issue's targets; the N:M table and targets;
+wall times), ``weights_above.md``, ``accuracy_vs_sparsity.png``, ``nm_accuracy.png`` (with N:M
+patterns), ``weights_<method>.png``,
 ``weights_cdf.png``, ``configs.json`` (the exact resolved configs) and ``summary.json``
 (everything). Every step's result is on disk before the next starts and is reused on a re-run,
 so an interrupted study resumes where it stopped and a finished one only re-draws its reports.
@@ -119,7 +122,8 @@ def _strip_per_leaf(stats: dict) -> dict:
 
 
 def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | None = None,
-              scopes: Sequence[str] | None = None, progress: bool = True) -> dict:
+              scopes: Sequence[str] | None = None, nm: Sequence[str] | None = None,
+              progress: bool = True) -> dict:
     """Run (or resume) the study; write the reports; return the summary dict.
 
     Args:
@@ -128,10 +132,13 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
       methods: subset of ``preset.all_methods()`` (default: ``preset.methods``).
       scopes: pruning scopes of the sweep (default ``preset.scopes``; must include
         ``preset.main_scope``).
+      nm: N:M patterns of the one-shot N:M pruning (default ``preset.nm_patterns``).
       progress: progress bars and per-epoch log lines.
     """
     t_start = time.time()
     methods = check_methods(preset, methods)
+    patterns = sweep_lib.check_patterns(preset.nm_patterns if nm is None else nm)
+    nm_retrain = sweep_lib.check_patterns(preset.nm_retrain_patterns, "nm_retrain_patterns")
     scopes = sweep_lib.check_scopes(list(preset.scopes) if scopes is None else scopes)
     if preset.main_scope not in scopes:
         raise ValueError(f"scopes must include the preset's main scope "
@@ -176,15 +183,17 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
         rows = sweep_lib.sweep(run, preset.sparsities, scopes=scopes, bn_recal=preset.bn_recal,
                                recal_batches=preset.recal_batches,     # re-cal: main scope only
                                recal_scopes=[sc for sc in scopes if sc == preset.main_scope],
-                               cache_path=os.path.join(run_dir, "sweep.json"),
+                               nm=patterns, cache_path=os.path.join(run_dir, "sweep.json"),
                                progress=progress)
         sweep_lib.write_csv(rows, os.path.join(run_dir, "sweep.csv"))
         work["sweep_seconds"] = time.time() - t0
         retrained = []
-        if m in preset.retrain_methods:
+        levels = preset.retrain_sparsities if m in preset.retrain_methods else ()
+        nm_levels = nm_retrain if m in preset.nm_retrain_methods else ()
+        if levels or nm_levels:
             t0 = time.time()
             retrained = retrain_lib.retrain_many(
-                run, preset.retrain_sparsities, out_path=os.path.join(run_dir, "retrain.json"),
+                run, levels, nm=nm_levels, out_path=os.path.join(run_dir, "retrain.json"),
                 progress=progress, epochs=preset.retrain_epochs, lr=preset.retrain_lr,
                 scope=preset.main_scope)
             work["retrain_seconds"] = time.time() - t0
@@ -212,7 +221,10 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
                    "recal_batches": preset.recal_batches,
                    "retrain_methods": [m for m in preset.retrain_methods if m in methods],
                    "retrain_sparsities": list(preset.retrain_sparsities),
-                   "retrain_epochs": preset.retrain_epochs, "retrain_lr": preset.retrain_lr},
+                   "retrain_epochs": preset.retrain_epochs, "retrain_lr": preset.retrain_lr,
+                   "nm_patterns": patterns,
+                   "nm_retrain_methods": [m for m in preset.nm_retrain_methods if m in methods],
+                   "nm_retrain_patterns": nm_retrain},
         "methods": results,
         "wall_time_this_invocation": time.time() - t_start,
     }
@@ -231,12 +243,29 @@ def _pct(x: float | None, digits: int = 2) -> str:
 
 
 def _rows(res: dict, scope: str, bn_recal: bool = False) -> dict[float, dict]:
+    """Unstructured sweep rows of one scope by target sparsity."""
     return {round(r["target_sparsity"], 6): r for r in res["sweep"]
-            if r["scope"] == scope and bool(r["bn_recal"]) == bn_recal}
+            if r["scope"] == scope and bool(r["bn_recal"]) == bn_recal
+            and sweep_lib.row_pattern(r) == sweep_lib.UNSTRUCTURED}
+
+
+def _nm_rows(res: dict, bn_recal: bool = False) -> dict[str, dict]:
+    """N:M sweep rows by pattern ('2:4', ...)."""
+    return {sweep_lib.row_pattern(r): r for r in res["sweep"]
+            if bool(r["bn_recal"]) == bn_recal
+            and sweep_lib.row_pattern(r) != sweep_lib.UNSTRUCTURED}
 
 
 def _retrained(res: dict) -> dict[float, dict]:
-    return {round(r["sparsity"], 6): r for r in res["retrain"]}
+    """Unstructured retraining records by sparsity."""
+    return {round(r["sparsity"], 6): r for r in res["retrain"]
+            if sweep_lib.row_pattern(r) == sweep_lib.UNSTRUCTURED}
+
+
+def _nm_retrained(res: dict) -> dict[str, dict]:
+    """N:M retraining records by pattern."""
+    return {sweep_lib.row_pattern(r): r for r in res["retrain"]
+            if sweep_lib.row_pattern(r) != sweep_lib.UNSTRUCTURED}
 
 
 def accuracy_table(summary: dict, scope: str, *, bn_recal: bool = False,
@@ -247,7 +276,7 @@ def accuracy_table(summary: dict, scope: str, *, bn_recal: bool = False,
     cols = []
     for m, res in methods.items():
         cols.append((f"{res['label']}", m, "oneshot"))
-        if with_retrained and res["retrain"]:
+        if with_retrained and _retrained(res):
             cols.append((f"{res['label']} + retrain", m, "retrain"))
     head = "| sparsity | " + " | ".join(c[0] for c in cols) + " |"
     rule = "|---:|" + "---:|" * len(cols)
@@ -303,6 +332,85 @@ def _targets(summary: dict, scope: str, bn_recal: bool = False) -> list[str]:
     return out or ["(the sweep has no 90% / 95% levels)"]
 
 
+NM_CLEAR_MARGIN = 0.05
+"""The N:M targets' "above SGD by a clear margin" at 1:4, read as >= 5 points of test accuracy."""
+
+
+def _level_name(record: dict) -> str:
+    """'90%' for an unstructured sweep row / retraining record, the pattern ('2:4') for N:M."""
+    pattern = sweep_lib.row_pattern(record)
+    if pattern != sweep_lib.UNSTRUCTURED:
+        return pattern
+    return f"{100 * record.get('sparsity', record.get('target_sparsity')):g}%"
+
+
+def _dense_acc(res: dict, split: str, bn_recal: bool, scope: str) -> float | None:
+    """Dense accuracy of a method: its 0% sweep row, else its final / last-epoch number."""
+    row = _rows(res, scope, bn_recal).get(0.0)
+    if row is not None:
+        return row[f"{split}_acc"]
+    if bn_recal:
+        return None
+    return res["final"]["test_acc"] if split == "test" else res.get("dense_val_acc")
+
+
+def nm_table(summary: dict, *, bn_recal: bool = False, split: str = "test",
+             with_retrained: bool = True) -> str:
+    """Markdown table: rows = dense and each N:M pattern, columns = the methods one-shot
+    (+ pruned to the pattern and retrained, where a method has such records)."""
+    ms = summary["methods"]
+    patterns = list(summary["preset"].get("nm_patterns", []))
+    main = summary["preset"]["main_scope"]
+    cols = []
+    for m, res in ms.items():
+        cols.append((res["label"], m, "oneshot"))
+        if with_retrained and _nm_retrained(res):
+            cols.append((f"{res['label']} + retrain", m, "retrain"))
+    lines = ["| pattern | kernel sparsity | " + " | ".join(c[0] for c in cols) + " |",
+             "|---|---:|" + "---:|" * len(cols)]
+    cells = [_pct(_dense_acc(ms[m], split, bn_recal, main)) if kind == "oneshot" else "—"
+             for _, m, kind in cols]
+    lines.append("| dense | 0.0% | " + " | ".join(cells) + " |")
+    for pat in patterns:
+        rows = {m: _nm_rows(res, bn_recal).get(pat) for m, res in ms.items()}
+        retr = {m: _nm_retrained(res).get(pat) for m, res in ms.items()}
+        cells = []
+        for _, m, kind in cols:
+            r = rows[m] if kind == "oneshot" else retr[m]
+            cells.append(_pct(r[f"{split}_acc"]) if r else "—")
+        achieved = next((r["sparsity"] for r in rows.values() if r), None)
+        lines.append(f"| {pat} | {_pct(achieved, 1)}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _nm_targets(summary: dict) -> list[str]:
+    """The N:M issue's targets on test accuracy (needs 'sgd' and 'sfw_nm24' / 'sfw_nm14'):
+    SFW N:M 2:4 one-shot at 2:4 within 1 point of its dense accuracy and above SGD one-shot at
+    2:4; SFW N:M 1:4 one-shot at 1:4 above SGD one-shot by ``NM_CLEAR_MARGIN``."""
+    ms = summary["methods"]
+    if "sgd" not in ms:
+        return ["(needs method 'sgd')"]
+    sgd = _nm_rows(ms["sgd"])
+    out = []
+    if "sfw_nm24" in ms and "2:4" in sgd and "2:4" in _nm_rows(ms["sfw_nm24"]):
+        res = ms["sfw_nm24"]
+        a, b = _nm_rows(res)["2:4"]["test_acc"], sgd["2:4"]["test_acc"]
+        dense = res["final"]["test_acc"]
+        out.append(f"- SFW N:M 2:4 one-shot at 2:4: {_pct(a)}% vs its dense {_pct(dense)}% "
+                   f"(drop {100 * (dense - a):.2f} points; target <= 1): "
+                   f"**{'met' if dense - a <= 0.01 else 'not met'}**")
+        out.append(f"- SFW N:M 2:4 vs SGD one-shot at 2:4: {_pct(a)}% vs {_pct(b)}% "
+                   f"({100 * (a - b):+.2f} points; target > 0): "
+                   f"**{'met' if a > b else 'not met'}**")
+    if "sfw_nm14" in ms and "1:4" in sgd and "1:4" in _nm_rows(ms["sfw_nm14"]):
+        a, b = _nm_rows(ms["sfw_nm14"])["1:4"]["test_acc"], sgd["1:4"]["test_acc"]
+        out.append(f"- SFW N:M 1:4 vs SGD one-shot at 1:4: {_pct(a)}% vs {_pct(b)}% "
+                   f"({100 * (a - b):+.2f} points; target >= +{100 * NM_CLEAR_MARGIN:g}, our "
+                   f"reading of 'a clear margin'): "
+                   f"**{'met' if a - b >= NM_CLEAR_MARGIN else 'not met'}**")
+    return out or ["(needs methods 'sfw_nm24' / 'sfw_nm14' and 'sgd' with 2:4 / 1:4 rows)"]
+
+
 def table_markdown(summary: dict, notes: str = "") -> str:
     """The study's ``table.md``."""
     p = summary["preset"]
@@ -329,7 +437,7 @@ def table_markdown(summary: dict, notes: str = "") -> str:
                 "| steps | lr | wall time (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for m, r in retr:
             for x in r["retrain"]:
-                out.append(f"| {r['label']} | {100 * x['sparsity']:g}% | "
+                out.append(f"| {r['label']} | {_level_name(x)} | "
                            f"{_pct(x['oneshot_test_acc'])} | {_pct(x['test_acc'])} | "
                            f"{x['epochs']} ({100 * x['retrain_epoch_fraction']:.0f}%) | "
                            f"{x['steps']} | {x['lr']:g} | {x['wall_time']:.0f} |")
@@ -339,6 +447,17 @@ def table_markdown(summary: dict, notes: str = "") -> str:
                 "the paper: the running statistics are re-estimated on "
                 f"{p['recal_batches']} training batches, the weights are not touched):", "",
                 *_targets(summary, main, bn_recal=True), ""]
+    nm = p.get("nm_patterns", [])
+    if nm:
+        out += ["## N:M one-shot pruning (test accuracy)", "",
+                "In every group of M consecutive input features (axis -2) of each kernel whose "
+                "input size M divides, the N entries of largest |w| are kept "
+                "(`sfw_jax.pruning.nm_mask`); other tensors stay dense. `kernel sparsity`: "
+                "achieved over all kernels (below 1 - N/M when a kernel has no groups).", "",
+                nm_table(summary), "", "N:M targets (issue):", "", *_nm_targets(summary), ""]
+        if p["bn_recal"]:
+            out += ["With BatchNorm re-calibration (extra):", "",
+                    nm_table(summary, bn_recal=True, with_retrained=False), ""]
     for scope in p["scopes"]:
         if scope != main:
             out += [f"## Test accuracy vs sparsity, scope `{scope}` (the reference prunes every "
@@ -349,9 +468,12 @@ def table_markdown(summary: dict, notes: str = "") -> str:
                 accuracy_table(summary, main, bn_recal=True, with_retrained=False), ""]
     out += [f"## Validation accuracy vs sparsity (scope `{main}`; for hyperparameter choice)",
             "", accuracy_table(summary, main, split="val"), ""]
+    if nm:
+        out += ["Validation accuracy, N:M one-shot:", "", nm_table(summary, split="val"), ""]
     out += ["## Achieved sparsity", "",
             "Pruned / entries in the scope equals round(s N) / N at every level "
-            "(`sparsity` column of each `runs/<method>/sweep.csv`).", ""]
+            "(`sparsity` column of each `runs/<method>/sweep.csv`)"
+            + ("; N:M rows prune exactly M - N of every M grouped entries." if nm else "."), ""]
     out += ["## Wall time per run", "",
             "| method | training epochs (s) | training call, last (s) | sweep evals (s) | "
             "retraining (s) | run folder |",
@@ -362,8 +484,8 @@ def table_markdown(summary: dict, notes: str = "") -> str:
                    f"{r['final'].get('wall_time', float('nan')):.0f} | {r['sweep_time']:.0f} | "
                    f"{rt:.0f} | `runs/{m}` |")
     out += ["", "Exact configs: `configs.json` (and each run folder's `config.json`). Figures: "
-            "`accuracy_vs_sparsity.png`, `weights_<method>.png`, `weights_cdf.png`; weight "
-            "counts: `weights_above.md`.", ""]
+            "`accuracy_vs_sparsity.png`, " + ("`nm_accuracy.png`, " if nm else "")
+            + "`weights_<method>.png`, `weights_cdf.png`; weight counts: `weights_above.md`.", ""]
     if notes:
         out += ["## Notes", "", notes.strip(), ""]
     return "\n".join(out)
@@ -411,7 +533,7 @@ def write_reports(summary: dict, out_dir: str, notes: str = "") -> dict[str, str
         rows = sorted(_rows(r, main, bn_recal=True).items())
         if p["bn_recal"] and rows:
             recal[r["label"]] = ([s for s, _ in rows], [x["test_acc"] for _, x in rows])
-        if r["retrain"]:
+        if _retrained(r):
             rr = sorted(_retrained(r).items())
             retrained[r["label"]] = ([s for s, _ in rr], [x["test_acc"] for _, x in rr])
         dense[r["label"]] = r["final"]["test_acc"]
@@ -427,6 +549,16 @@ def write_reports(summary: dict, out_dir: str, notes: str = "") -> dict[str, str
     plots.plot_cdf_comparison(paths["cdf_plot"],
                               {r["label"]: r["weights"]["cdf"] for r in ms.values()},
                               title=f"{summary['study']}: CDF of |w|")
+    if p.get("nm_patterns"):
+        paths["nm_plot"] = plots.plot_nm_accuracy(
+            os.path.join(out_dir, "nm_accuracy.png"),
+            {r["label"]: {pat: x["test_acc"] for pat, x in _nm_rows(r).items()}
+             for r in ms.values()},
+            retrained={r["label"]: {pat: x["test_acc"] for pat, x in _nm_retrained(r).items()}
+                       for r in ms.values() if _nm_retrained(r)},
+            dense=dense, patterns=p["nm_patterns"],
+            title=f"{summary['study']}: {arch['arch']} on {arch['dataset']}, one-shot N:M "
+                  f"magnitude pruning")
     return paths
 
 
@@ -444,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="methods to run (default: the preset's; e.g. add sfw_init)")
     p.add_argument("--scopes", nargs="+", choices=_runs.SCOPES, default=None,
                    help="pruning scopes of the sweep (default: the preset's)")
+    p.add_argument("--nm", nargs="+", default=None, metavar="N:M",
+                   help="one-shot N:M pruning patterns, e.g. 2:4 1:4 (default: the preset's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field for every method (JSON value), e.g. "
                         "--set epochs=6; wins over the preset's per-method values too (--set "
@@ -504,10 +638,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = check_methods(preset, args.methods)
         for m in methods:
             config_lib.validate(preset.method_config(m, "x"))
+        patterns = None if args.nm is None else sweep_lib.check_patterns(args.nm, "--nm")
     except ValueError as e:
         parser.error(str(e))
     out = args.out or os.path.join("results", preset.name)
-    summary = run_study(preset, out, methods=methods, scopes=args.scopes,
+    summary = run_study(preset, out, methods=methods, scopes=args.scopes, nm=patterns,
                         progress=not args.no_progress)
     print(table_markdown(summary, ""))
     print(f"wrote {out}/table.md, summary.json and figures "

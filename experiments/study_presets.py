@@ -8,13 +8,16 @@ A :class:`StudyPreset` is one architecture + dataset: a base ``TrainConfig`` (a 
 * ``sfw_l2``: SFW with L2-ball constraints (the reference's other choice: same optimizer, no
   polytope; shows what the polytope itself buys);
 * ``sgd``: unconstrained SGD with momentum and weight decay (the usual dense baseline);
+* ``sfw_nm24``, ``sfw_nm14`` (the N:M preset): SFW with N:M polytope constraints (2:4, 1:4);
 * ``sfw_init`` (optional, in ``optional_methods``): ``sfw_ksparse`` with ``sfw_init=True``
   (the SFW-Init issue); switch it on with ``--methods ... sfw_init`` once ``TrainConfig`` has
   that field.
 
 Every method is trained dense, then pruned one-shot at every level of ``sparsities`` (scopes
 ``scopes``), and the methods in ``retrain_methods`` are also retrained under the mask at
-``retrain_sparsities`` for ``retrain_epochs`` epochs (None: 10% of the training epochs).
+``retrain_sparsities`` for ``retrain_epochs`` epochs (None: 10% of the training epochs). With
+``nm_patterns``, every method is also pruned one-shot to those N:M patterns, and the methods in
+``nm_retrain_methods`` are retrained under the masks of ``nm_retrain_patterns``.
 
 Presets:
 
@@ -26,6 +29,9 @@ Presets:
 * ``cifar10-cpu-gap``: the same grid with SimpleCNN's global-average-pool head (width 1.0, 6
   epochs, SFW K-sparse k_frac 0.01), whose weights sit in the convolutions; see
   ``CIFAR10_CPU_GAP_NOTES``.
+* ``cifar10-cpu-nm``: the cifar10-cpu-gap grid with SFW N:M 2:4 and 1:4 (``constraint=
+  'nm_sparse'``) beside SFW K-sparse and SGD, every method also pruned one-shot to 2:4 and 1:4,
+  SGD also retrained under a 2:4 mask; see ``CIFAR10_CPU_NM_NOTES``.
 * ``paper-resnet18-cifar10``: ResNet-18 with the reference's defaults (180 epochs), SGD baseline
   lr 0.1 momentum 0.9 decay 5e-4 step schedule, SGD retrained at 90, 95, 98% (for a GPU).
 """
@@ -66,6 +72,11 @@ class StudyPreset:
       retrain_sparsities: levels at which they are retrained.
       retrain_epochs: epochs of retraining (None: 10% of the method's training epochs).
       retrain_lr: peak lr of retraining (SGD momentum 0.9, cosine decay per step).
+      nm_patterns: N:M patterns ('2:4', ...) of one-shot N:M pruning of every method (the
+        kernels with N:M groups along their input features; ``experiments.prune_sweep``).
+      nm_retrain_methods: methods also pruned to each of ``nm_retrain_patterns`` and retrained
+        under the N:M mask (``retrain_epochs``, ``retrain_lr``).
+      nm_retrain_patterns: the N:M patterns of that retraining.
       notes: free text copied into ``table.md`` (estimates, hyperparameter choices).
     """
 
@@ -85,6 +96,9 @@ class StudyPreset:
     retrain_sparsities: tuple[float, ...] = (0.9, 0.95, 0.98)
     retrain_epochs: int | None = None
     retrain_lr: float = 0.01
+    nm_patterns: tuple[str, ...] = ()
+    nm_retrain_methods: tuple[str, ...] = ()
+    nm_retrain_patterns: tuple[str, ...] = ()
     notes: str = ""
 
     def all_methods(self) -> dict[str, Mapping[str, Any]]:
@@ -116,7 +130,7 @@ class StudyPreset:
 
 
 _LABELS = {"sfw_ksparse": "SFW K-sparse", "sfw_l2": "SFW L2", "sgd": "SGD",
-           "sfw_init": "SFW + init"}
+           "sfw_init": "SFW + init", "sfw_nm24": "SFW N:M 2:4", "sfw_nm14": "SFW N:M 1:4"}
 
 DIGITS_SMOKE = StudyPreset(
     name="digits-smoke",
@@ -246,6 +260,41 @@ CIFAR10_CPU_GAP = dataclasses.replace(
     notes=CIFAR10_CPU_GAP_NOTES + "\nShared with cifar10-cpu:\n" + CIFAR10_CPU_NOTES,
 )
 
+CIFAR10_CPU_NM_NOTES = """\
+N:M structured sparsity on the cifar10-cpu-gap grid (same data, model, 6 epochs, SFW K-sparse and
+SGD settings, so those two runs can be copied from ``results/cifar10-cpu-gap/runs/`` and
+compared). Every method is also pruned one-shot to 2:4 and 1:4 (``sfw_jax.pruning.nm_mask``: in
+every group of 4 consecutive input channels of each kernel, the 2 (1) of largest |w| kept; conv1,
+with 3 input channels, has no groups and stays dense), and SGD is pruned to 2:4 and retrained 1
+epoch under the mask.
+
+SFW N:M 2:4 / 1:4: ``constraint='nm_sparse'`` with ``nm`` 2:4 / 1:4: every kernel with N:M
+groups is constrained to the N:M polytope (K = N * size / M, 'initialization' diameters
+D = 2 tau E||W_init||); the other tensors (conv1, BatchNorm scales and biases, the fc2 bias) are
+trained by SGD (momentum 0.9, no decay) at rest_lr 0.05 (the SGD method's lr). tau 7 is the
+SFW K-sparse method's value, a starting point only: tau (and rest_lr) of the N:M methods are to
+be chosen on the validation split (rule: best validation accuracy one-shot pruned to the
+method's own pattern).
+"""
+
+CIFAR10_CPU_NM = dataclasses.replace(
+    CIFAR10_CPU_GAP,
+    name="cifar10-cpu-nm",
+    description="N:M (2:4, 1:4) one-shot pruning on the cifar10-cpu-gap grid (SimpleCNN GAP head, "
+                "shared CIFAR-10 JPEG copy, 2-core CPU scale)",
+    # tau 7: the K-sparse method's value, to be tuned on validation (see CIFAR10_CPU_NM_NOTES)
+    methods={"sfw_nm24": {"constraint": "nm_sparse", "nm": "2:4", "tau": 7.0, "rest_lr": 0.05},
+             "sfw_nm14": {"constraint": "nm_sparse", "nm": "1:4", "tau": 7.0, "rest_lr": 0.05},
+             "sfw_ksparse": CIFAR10_CPU_GAP.methods["sfw_ksparse"],
+             "sgd": CIFAR10_CPU_GAP.methods["sgd"]},
+    optional_methods={"sfw_l2": CIFAR10_CPU_GAP.methods["sfw_l2"],
+                      **CIFAR10_CPU_GAP.optional_methods},
+    nm_patterns=("2:4", "1:4"),
+    nm_retrain_methods=("sgd",),
+    nm_retrain_patterns=("2:4",),
+    notes=CIFAR10_CPU_NM_NOTES + "\nShared with cifar10-cpu-gap:\n" + CIFAR10_CPU_GAP.notes,
+)
+
 PAPER_RESNET18_CIFAR10 = StudyPreset(
     name="paper-resnet18-cifar10",
     description="ResNet-18 on CIFAR-10 with the reference's defaults (180 epochs; for a GPU)",
@@ -272,7 +321,8 @@ PAPER_RESNET18_CIFAR10 = StudyPreset(
 )
 
 STUDY_PRESETS: dict[str, StudyPreset] = {
-    p.name: p for p in (DIGITS_SMOKE, CIFAR10_CPU, CIFAR10_CPU_GAP, PAPER_RESNET18_CIFAR10)}
+    p.name: p for p in (DIGITS_SMOKE, CIFAR10_CPU, CIFAR10_CPU_GAP, CIFAR10_CPU_NM,
+                        PAPER_RESNET18_CIFAR10)}
 
 
 def study_preset_names() -> list[str]:

@@ -12,6 +12,7 @@ Examples::
     python -m experiments.train --preset paper-resnet18-cifar10 --data-dir data/cifar10-jpeg \\
         --out-dir runs/r18 [--resume]
     python -m experiments.train --arch mlp --optimizer sgd --lr 0.05 --epochs 5
+    python -m experiments.train --constraint nm_sparse --nm 2:4 --tau 7 --epochs 5
     python -m experiments.train --list-presets
 """
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--constraint", choices=config_lib.CONSTRAINTS)
     g.add_argument("--k", type=int, help="K = min(max(k, floor(k_frac n)), n) per tensor")
     g.add_argument("--k-frac", type=float)
+    g.add_argument("--nm", type=str, metavar="N:M",
+                   help="pattern of --constraint nm_sparse, e.g. 2:4 (N nonzeros in every M "
+                        "consecutive input features of each kernel)")
     g.add_argument("--tau", type=float,
                    help="constraint size: diameter factor ('initialization'), radius or diameter")
     g.add_argument("--mode", choices=config_lib.MODES)

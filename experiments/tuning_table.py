@@ -1,14 +1,15 @@
 """Validation-split comparison of several study folders (hyperparameter tuning record).
 
     python -m experiments.tuning_table STUDY_DIR [STUDY_DIR ...] [--out tuning.md]
-        [--sparsities 90 95] [--scope kernels] [--bn-recal]
+        [--sparsities 90 95] [--nm 2:4 1:4] [--scope kernels] [--bn-recal]
 
 Reads each folder's ``summary.json`` (written by ``python -m experiments.study``) and prints one
 Markdown row per (folder, method): the config fields that differ between the rows, dense
 validation accuracy, validation accuracy one-shot pruned at ``--sparsities`` (global magnitude,
-``--scope``), the drop from dense at those levels, and the training time; with ``--bn-recal``
-also the validation accuracy at those levels with BatchNorm re-calibrated (``—`` where a folder's
-sweep has no such rows). Test accuracy is deliberately not shown: choose hyperparameters on
+``--scope``), the drop from dense at those levels, validation accuracy one-shot pruned to the
+``--nm`` patterns, and the training time; with ``--bn-recal`` also the validation accuracy at
+those levels (and patterns) with BatchNorm re-calibrated (``—`` where a folder's sweep has no
+such rows). Test accuracy is deliberately not shown: choose hyperparameters on
 validation, never on test.
 """
 
@@ -21,7 +22,8 @@ import sys
 from typing import Any, Sequence
 
 from experiments import _runs
-from experiments.study import _pct, _rows
+from experiments.prune_sweep import check_patterns
+from experiments.study import _nm_rows, _pct, _rows
 
 #: Config fields never shown as "varied" (paths and bookkeeping).
 _IGNORED = {"out_dir", "resume", "progress", "log_every", "keep_checkpoints", "data_dir"}
@@ -57,29 +59,40 @@ def val_at(row: dict[str, Any], sparsity: float, scope: str,
     return _rows(row, scope, bn_recal).get(round(sparsity, 6), {}).get("val_acc")
 
 
+def nm_val_at(row: dict[str, Any], pattern: str, bn_recal: bool = False) -> float | None:
+    """Validation accuracy of ``row`` one-shot pruned to the N:M ``pattern`` (None if absent)."""
+    return _nm_rows(row, bn_recal).get(pattern, {}).get("val_acc")
+
+
 def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: str,
-          bn_recal: bool = False) -> str:
-    """The Markdown table (rows sorted by validation accuracy at the first sparsity, without
-    re-calibration)."""
+          bn_recal: bool = False, nm: Sequence[str] = ()) -> str:
+    """The Markdown table (rows sorted by validation accuracy at the first sparsity, else the
+    first N:M pattern, without re-calibration)."""
     fields = varied_fields(rows)
     recal = list(sparsities) if bn_recal else []
+    nm_recal = list(nm) if bn_recal else []
     head = (["study", "method"] + fields + ["val dense"]
             + [f"val {100 * p:g}%" for p in sparsities]
             + [f"drop {100 * p:g}%" for p in sparsities]
-            + [f"val {100 * p:g}% re-cal" for p in recal] + ["train s"])
+            + [f"val {p}" for p in nm]
+            + [f"val {100 * p:g}% re-cal" for p in recal]
+            + [f"val {p} re-cal" for p in nm_recal] + ["train s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def key(r):
-        v = val_at(r, sparsities[0], scope) if sparsities else r["dense_val"]
+        v = (val_at(r, sparsities[0], scope) if sparsities
+             else nm_val_at(r, nm[0]) if nm else r["dense_val"])
         return -(v if v is not None else -1.0)
 
     for r in sorted(rows, key=key):
         vals = [val_at(r, p, scope) for p in sparsities]
         drops = [None if (v is None or r["dense_val"] is None) else r["dense_val"] - v
                  for v in vals]
-        recal_vals = [val_at(r, p, scope, bn_recal=True) for p in recal]
+        nm_vals = [nm_val_at(r, p) for p in nm]
+        recal_vals = ([val_at(r, p, scope, bn_recal=True) for p in recal]
+                      + [nm_val_at(r, p, bn_recal=True) for p in nm_recal])
         cells = ([r["study"], r["method"]] + [json.dumps(r["config"].get(f)) for f in fields]
-                 + [_pct(v, 1) for v in [r["dense_val"], *vals, *drops, *recal_vals]]
+                 + [_pct(v, 1) for v in [r["dense_val"], *vals, *drops, *nm_vals, *recal_vals]]
                  + ["—" if r["train_time"] is None else f"{r['train_time']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -90,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("study_dirs", nargs="+", help="folders written by experiments.study")
     ap.add_argument("--sparsities", nargs="+", type=float, default=[90.0, 95.0],
                     metavar="PERCENT", help="pruning levels to show (percent)")
+    ap.add_argument("--nm", nargs="+", default=[], metavar="N:M",
+                    help="N:M patterns to show (e.g. 2:4 1:4)")
     ap.add_argument("--scope", default="kernels", choices=_runs.SCOPES)
     ap.add_argument("--bn-recal", action="store_true",
                     help="also show validation accuracy with BatchNorm re-calibrated")
@@ -99,10 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         ap.error(f"--sparsities must be percentages in [0, 100), got {bad}")
     try:
+        patterns = check_patterns(args.nm, "--nm")
         rows = load_rows(args.study_dirs)
     except ValueError as e:
         ap.error(str(e))
-    text = table(rows, [p / 100 for p in args.sparsities], args.scope, args.bn_recal)
+    text = table(rows, [p / 100 for p in args.sparsities], args.scope, args.bn_recal, patterns)
     print(text, end="")
     if args.out:
         _runs.write_text(args.out, text)

@@ -7,6 +7,7 @@ from sfw_jax.constraints import (
     KSparsePolytope,
     KSupportNormBall,
     LpBall,
+    NMSparsePolytope,
     Unconstrained,
     check_constraints_match,
     contains_all,
@@ -17,13 +18,15 @@ from sfw_jax.constraints import (
     sparsity_k,
 )
 from sfw_jax.lmo import k_sparse_lmo, k_support_lmo, lp_ball_lmo
+from sfw_jax.nm import nm_sparse_lmo
+from sfw_jax.pruning import nm_mask
 from sfw_jax.sfw import SFWState, sfw
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KINDS", "MODES", "Constraint", "KSparsePolytope", "KSupportNormBall", "LpBall",
-    "Unconstrained", "SFWState", "check_constraints_match", "contains_all",
+    "NMSparsePolytope", "Unconstrained", "SFWState", "check_constraints_match", "contains_all",
     "expected_init_norms", "is_constraint", "k_sparse_lmo", "k_support_lmo", "lp_ball_lmo",
-    "make_constraints", "make_feasible", "sfw", "sparsity_k",
+    "make_constraints", "make_feasible", "nm_mask", "nm_sparse_lmo", "sfw", "sparsity_k",
 ]

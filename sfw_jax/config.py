@@ -17,7 +17,9 @@ constrained (``sfw_scope='all'``) to a ``constraint`` polytope with per-tensor
 ``D = 2 * tau * E||W_init||_2`` (the expectation over ``init_norm_samples`` fresh
 initialisations). ``sfw_scope='kernels'`` constrains only conv/dense kernels and trains the other
 leaves (biases, BatchNorm scale/bias) with SGD at ``rest_lr`` (momentum ``momentum``, decay
-``weight_decay``).
+``weight_decay``). ``constraint='nm_sparse'`` with ``nm='N:M'`` constrains the kernels with N:M
+groups along their input-feature axis to the N:M polytope (``K = N * n / M``) and trains every
+other leaf with that SGD.
 
 ``PRESETS`` maps names to field overrides; :func:`from_preset` applies one, then explicit
 overrides on top.
@@ -34,14 +36,14 @@ from sfw_jax.constraints import INIT_NORM_RULES
 from sfw_jax.schedules import SCHEDULES as LR_SCHEDULES, TREND_LOSSES
 
 OPTIMIZERS = ("sfw", "sgd")
-CONSTRAINTS = ("k_sparse", "l1", "l2", "linf", "lp", "k_support", "unconstrained")
+CONSTRAINTS = ("k_sparse", "l1", "l2", "linf", "lp", "k_support", "nm_sparse", "unconstrained")
 MODES = ("initialization", "radius", "diameter")
 RESCALES = ("gradient", "diameter", "none")
 SFW_SCOPES = ("all", "kernels")
 PRECISIONS = ("fp32", "bf16")
 ARCHS = ("simple_cnn", "mlp", "resnet18", "vgg16")
 
-SFW_ONLY_FIELDS = ("constraint", "k", "k_frac", "tau", "mode", "rescale", "sfw_scope",
+SFW_ONLY_FIELDS = ("constraint", "k", "k_frac", "nm", "tau", "mode", "rescale", "sfw_scope",
                    "init_norm_samples", "init_norm_rule", "rest_lr", "sfw_init",
                    "sfw_init_steps", "sfw_init_lr", "cpu_kernel")
 """Fields that only mean something with ``optimizer='sfw'`` (explicitly setting one for SGD is a
@@ -69,6 +71,11 @@ class TrainConfig:
     Optimizer:
       optimizer: 'sfw' or 'sgd'.
       constraint, k, k_frac, tau, mode, rescale: SFW constraint set and step rescaling.
+      nm: the pattern ``"N:M"`` (e.g. ``"2:4"``) of ``constraint='nm_sparse'`` (required there,
+        None otherwise): every kernel whose input-feature axis (-2) has a size divisible by M is
+        constrained to the N:M polytope (``sfw_jax.NMSparsePolytope``); the other leaves
+        (biases, BatchNorm, a first conv with 3 input channels) are trained by SGD at
+        ``rest_lr``.
       sfw_scope: 'all' tensors (the reference) or 'kernels' only (SGD on the rest).
       init_norm_samples: initialisations averaged for E||W_init|| ('initialization' mode).
       init_norm_rule: 'reference' (E||W_init|| looked up by tensor shape, the last module of a
@@ -81,7 +88,8 @@ class TrainConfig:
         one native kernel (``sfw_jax.native``: same momentum and selection, norms summed in
         another order; built on first use with the system C++ compiler, x86-64).
       lr: base learning rate (SFW: step-size factor); None = optimizer default.
-      rest_lr: SGD learning rate of the non-kernel leaves when ``sfw_scope='kernels'``.
+      rest_lr: SGD learning rate of the unconstrained leaves: the non-kernel leaves when
+        ``sfw_scope='kernels'``, the leaves without N:M groups with ``constraint='nm_sparse'``.
       lr_schedule: 'constant' | 'step' | 'cosine' | 'dynamic_change' (``sfw_jax.schedules``).
       trend_loss: the loss of an epoch that 'dynamic_change' reads: 'epoch_mean' or 'last_batch'
         (the reference's).
@@ -114,6 +122,7 @@ class TrainConfig:
     constraint: str = "k_sparse"
     k: int = 10
     k_frac: float = 0.05
+    nm: str | None = None
     tau: float = 15.0
     mode: str = "initialization"
     rescale: str = "gradient"
@@ -270,6 +279,24 @@ def _check_float(cfg: TrainConfig, name: str, lo: float, hi: float = math.inf, *
         _bad(name, v, f"a finite number {lo_s}{hi_s}" + (" or None" if optional else ""))
 
 
+def parse_nm(value: Any, name: str = "nm") -> tuple[int, int]:
+    """``(N, M)`` of an N:M pattern string such as ``"2:4"`` (ints with 1 <= N <= M);
+    ValueError naming ``name`` and the value otherwise."""
+    parts = value.split(":") if isinstance(value, str) else []
+    try:
+        n, m = (int(x) for x in parts)
+    except ValueError:
+        n = m = 0
+    if len(parts) != 2 or not 1 <= n <= m:
+        _bad(name, value, "an N:M pattern 'N:M' with integers 1 <= N <= M, e.g. '2:4'")
+    return n, m
+
+
+def format_nm(n: int, m: int) -> str:
+    """The pattern string ``"N:M"`` of ``(n, m)``."""
+    return f"{n}:{m}"
+
+
 def _check_choice(cfg: TrainConfig, name: str, allowed: tuple, optional: bool = False) -> None:
     v = getattr(cfg, name)
     if optional and v is None:
@@ -308,6 +335,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_choice(cfg, "constraint", CONSTRAINTS)
     _check_int(cfg, "k", 1)
     _check_float(cfg, "k_frac", 0.0, 1.0)
+    if cfg.nm is not None:
+        parse_nm(cfg.nm)
+    if cfg.constraint == "nm_sparse" and cfg.nm is None:
+        _bad("nm", None, "an N:M pattern such as '2:4' with constraint='nm_sparse'")
+    if cfg.constraint != "nm_sparse" and cfg.nm is not None:
+        _bad("nm", cfg.nm, f"None with constraint={cfg.constraint!r} (the pattern belongs to "
+             f"constraint='nm_sparse')")
     _check_float(cfg, "tau", 0.0, lo_open=True)
     _check_choice(cfg, "mode", MODES)
     _check_choice(cfg, "rescale", RESCALES)
@@ -330,8 +364,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.momentum >= 1.0:
         _bad("momentum", cfg.momentum, "in [0, 1)")
     _check_float(cfg, "weight_decay", 0.0, optional=True)
+    # with 'nm_sparse' the leaves without N:M groups are SGD-trained: decay applies to them
     if (cfg.optimizer == "sfw" and cfg.sfw_scope == "all" and cfg.weight_decay
-            and cfg.constraint != "unconstrained"):
+            and cfg.constraint not in ("unconstrained", "nm_sparse")):
         raise ValueError(
             f"weight_decay={cfg.weight_decay!r} conflicts with optimizer='sfw' and "
             f"sfw_scope='all': SFW has no weight decay (the constraint regularises); use "

@@ -10,6 +10,9 @@ Sets (r = radius, n = tensor size):
   * ``LpBall(p, r, n)``: {x : ||x||_p <= r}. L2 diameter 2 r for p <= 2 and
     2 r n^(1/2 - 1/p) for p > 2 (needs n).
   * ``KSupportNormBall(k, r)``: conv{x : ||x||_0 <= k, ||x||_2 <= r}. L2 diameter 2 r.
+  * ``NMSparsePolytope(n, m, r, size=, axis=)``: the product, over groups of m consecutive
+    entries along ``axis``, of K-sparse polytopes with K = n (:mod:`sfw_jax.nm`); its vertices are
+    N:M-sparse. L2 diameter 2 r sqrt(n size / m).
   * ``Unconstrained()``: R^n; SFW passes updates of such leaves through unchanged.
 
 Construction for a whole model follows the reference implementation (Lu et al., 2022, built on
@@ -30,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from sfw_jax import lmo as _lmo
+from sfw_jax import nm as _nm
 from sfw_jax import topk as _topk
 from sfw_jax._tree import PyTree, Selector, path_str, select_leaves
 
-KINDS = ("k_sparse", "l1", "l2", "linf", "lp", "k_support", "unconstrained")
+KINDS = ("k_sparse", "l1", "l2", "linf", "lp", "k_support", "nm_sparse", "unconstrained")
 MODES = ("radius", "diameter", "initialization")
 
 
@@ -174,6 +178,82 @@ class KSparsePolytope(_TopKSet):
     def project(self, x: jax.Array) -> jax.Array:
         """Exact Euclidean projection, sign(x) clip(|x| - lam, 0, r), one sort (O(n log n))."""
         return _lmo.project_k_sparse(x, min(self.k, x.size), self.radius)
+
+
+@dataclasses.dataclass(frozen=True)
+class NMSparsePolytope(Constraint):
+    """P_{n:m}(r) = {x : ||x_g||_inf <= r, ||x_g||_1 <= n r for every group g of m consecutive
+    entries along ``axis``}, the product of per-group K-sparse polytopes (K = n); its vertices are
+    the N:M-sparse arrays with entries in {0, +-r} (:mod:`sfw_jax.nm`).
+
+    LMO: -r sign(g) on the n largest |g_i| of every group (ties: lower index), 0 elsewhere.
+    ``size`` is the number of entries of the tensor (``size / m`` groups, K = n size / m nonzeros
+    per vertex); it sets the L2 diameter 2 r sqrt(K). ``axis`` (default -2, the input features of
+    Flax Dense (in, out) and Conv (kh, kw, in, out) kernels) must be a valid axis of the tensor
+    whose size is a multiple of m.
+    """
+
+    n: int
+    m: int
+    radius: float
+    _: dataclasses.KW_ONLY
+    size: int
+    axis: int = -2
+
+    def __post_init__(self):
+        _nm.check_nm(self.n, self.m)
+        _check_radius(self.radius)
+        _check_int_k(self.size, "size")
+        if self.size % self.m:
+            raise ValueError(f"size must be a multiple of m={self.m} (the tensor size), "
+                             f"got {self.size!r}")
+        if isinstance(self.axis, bool) or not isinstance(self.axis, numbers.Integral):
+            raise ValueError(f"axis must be an int, got {self.axis!r}")
+
+    @classmethod
+    def from_diameter(cls, n: int, m: int, diameter: float, *, size: int,
+                      axis: int = -2) -> "NMSparsePolytope":
+        """The polytope with L2 diameter D: r = D / (2 sqrt(n size / m))."""
+        n, m = _nm.check_nm(n, m)
+        d = _check_radius(diameter, "diameter")
+        size = _check_int_k(size, "size")
+        return cls(n, m, d / (2.0 * math.sqrt(n * size / m)), size=size, axis=axis)
+
+    @property
+    def k(self) -> int:
+        """Nonzeros of a vertex: K = n size / m."""
+        return self.n * (self.size // self.m)
+
+    @property
+    def diameter(self) -> float:
+        return 2.0 * self.radius * math.sqrt(self.k)
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        return _nm.nm_sparse_lmo(g, self.n, self.m, self.radius, axis=self.axis)
+
+    def lmo_select(self, g: jax.Array):
+        """Nothing to precompute: every entry's selection needs only the m entries of its group
+        (:func:`sfw_jax.nm.nm_top_mask`), so :meth:`lmo_vertex` rebuilds the vertex from ``g``
+        inside each consumer's loop."""
+        del g
+        return ()
+
+    def lmo_vertex(self, g: jax.Array, selection) -> jax.Array:
+        del selection
+        return self.lmo(g)
+
+    def gauge(self, x: jax.Array) -> jax.Array:
+        """max over groups of max(||x_g||_inf, ||x_g||_1 / n) (x in the set iff this is <= r)."""
+        return _nm.nm_sparse_gauge(x, self.n, self.m, axis=self.axis)
+
+    def shift_inside(self, x: jax.Array) -> jax.Array:
+        """Every group outside its polytope scaled onto it (x_g r / gauge(x_g)); groups inside
+        are unchanged (:func:`sfw_jax.nm.shift_inside_nm`)."""
+        return _nm.shift_inside_nm(x, self.n, self.m, self.radius, axis=self.axis)
+
+    def project(self, x: jax.Array) -> jax.Array:
+        """Exact Euclidean projection: per group the K-sparse polytope's projection (K = n)."""
+        return _nm.project_nm_sparse(x, self.n, self.m, self.radius, axis=self.axis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,13 +477,14 @@ def expected_init_norms(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array,
 def make_constraints(params: PyTree, kind: str, *, k: int = 10, k_frac: float = 0.05,
                      value: float = 15.0, mode: str = "initialization",
                      init_norms: Optional[PyTree] = None, where: Selector = None,
-                     p: float = 2.0, method: str = "auto") -> PyTree:
+                     p: float = 2.0, method: str = "auto", n: int = 2, m: int = 4,
+                     axis: int = -2, fallback: Any = Unconstrained()) -> PyTree:
     """A pytree like ``params`` of constraint objects, one per leaf.
 
     Args:
       params: parameter pytree (arrays or ShapeDtypeStructs).
       kind: 'k_sparse' (KSparsePolytope), 'l1', 'l2', 'linf', 'lp' (LpBall with order ``p``),
-        'k_support' (KSupportNormBall) or 'unconstrained'.
+        'k_support' (KSupportNormBall), 'nm_sparse' (NMSparsePolytope) or 'unconstrained'.
       k, k_frac: per leaf K = min(max(k, floor(k_frac * n)), n) for 'k_sparse' and 'k_support'.
       value: the radius ('radius' mode), the L2 diameter ('diameter' mode) or tau in
         'initialization' mode, where D = 2 * tau * init_norm of the leaf.
@@ -415,9 +496,26 @@ def make_constraints(params: PyTree, kind: str, *, k: int = 10, k_frac: float = 
         BatchNorm scale and bias included).
       p: order for kind 'lp'.
       method: top-k path for 'k_sparse' / 'k_support' LMOs.
+      n, m, axis: for 'nm_sparse': n nonzeros in every group of m consecutive entries along
+        ``axis`` (default -2, the input features of Flax Dense/Conv kernels). A selected leaf is
+        eligible if it has rank >= 2 and its size along ``axis`` is a multiple of m
+        (:func:`sfw_jax.nm.nm_eligible`); it gets ``NMSparsePolytope`` with K = n * size / m
+        nonzeros per vertex, so in 'diameter'/'initialization' mode r = D / (2 sqrt(K)).
+      fallback: for 'nm_sparse', the constraint of the selected leaves that are not eligible
+        (biases, BatchNorm parameters, a first conv with 3 input channels): a constraint object
+        used as is, or a kind name other than 'nm_sparse' built per leaf from the same ``value``,
+        ``mode``, ``k``, ``k_frac`` and ``p``. Default ``Unconstrained()`` (in
+        ``sfw_jax.optimizers`` such leaves are trained by SGD at ``rest_lr``).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "nm_sparse":
+        n, m = _nm.check_nm(n, m)
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise ValueError(f"axis must be an int, got {axis!r}")
+        if not (is_constraint(fallback) or (fallback in KINDS and fallback != "nm_sparse")):
+            raise ValueError(f"fallback must be a constraint object or one of "
+                             f"{tuple(x for x in KINDS if x != 'nm_sparse')}, got {fallback!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     k = _check_int_k(k)
@@ -428,7 +526,7 @@ def make_constraints(params: PyTree, kind: str, *, k: int = 10, k_frac: float = 
     if not 0 < kf <= 1:
         raise ValueError(f"k_frac must be a number in (0, 1], got {k_frac!r}")
     _check_radius(value, "value")
-    if kind == "lp":
+    if "lp" in (kind, fallback if kind == "nm_sparse" else None):
         p = _lmo.check_p(p)
     if kind == "unconstrained":
         return jax.tree.map(lambda _: Unconstrained(), params)
@@ -444,12 +542,16 @@ def make_constraints(params: PyTree, kind: str, *, k: int = 10, k_frac: float = 
     else:
         init_norms = jax.tree.map(lambda _: 1.0, params)
 
-    def build(path, leaf, sel, init_norm):
+    def build(path, leaf, sel, init_norm, kind=kind):
         if not sel:
             return Unconstrained()
-        n = int(np.prod(np.shape(leaf)))
-        if n == 0:
+        size = int(np.prod(np.shape(leaf)))
+        if size == 0 or kind == "unconstrained":
             return Unconstrained()
+        if kind == "nm_sparse" and not _nm.nm_eligible(np.shape(leaf), m, axis):
+            if is_constraint(fallback):
+                return fallback
+            return build(path, leaf, sel, init_norm, kind=fallback)
         if mode == "initialization":
             norm = float(init_norm)
             if not math.isfinite(norm) or norm <= 0:
@@ -460,7 +562,11 @@ def make_constraints(params: PyTree, kind: str, *, k: int = 10, k_frac: float = 
             diameter = float(value)
         else:
             diameter = None
-        big_k = sparsity_k(n, k, kf)
+        if kind == "nm_sparse":
+            if diameter is None:
+                return NMSparsePolytope(n, m, float(value), size=size, axis=axis)
+            return NMSparsePolytope.from_diameter(n, m, diameter, size=size, axis=axis)
+        big_k = sparsity_k(size, k, kf)
         if kind == "k_sparse":
             if diameter is None:
                 return KSparsePolytope(big_k, float(value), method)
@@ -471,8 +577,8 @@ def make_constraints(params: PyTree, kind: str, *, k: int = 10, k_frac: float = 
             return KSupportNormBall.from_diameter(big_k, diameter, method)
         order = {"l1": 1.0, "l2": 2.0, "linf": math.inf}.get(kind, p)
         if diameter is None:
-            return LpBall(order, float(value), n)
-        return LpBall.from_diameter(order, diameter, n)
+            return LpBall(order, float(value), size)
+        return LpBall.from_diameter(order, diameter, size)
 
     return jax.tree_util.tree_map_with_path(build, params, selected, init_norms)
 

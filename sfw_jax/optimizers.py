@@ -9,7 +9,8 @@ jitted steps without recompiling:
   Hyperparameter: ``learning_rate``.
 * ``optimizer='sfw'``: ``optax.partition`` of the leaves by their constraint:
   constrained leaves -> ``sfw(learning_rate, constraints, momentum, rescale)``;
-  unconstrained leaves (``sfw_scope='kernels'``: biases, BatchNorm scale/bias; or every leaf for
+  unconstrained leaves (``sfw_scope='kernels'``: biases, BatchNorm scale/bias; for
+  ``constraint='nm_sparse'`` every leaf without N:M groups; or every leaf for
   ``constraint='unconstrained'``) -> the SGD above at ``rest_learning_rate``.
   Hyperparameters: ``learning_rate`` (SFW step-size factor) and ``rest_learning_rate``.
 
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sfw_jax.config import TrainConfig
+from sfw_jax.config import TrainConfig, parse_nm
 from sfw_jax.constraints import expected_init_norms, is_constraint, make_constraints
 from sfw_jax.sfw import sfw
 
@@ -52,10 +53,17 @@ def sgd_with_decay(learning_rate: Any, momentum: float,
 def build_constraints(cfg: TrainConfig, params: PyTree,
                       init_norms: PyTree | None = None) -> PyTree:
     """Constraint pytree like ``params`` for an SFW config (``sfw_scope='kernels'``: only
-    :func:`is_kernel` leaves are constrained). ``init_norms`` is needed in 'initialization' mode."""
+    :func:`is_kernel` leaves are constrained). ``init_norms`` is needed in 'initialization' mode.
+
+    ``constraint='nm_sparse'``: the pattern ``cfg.nm`` along the input-feature axis (-2) of the
+    eligible kernels; every other leaf is ``Unconstrained`` (SGD at ``rest_lr``)."""
     where = is_kernel if cfg.sfw_scope == "kernels" else None
+    nm = {}
+    if cfg.constraint == "nm_sparse":
+        n, m = parse_nm(cfg.nm)
+        nm = {"n": n, "m": m}
     return make_constraints(params, cfg.constraint, k=cfg.k, k_frac=cfg.k_frac, value=cfg.tau,
-                            mode=cfg.mode, init_norms=init_norms, where=where)
+                            mode=cfg.mode, init_norms=init_norms, where=where, **nm)
 
 
 def compute_init_norms(init_fn: Any, rng: jax.Array, cfg: TrainConfig) -> PyTree | None:

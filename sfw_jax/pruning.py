@@ -25,6 +25,9 @@ HWIO ``[kh, kw, in, out]``, dense kernels ``[in, out]``) by their L2 norm over a
 (globally across leaves, or per leaf with ``'layerwise'``). Note that global filter pruning
 compares norms of filters with different fan-in.
 
+N:M masks (:func:`nm_mask`) keep the ``n`` largest ``|w|`` of every group of ``m``
+consecutive entries along an axis (2:4 sparsity); they need no global ranking.
+
 Cost: one mask is a radix select of the threshold (two histogram passes over the eligible
 entries, jit-compiled, no sort; see :mod:`sfw_jax.masks`) and one compare pass;
 :func:`masks_for_sweep` sorts the magnitudes once on the host and then needs one compare pass
@@ -34,6 +37,7 @@ sparsity is a traced count, so new sparsities do not recompile.
 
 from __future__ import annotations
 
+import numbers
 from functools import partial
 from typing import Any, Sequence
 
@@ -42,12 +46,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sfw_jax._tree import PyTree, Selector, check_same_structure, select_leaves
+from sfw_jax._tree import PyTree, Selector, check_same_structure, path_str, select_leaves
 from sfw_jax.mask_summary import LeafSparsity, SparsitySummary, sparsity_summary
 from sfw_jax.masks import bottom_k, bottom_k_at, float_keys, sorted_thresholds
+from sfw_jax.nm import check_groupable, check_nm, nm_eligible, nm_top_mask
 
 __all__ = [
-    "SCOPES", "STRUCTURES", "default_include", "check_sparsity", "magnitude_mask",
+    "SCOPES", "STRUCTURES", "default_include", "check_sparsity", "magnitude_mask", "nm_mask",
     "random_mask", "masks_for_sweep", "apply_mask", "keep_masked", "sparsity_summary",
     "SparsitySummary", "LeafSparsity",
 ]
@@ -199,6 +204,41 @@ def magnitude_mask(params: PyTree, sparsity: float, *, scope: str = "global",
     elig = [jnp.asarray(leaves[i]) for i in idx]
     keys = _magnitude_keys(elig, structure, _score_dtype(elig))
     return _mask_from_keys(leaves, treedef, idx, keys, sparsity, scope, structure)
+
+
+def nm_mask(params: PyTree, n: int, m: int, *, axis: int = -2,
+            include: Selector = None) -> PyTree:
+    """Bool pytree like ``params`` (True = kept): N:M magnitude pruning.
+
+    In every group of ``m`` consecutive entries along ``axis`` of each eligible leaf, exactly the
+    ``n`` entries of largest ``|w|`` are kept (ties: lower index along ``axis`` first; the
+    ranking of :func:`sfw_jax.nm.nm_top_mask`, the same as the N:M polytope's LMO, so a vertex of
+    :class:`sfw_jax.NMSparsePolytope` is kept whole). Eligible leaves have ``1 - n/m`` of their
+    entries pruned; other leaves are all-kept. Pure and jit-able (``include`` static).
+
+    Args:
+      params: pytree of arrays.
+      n, m: ints with 1 <= n <= m (2:4 is ``n=2, m=4``).
+      axis: the grouping axis (default -2, the input features of Flax Dense ``(in, out)`` and
+        Conv ``(kh, kw, in, out)`` kernels, the axis 2:4 sparse tensor cores group along).
+      include: which leaves are pruned: None (leaves of rank >= 2 whose size along ``axis`` is a
+        multiple of m, :func:`sfw_jax.nm.nm_eligible`), a bool pytree like ``params``, or a
+        predicate ``(path, leaf) -> bool``; a leaf it selects must have ``axis`` with a size
+        that is a multiple of m (ValueError naming the leaf otherwise).
+    """
+    n, m = check_nm(n, m)
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"axis must be an int, got {axis!r}")
+    chosen = select_leaves(params, include,
+                           lambda path, leaf: nm_eligible(jnp.shape(leaf), m, axis), "include")
+
+    def leaf_mask(path, leaf, sel):
+        if not sel:
+            return jnp.ones(jnp.shape(leaf), bool)
+        check_groupable(jnp.shape(leaf), m, axis, f"params leaf {path_str(path)!r}")
+        return nm_top_mask(jnp.asarray(leaf), n, m, axis=axis)
+
+    return jax.tree_util.tree_map_with_path(leaf_mask, params, chosen)
 
 
 def random_mask(key: jax.Array, params: PyTree, sparsity: float, *, scope: str = "global",

@@ -25,3 +25,13 @@ def tiny_digits_run_factory(tmp_path_factory):
     def make(name: str, epochs: int) -> str:
         return train_tiny_digits_sgd(str(tmp_path_factory.mktemp(name) / "run"), epochs)
     return make
+
+
+def forbid_calls(monkeypatch, *targets) -> None:
+    """Make every ``(module, attribute name)`` in ``targets`` raise AssertionError('work was
+    redone') when called (for checks that a resumed run reuses its results)."""
+    def fail(*a, **k):
+        raise AssertionError("work was redone")
+
+    for module, name in targets:
+        monkeypatch.setattr(module, name, fail)

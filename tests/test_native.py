@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from sfw_jax import make_constraints, native, sfw, topk
-from sfw_jax.constraints import KSparsePolytope, LpBall
+from sfw_jax.constraints import KSparsePolytope, LpBall, NMSparsePolytope
 from tests.test_topk import reference_mask
 
 sfw_mod = importlib.import_module("sfw_jax.sfw")
@@ -207,6 +207,28 @@ def test_native_eligibility():
     assert not sfw_mod._native_eligible(c, half, half, half)
     assert not sfw_mod._native_eligible(LpBall(2.0, 1.0), big, big, big)
     assert not sfw_mod._native_eligible(KSparsePolytope(50_000, 1.0), big, big, big)  # k = n
+    assert not sfw_mod._native_eligible(NMSparsePolytope(2, 4, 1.0, size=40_000), big, big, big)
+
+
+def test_nm_leaves_take_the_xla_path_with_cpu_kernel():
+    """N:M leaves beside K-sparse ones: cpu_kernel=True leaves their updates bitwise those of
+    the XLA path (the kernel only takes K-sparse leaves)."""
+    key = jax.random.key(4)
+    params = {"ks": jax.random.normal(key, (4000,)),
+              "nm": 0.01 * jax.random.normal(jax.random.fold_in(key, 1), (3, 3, 16, 8))}
+    cons = {"ks": KSparsePolytope(200, 0.1), "nm": NMSparsePolytope(2, 4, 0.02, size=1152)}
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.fold_in(key, x.size), x.shape),
+                         params)
+    out = []
+    for flag in (False, True):
+        tx = sfw(0.5, cons, cpu_kernel=flag)
+        state = tx.init(params)
+        upd = jax.jit(tx.update)
+        u1, state = upd(grads, state, params)
+        u2, _ = upd(grads, state, jax.tree.map(lambda p, u: p + u, params, u1))
+        out.append((u1["nm"], u2["nm"]))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_cpu_kernel_argument_is_validated():

@@ -15,6 +15,7 @@ from experiments import study as study_lib
 from experiments.study_presets import (DIGITS_SMOKE, STUDY_PRESETS, get_study_preset,
                                        study_preset_names)
 from sfw_jax import config as config_lib
+from tests.conftest import forbid_calls
 
 METHODS = ["sfw_ksparse", "sgd"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -125,12 +126,8 @@ def test_second_invocation_redoes_nothing(study, monkeypatch):
     out, first = study
     import sfw_jax.pruning as pruning
 
-    def fail(*a, **k):
-        raise AssertionError("work was redone")
-
-    monkeypatch.setattr(study_lib.train_lib, "train", fail)
-    monkeypatch.setattr(study_lib.retrain_lib, "retrain", fail)
-    monkeypatch.setattr(pruning, "masks_for_sweep", fail)
+    forbid_calls(monkeypatch, (study_lib.train_lib, "train"), (study_lib.retrain_lib, "retrain"),
+                 (pruning, "masks_for_sweep"))
     again = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
     for m in METHODS:
         assert again["methods"][m]["this_invocation"]["train"]["status"] == "skipped"
@@ -165,10 +162,10 @@ def test_stale_run_folder_is_reported(study):
 
 
 def test_presets_and_method_errors():
-    assert study_preset_names() == ["cifar10-cpu", "cifar10-cpu-gap", "digits-smoke",
-                                    "paper-resnet18-cifar10"]
+    assert study_preset_names() == ["cifar10-cpu", "cifar10-cpu-gap", "cifar10-cpu-nm",
+                                    "digits-smoke", "paper-resnet18-cifar10"]
     for name, preset in STUDY_PRESETS.items():
-        assert set(preset.methods) >= {"sfw_ksparse", "sfw_l2", "sgd"}
+        assert set(preset.all_methods()) >= {"sfw_ksparse", "sfw_l2", "sgd"}
         assert "sfw_init" in preset.optional_methods
         assert "sgd" in preset.retrain_methods
         for m in preset.methods:
