@@ -47,9 +47,10 @@ stops starting new measurements once its share (``Plan.shares``, scaled by ``--b
 plan's budget) is spent and lists what it skipped; the study gets the rest.
 
 Plans: ``full`` (the accelerator run), ``rehearse`` (``--rehearse``: the same code path at tiny
-sizes, on any backend: few-leaf tree, small n, a small CNN on a data subset, at most 3 epochs;
-without the archive, a small synthetic image-folder ``.tar.gz`` in the temp dir goes through the
-same loader), ``ci`` (smaller still, for ``tests/test_device_suite.py``).
+sizes, on any backend: a 4-leaf tree, n = 36,864, an MLP train step, a narrow CNN with
+BatchNorm on 2,560 training and 1,000 test images, at most 3 epochs; without the archive, a
+small synthetic image-folder ``.tar.gz`` in the temp dir goes through the same loader), ``ci``
+(smaller still, for ``tests/test_device_suite.py``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -181,12 +182,12 @@ PLANS: dict[str, Plan] = {
         study_overrides={}, study_test_subset=None, study_max_epochs=None,
         synthetic_data=None,
         budget_s=480.0,
-        shares={"env": 10.0, "tests": 90.0, "topk": 45.0, "update": 60.0, "train_step": 70.0}),
+        shares={"env": 10.0, "tests": 90.0, "topk": 45.0, "update": 75.0, "train_step": 70.0}),
     "rehearse": Plan(
         name="rehearse", tests=ACCELERATOR_TESTS, tests_timeout_s=120.0,
         topk_sizes=(36_864,), topk_dtypes=("float32", "bfloat16"), topk_reps=3,
         update_tree=SMALL_TREE, update_reps=5, op_count_methods=("sort",),
-        train_model="simple_cnn", train_model_kwargs={"width": 0.25, "use_bn": True},
+        train_model="mlp", train_model_kwargs={"hidden": (64,)},
         train_batch=32, train_reps=3, train_precisions=("fp32", "bf16"),
         study_overrides={"arch": "simple_cnn", "model_kwargs": {"width": 0.25, "use_bn": True},
                          "max_train_samples": 2560, "batch_size": 64, "init_norm_samples": 4},
@@ -229,8 +230,36 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
+class CompileClock:
+    """Wall-clock-stamped compilation durations (``jax.monitoring``) and cache hit counts."""
+
+    def __init__(self):
+        self.events: list[tuple[float, float]] = []       # (end time, seconds)
+        self.cache = {e: 0 for e in CACHE_EVENTS}
+        jax.monitoring.register_event_duration_secs_listener(self._duration)
+        jax.monitoring.register_event_listener(self._event)
+
+    def _duration(self, event: str, duration: float, **kw: Any) -> None:
+        if event.startswith(COMPILE_EVENT_PREFIX):
+            self.events.append((time.time(), float(duration)))
+
+    def _event(self, event: str, **kw: Any) -> None:
+        if event in self.cache:
+            self.cache[event] += 1
+
+    def between(self, t0: float, t1: float) -> float:
+        """Seconds of compilation that ended in ``[t0, t1]``."""
+        return float(sum(d for t, d in self.events if t0 <= t <= t1))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            jax.monitoring.unregister_event_duration_listener(self._duration)
+            jax.monitoring.unregister_event_listener(self._event)
+
+
 class Suite:
-    """One run: the plan, the output folder, the clock and the report being written."""
+    """One run: the plan, the output folder, the clock, the compilation clock (``clock``; call
+    :meth:`close`) and the report being written."""
 
     def __init__(self, out_dir: str, plan: Plan, budget_s: float, data: str | None,
                  tmp_dir: str, argv: Sequence[str] = ()):
@@ -241,6 +270,7 @@ class Suite:
         self.tmp = tmp_dir
         self.t0 = time.time()
         self.deadline = self.t0 + self.budget_s
+        self.clock = CompileClock()
         self.report: dict[str, Any] = {
             "suite": "benchmarks.device_suite", "plan": plan.name, "budget_s": self.budget_s,
             "command": " ".join(["python -m benchmarks.device_suite", *argv]),
@@ -259,18 +289,26 @@ class Suite:
         self.report["wall_s"] = round(time.time() - self.t0, 2)
         self.write()
 
+    def close(self) -> None:
+        self.clock.close()
+
     def write(self) -> None:
-        """Both reports, each atomically (temp file + ``os.replace``)."""
-        from experiments import _runs
-
-        _runs.write_text(os.path.join(self.out, REPORT_JSON),
-                         json.dumps(self.report, indent=1, allow_nan=False) + "\n")
-        _runs.write_text(os.path.join(self.out, REPORT_MD), _ascii(render_markdown(self.report)))
+        write_ascii(os.path.join(self.out, REPORT_JSON),
+                    json.dumps(self.report, indent=1, allow_nan=False) + "\n")
+        write_ascii(os.path.join(self.out, REPORT_MD), render_markdown(self.report))
 
 
-def _ascii(text: str) -> str:
-    """``text`` with non-ASCII characters escaped: no locale can make writing it fail."""
-    return text.encode("ascii", "backslashreplace").decode("ascii")
+def write_ascii(path: str, text: str) -> None:
+    """Write ``text`` (non-ASCII characters escaped, so no locale can fail the write) to a temp
+    file beside ``path``, then ``os.replace`` it: readers see the old or the new file.
+
+    The reports do not go through ``experiments._runs`` (which imports the training stack and
+    Orbax): a package that fails to import on the device must fail its section, not the report.
+    """
+    with tempfile.NamedTemporaryFile("w", encoding="ascii", prefix=".tmp-", delete=False,
+                                     dir=os.path.dirname(os.path.abspath(path))) as f:
+        f.write(text.encode("ascii", "backslashreplace").decode("ascii"))
+    os.replace(f.name, path)
 
 
 def _git_revision() -> str | None:
@@ -292,7 +330,7 @@ def _error_text(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sections
+# Sections (each imports what it uses: a module that fails to import fails only its section)
 # ---------------------------------------------------------------------------------------------
 
 def section_env(s: Suite, deadline: float) -> dict:
@@ -382,10 +420,8 @@ def section_tests(s: Suite, deadline: float) -> dict:
             os.killpg(proc.pid, 9)
         proc.wait()
     reader.join(timeout=10)
-    from experiments import _runs
-
     text = "".join(lines)
-    _runs.write_text(os.path.join(s.out, TESTS_LOG), _ascii(text[-TESTS_LOG_CHARS:]))
+    write_ascii(os.path.join(s.out, TESTS_LOG), text[-TESTS_LOG_CHARS:])
     res = parse_pytest_lines(text.splitlines())
     summary = next((ln.strip("= \n") for ln in reversed(lines)
                     if re.search(r"\d+ (passed|failed|error)", ln)), None)
@@ -457,19 +493,28 @@ def tree_of_shapes(shapes: Mapping[str, Any], seed: int = 0) -> Any:
                         shapes, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def _op_counts(methods: Sequence[str] | None) -> dict:
+def _op_counts(methods: Sequence[str], deadline: float) -> dict:
+    """``benchmarks.op_count.op_counts(methods=[m])`` per method until ``deadline``."""
     try:
         from benchmarks.op_count import op_counts
     except Exception as e:  # the module is optional: recorded, not fatal
         return {"status": "skipped", "reason": f"benchmarks.op_count does not import: "
                                                f"{type(e).__name__}: {e}"}
     t0 = time.time()
-    try:
-        counts = op_counts(methods=None if methods is None else list(methods))
-    except Exception as e:
-        return {"status": "error", "error": _error_text(e), "seconds": time.time() - t0}
-    return {"status": "ok", "methods": None if methods is None else list(methods),
-            "counts": counts, "seconds": round(time.time() - t0, 2)}
+    counts, skipped, errors = {}, [], []
+    for m in methods:
+        if time.time() > deadline:
+            skipped.append(m)
+            continue
+        try:
+            counts[m] = op_counts(methods=[m])
+        except Exception as e:
+            errors.append(f"{m}: {_error_text(e)}")
+    out = {"status": "error" if errors else "ok", "counts": counts, "skipped": skipped,
+           "seconds": round(time.time() - t0, 2)}
+    if errors:
+        out["error"] = f"{len(errors)} method(s) failed: {errors[0]}"
+    return out
 
 
 def section_update(s: Suite, deadline: float) -> dict:
@@ -498,7 +543,8 @@ def section_update(s: Suite, deadline: float) -> dict:
     elif time.time() > deadline:
         ops = {"status": "skipped", "reason": "the section's share of the budget was spent"}
     else:
-        ops = _op_counts(s.plan.op_count_methods)
+        ops = _op_counts(METHODS if s.plan.op_count_methods is None
+                         else s.plan.op_count_methods, deadline)
     out = {"tree": "resnet18" if tree is None else "small",
            "params": int(sum(x.size for x in leaves)),
            "tensors": len(leaves), "reps": s.plan.update_reps,
@@ -507,6 +553,8 @@ def section_update(s: Suite, deadline: float) -> dict:
            "methods": rows, "skipped": skipped, "errors": errors, "op_counts": ops}
     if errors:
         out.update(status="error", error=f"{len(errors)} method(s) failed: {errors[0]}")
+    elif ops["status"] == "error":
+        out.update(status="error", error=f"op counts: {ops['error']}")
     return out
 
 
@@ -591,33 +639,6 @@ def _study_data(s: Suite) -> tuple[str, dict]:
                  "train_per_class": tr, "test_per_class": te}
 
 
-class _CompileClock:
-    """Wall-clock-stamped compilation durations (``jax.monitoring``) and cache hit counts."""
-
-    def __init__(self):
-        self.events: list[tuple[float, float]] = []       # (end time, seconds)
-        self.cache = {e: 0 for e in CACHE_EVENTS}
-        jax.monitoring.register_event_duration_secs_listener(self._duration)
-        jax.monitoring.register_event_listener(self._event)
-
-    def _duration(self, event: str, duration: float, **kw: Any) -> None:
-        if event.startswith(COMPILE_EVENT_PREFIX):
-            self.events.append((time.time(), float(duration)))
-
-    def _event(self, event: str, **kw: Any) -> None:
-        if event in self.cache:
-            self.cache[event] += 1
-
-    def between(self, t0: float, t1: float) -> float:
-        """Seconds of compilation that ended in ``[t0, t1]``."""
-        return float(sum(d for t, d in self.events if t0 <= t <= t1))
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            jax.monitoring.unregister_event_duration_listener(self._duration)
-            jax.monitoring.unregister_event_listener(self._event)
-
-
 class _StopAfterFirstEpoch(Exception):
     def __init__(self, record: dict):
         super().__init__("stopped after the first epoch")
@@ -628,7 +649,7 @@ def _stop_after_first_epoch(record: dict, state: Any) -> None:
     raise _StopAfterFirstEpoch(record)
 
 
-def probe_epoch(cfg: Any, dataset: Any, clock: _CompileClock) -> dict:
+def probe_epoch(cfg: Any, dataset: Any, clock: CompileClock) -> dict:
     """Train epoch 1 of ``cfg`` (``cfg.out_dir``, checkpoint kept) and stop: its times."""
     from sfw_jax import train as train_lib
 
@@ -718,21 +739,23 @@ def section_study(s: Suite, deadline: float) -> dict:
     out: dict[str, Any] = {"presets": {"sfw_ksparse": SFW_PRESET, "sgd": SGD_PRESET},
                            "overrides": dict(s.plan.study_overrides)}
 
+    t_start = time.time()
+
     def progress(stage: str) -> None:
+        """Record what the study has so far (kept if it fails or is killed later)."""
         s.put("study", {**out, "status": "error", "stage": stage,
                         "error": f"did not finish (last stage reached: {stage})",
                         "seconds": round(time.time() - t_start, 2)})
         _log(f"study: {stage}")
 
-    t_start = time.time()
     data_path, out["data"] = _study_data(s)
     runs_dir = os.path.join(s.tmp, "runs")
     base = dict(data_dir=data_path, keep_checkpoints=1, progress=False,
                 **s.plan.study_overrides)
     cfgs = {"sfw_ksparse": config_lib.from_preset(SFW_PRESET, **base),
             "sgd": config_lib.from_preset(SGD_PRESET, **base)}
-    for m, c in cfgs.items():
-        config_lib.validate(c)
+    for c in cfgs.values():
+        config_lib.validate(c)                  # a bad preset fails here, before any work
     first = cfgs["sfw_ksparse"]
     if not _runs.same_data(first, cfgs["sgd"]):
         raise ValueError(f"presets {SFW_PRESET!r} and {SGD_PRESET!r} load different data")
@@ -750,42 +773,44 @@ def section_study(s: Suite, deadline: float) -> dict:
     out["data"]["trained_on"] = n_train
     progress("data loaded")
 
-    clock = _CompileClock()
-    try:
-        probes = {}
-        for m, c in cfgs.items():
-            probes[m] = probe_epoch(c.replace(epochs=PROBE_EPOCHS,
-                                              out_dir=os.path.join(runs_dir, f"{m}-probe")),
-                                    ds, clock)
-            out["probe"] = probes
-            progress(f"probe {m}: first epoch {probes[m]['first_epoch_s']} s "
-                     f"(compile {probes[m]['compile_in_first_epoch_s']} s)")
-        reserve = post_training_estimate(probes, n_train, len(ds.test), len(SPARSITY_PERCENTS),
-                                         len(preset.scopes), len(RETRAIN_PERCENTS))
-        avail = deadline - time.time() - reserve
-        exact = {m: (lambda e, c=c: resume_is_exact(c, PROBE_EPOCHS, e)) for m, c in cfgs.items()}
-        epochs = fit_epochs(avail, {m: p["epoch_s"] for m, p in probes.items()},
-                            lambda m, e: exact[m](e), max_epochs)
-        out.update(epochs=epochs, max_epochs=max_epochs, reserve_s=round(reserve, 1),
-                   available_for_epochs_s=round(avail, 1),
-                   seconds_per_epoch={m: p["epoch_s"] for m, p in probes.items()})
-        progress(f"epochs = {epochs}")
+    clock = s.clock
+    cache0 = dict(clock.cache)
+    probes = {}
+    for m, c in cfgs.items():
+        probes[m] = probe_epoch(c.replace(epochs=PROBE_EPOCHS,
+                                          out_dir=os.path.join(runs_dir, f"{m}-probe")),
+                                ds, clock)
+        out["probe"] = probes
+        progress(f"probe {m}: first epoch {probes[m]['first_epoch_s']} s "
+                 f"(compile {probes[m]['compile_in_first_epoch_s']} s)")
+    reserve = post_training_estimate(probes, n_train, len(ds.test), len(SPARSITY_PERCENTS),
+                                     len(preset.scopes), len(RETRAIN_PERCENTS))
+    avail = deadline - time.time() - reserve
 
-        run_dirs, mode, train_s = {}, {}, {}
-        for m, c in cfgs.items():
-            t = time.time()
-            if exact[m](epochs):
-                run_dirs[m], mode[m] = os.path.join(runs_dir, f"{m}-probe"), "resumed"
-                train_lib.train(c.replace(epochs=epochs, resume=True, out_dir=run_dirs[m]), ds)
-            else:
-                run_dirs[m], mode[m] = os.path.join(runs_dir, m), "fresh"
-                train_lib.train(c.replace(epochs=epochs, out_dir=run_dirs[m]), ds)
-            train_s[m] = round(time.time() - t, 2)
-            out.update(run_mode=mode, final_call_s=train_s)
-            progress(f"trained {m} ({mode[m]}, {epochs} epochs)")
-        out["compile_cache"] = dict(clock.cache)
-    finally:
-        clock.close()
+    def exact(m: str, e: int) -> bool:
+        return resume_is_exact(cfgs[m], PROBE_EPOCHS, e)
+
+    epochs = fit_epochs(avail, {m: p["epoch_s"] for m, p in probes.items()}, exact,
+                        max_epochs)
+    out.update(epochs=epochs, max_epochs=max_epochs, reserve_s=round(reserve, 1),
+               available_for_epochs_s=round(avail, 1),
+               seconds_per_epoch={m: p["epoch_s"] for m, p in probes.items()})
+    progress(f"epochs = {epochs}")
+
+    run_dirs, mode, train_s = {}, {}, {}
+    for m, c in cfgs.items():
+        t = time.time()
+        if exact(m, epochs):
+            run_dirs[m], mode[m] = os.path.join(runs_dir, f"{m}-probe"), "resumed"
+            train_lib.train(c.replace(epochs=epochs, resume=True, out_dir=run_dirs[m]), ds)
+        else:
+            run_dirs[m], mode[m] = os.path.join(runs_dir, m), "fresh"
+            train_lib.train(c.replace(epochs=epochs, out_dir=run_dirs[m]), ds)
+        train_s[m] = round(time.time() - t, 2)
+        out.update(run_mode=mode, final_call_s=train_s)
+        progress(f"trained {m} ({mode[m]}, {epochs} epochs)")
+    out["compile_cache"] = {e.rsplit("/", 1)[-1]: n - cache0[e]
+                            for e, n in clock.cache.items()}
 
     loaded = {m: _runs.load_trained(d, ds) for m, d in run_dirs.items()}
     out["dense_test_acc"] = {m: r.final["test_acc"] for m, r in loaded.items()}
@@ -858,26 +883,35 @@ def run_suite(out_dir: str, plan: Plan, *, budget_s: float | None = None,
     with tempfile.TemporaryDirectory(prefix="device_suite-") as tmp:
         s = Suite(out_dir, plan, plan.budget_s if budget_s is None else budget_s, data, tmp,
                   argv)
-        for name in [x for x in SECTIONS if x in sections]:
-            deadline = s.deadline if name == "study" else s.share_deadline(name)
-            t0 = time.time()
-            s.put(name, {"status": "error", "seconds": None,
-                         "error": "did not finish (the command was killed or timed out)"})
-            _log(f"section {name} (share ends in {deadline - t0:.0f} s, budget left "
-                 f"{s.deadline - t0:.0f} s)")
-            try:
-                rec = SECTION_FUNCS[name](s, deadline)
-                rec.setdefault("status", "ok")
-            except Exception as e:
-                rec = {"status": "error", "error": _error_text(e)}
-            rec["seconds"] = round(time.time() - t0, 2)
-            s.put(name, rec)
-            _log(f"section {name}: {rec['status']} in {rec['seconds']} s")
+        try:
+            _run_sections(s, [x for x in SECTIONS if x in sections])
+        finally:
+            s.close()
         s.report["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
         s.report["wall_s"] = round(time.time() - s.t0, 2)
         s.report["files"] = sorted(os.listdir(out_dir))
         s.write()
     return s.report
+
+
+def _run_sections(s: Suite, names: Sequence[str]) -> None:
+    for name in names:
+        deadline = s.deadline if name == "study" else s.share_deadline(name)
+        t0 = time.time()
+        s.put(name, {"status": "error", "seconds": None,
+                     "error": "did not finish (the command was killed or timed out)"})
+        _log(f"section {name} (share ends in {deadline - t0:.0f} s, budget left "
+             f"{s.deadline - t0:.0f} s)")
+        try:
+            rec = SECTION_FUNCS[name](s, deadline)
+            rec.setdefault("status", "ok")
+        except Exception as e:
+            # keep what the section recorded on the way (the study's stages)
+            rec = {**s.report["sections"][name], "status": "error", "error": _error_text(e)}
+        rec["seconds"] = round(time.time() - t0, 2)
+        rec["compile_s"] = round(s.clock.between(t0, time.time()), 2)
+        s.put(name, rec)
+        _log(f"section {name}: {rec['status']} in {rec['seconds']} s")
 
 
 # ---------------------------------------------------------------------------------------------
