@@ -7,8 +7,9 @@
 The sections run in this order, each in its own try/except; ``DIR/device_report.json`` and
 ``DIR/device_report.md`` are rewritten (temp file + ``os.replace``) when a section starts and
 when it ends, so a crash or a killed command loses none of the finished sections. Every section
-has ``"status"`` (``ok`` / ``error`` / ``skipped``; ``"error"`` holds the text) and
-``"seconds"``; a section still running when the command dies reads ``error`` ("did not finish").
+has ``"status"`` (``ok`` / ``error`` / ``skipped``; ``"error"`` holds the text), ``"seconds"``
+and ``"compile_s"`` (compilation inside it, from ``jax.monitoring``); a section still running
+when the command dies reads ``error`` ("did not finish").
 
 1. ``env``: python, jax / jaxlib / flax / optax / orbax / numpy versions, backend, device kind
    and count, ``memory_stats()`` of each device, ``nvidia-smi`` where present.
@@ -33,8 +34,9 @@ has ``"status"`` (``ok`` / ``error`` / ``skipped``; ``"error"`` holds the text) 
    number of epochs E, the most that fits the budget left after the post-training work
    (:func:`fit_epochs`), and each run is resumed to E epochs when that reproduces a fresh
    E-epoch run exactly (the schedule, which uses E, gives epoch 1 the same lr for
-   ``PROBE_EPOCHS`` and E), else trained afresh for E epochs (a persistent compilation cache
-   in the temp dir makes the recompilations cheap). Then one-shot global magnitude pruning at
+   ``PROBE_EPOCHS`` and E), else trained afresh for E epochs (the command points JAX's
+   persistent compilation cache at a temp dir, so recompiling the same programs is cheap).
+   Then one-shot global magnitude pruning at
    ``SPARSITY_PERCENTS`` (``experiments.prune_sweep.sweep``, the scopes of the
    ``paper-resnet18-cifar10`` study preset) and SGD + 1 epoch of retraining under the mask at
    ``RETRAIN_PERCENTS`` (``experiments.retrain.retrain_many``): ``"accuracy": {method:
@@ -59,6 +61,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import io
 import json
@@ -258,8 +261,8 @@ class CompileClock:
 
 
 class Suite:
-    """One run: the plan, the output folder, the clock, the compilation clock (``clock``; call
-    :meth:`close`) and the report being written."""
+    """One run: the plan, the output folder, the budget's deadline, the compilation clock
+    (``clock``; :meth:`close` unregisters it) and the report being written."""
 
     def __init__(self, out_dir: str, plan: Plan, budget_s: float, data: str | None,
                  tmp_dir: str, argv: Sequence[str] = ()):
@@ -450,6 +453,33 @@ def resnet18_sizes(lo: int = TOPK_MIN_N, hi: int = TOPK_MAX_N) -> list[int]:
                    if lo <= int(np.prod(x.shape)) <= hi})
 
 
+def run_jobs(jobs: Mapping[str, Callable[[], Any]], deadline: float
+             ) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Call the jobs in order while ``time.time() <= deadline``.
+
+    Returns (label -> result, labels not started, ``"label: error"`` of the jobs that raised);
+    a job that raises does not stop the next one.
+    """
+    results, skipped, errors = {}, [], []
+    for label, job in jobs.items():
+        if time.time() > deadline:
+            skipped.append(label)
+            continue
+        t0 = time.time()
+        try:
+            results[label] = job()
+        except Exception as e:
+            errors.append(f"{label}: {type(e).__name__}: {e}")
+        _log(f"  {label}: {time.time() - t0:.1f} s")
+    return results, skipped, errors
+
+
+def _with_errors(out: dict, errors: Sequence[str], what: str) -> dict:
+    if errors:
+        out.update(status="error", error=f"{len(errors)} {what} failed: {errors[0]}")
+    return out
+
+
 def section_topk(s: Suite, deadline: float) -> dict:
     from benchmarks import bench_topk
     from sfw_jax.topk import METHODS
@@ -457,32 +487,21 @@ def section_topk(s: Suite, deadline: float) -> dict:
     sizes = list(s.plan.topk_sizes or resnet18_sizes())
     # lax.top_k is a partial sort on XLA:CPU (~0.4 s at n = 2.36M); elsewhere time it everywhere
     sort_max = 600_000 if jax.default_backend() == "cpu" else None
-    table: dict[str, dict[str, dict]] = {}
-    skipped, errors = [], []
-    for dtype in s.plan.topk_dtypes:
-        table[dtype] = {}
+    label = "{} n={} {}".format
+    jobs = {label(d, n, m): functools.partial(bench_topk.time_size, n, [m], d,
+                                              s.plan.topk_reps, sort_max)
+            for d in s.plan.topk_dtypes for n in sizes for m in METHODS}
+    res, skipped, errors = run_jobs(jobs, deadline)
+    table: dict[str, dict[str, dict]] = {d: {} for d in s.plan.topk_dtypes}
+    for d in s.plan.topk_dtypes:
         for n in sizes:
-            row: dict[str, Any] = {}
-            for m in METHODS:
-                what = f"{dtype} n={n} {m}"
-                if time.time() > deadline:
-                    skipped.append(what)
-                    continue
-                try:
-                    r = bench_topk.time_size(n, [m], dtype, s.plan.topk_reps, sort_max)
-                except Exception as e:
-                    errors.append(f"{what}: {type(e).__name__}: {e}")
-                    continue
-                row.update(r)
+            row = {k: v for m in METHODS for k, v in res.get(label(d, n, m), {}).items()}
             if row:
-                table[dtype][str(n)] = row
-        _log(f"topk {dtype} done")
-    out = {"methods": list(METHODS), "sizes": sizes, "k_rule": "min(max(10, floor(0.05 n)), n)",
-           "reps": s.plan.topk_reps, "sort_max": sort_max, "ms": table, "skipped": skipped,
-           "errors": errors}
-    if errors:
-        out.update(status="error", error=f"{len(errors)} measurement(s) failed: {errors[0]}")
-    return out
+                table[d][str(n)] = row
+    return _with_errors(
+        {"methods": list(METHODS), "sizes": sizes, "k_rule": "min(max(10, floor(0.05 n)), n)",
+         "reps": s.plan.topk_reps, "sort_max": sort_max, "ms": table, "skipped": skipped,
+         "errors": errors}, errors, "measurement(s)")
 
 
 def tree_of_shapes(shapes: Mapping[str, Any], seed: int = 0) -> Any:
@@ -500,21 +519,10 @@ def _op_counts(methods: Sequence[str], deadline: float) -> dict:
     except Exception as e:  # the module is optional: recorded, not fatal
         return {"status": "skipped", "reason": f"benchmarks.op_count does not import: "
                                                f"{type(e).__name__}: {e}"}
-    t0 = time.time()
-    counts, skipped, errors = {}, [], []
-    for m in methods:
-        if time.time() > deadline:
-            skipped.append(m)
-            continue
-        try:
-            counts[m] = op_counts(methods=[m])
-        except Exception as e:
-            errors.append(f"{m}: {_error_text(e)}")
-    out = {"status": "error" if errors else "ok", "counts": counts, "skipped": skipped,
-           "seconds": round(time.time() - t0, 2)}
-    if errors:
-        out["error"] = f"{len(errors)} method(s) failed: {errors[0]}"
-    return out
+    counts, skipped, errors = run_jobs(
+        {m: functools.partial(op_counts, methods=[m]) for m in methods}, deadline)
+    return _with_errors({"status": "ok", "counts": counts, "skipped": skipped}, errors,
+                        "method(s)")
 
 
 def section_update(s: Suite, deadline: float) -> dict:
@@ -524,20 +532,14 @@ def section_update(s: Suite, deadline: float) -> dict:
     tree = s.plan.update_tree
     params = bench_update.resnet18_params() if tree is None else tree_of_shapes(tree)
     leaves = jax.tree.leaves(params)
-    rows, skipped, errors = {}, [], []
-    for m in METHODS:
-        if time.time() > deadline:
-            skipped.append(m)
-            continue
-        try:
-            rec = bench_update.bench(s.plan.update_reps, m, 0, params=params, kernel=False)
-        except Exception as e:
-            errors.append(f"{m}: {type(e).__name__}: {e}")
-            continue
+
+    def one(m: str) -> dict:
+        rec = bench_update.bench(s.plan.update_reps, m, 0, params=params, kernel=False)
         sfw_ms, sgd_ms = rec["sfw_update_ms"], rec["sgd_update_ms"]
-        rows[m] = {"sfw_ms": sfw_ms, "sgd_ms": sgd_ms, "ratio": round(sfw_ms / sgd_ms, 4),
-                   "sfw": rec["sfw"], "sgd": rec["sgd"]}
-        _log(f"update {m}: sfw {sfw_ms} ms, sgd {sgd_ms} ms")
+        return {"sfw_ms": sfw_ms, "sgd_ms": sgd_ms, "ratio": round(sfw_ms / sgd_ms, 4),
+                "sfw": rec["sfw"], "sgd": rec["sgd"]}
+
+    rows, skipped, errors = run_jobs({m: functools.partial(one, m) for m in METHODS}, deadline)
     if s.plan.op_count_methods == ():
         ops = {"status": "skipped", "reason": f"plan {s.plan.name!r} does not count ops"}
     elif time.time() > deadline:
@@ -545,48 +547,37 @@ def section_update(s: Suite, deadline: float) -> dict:
     else:
         ops = _op_counts(METHODS if s.plan.op_count_methods is None
                          else s.plan.op_count_methods, deadline)
-    out = {"tree": "resnet18" if tree is None else "small",
-           "params": int(sum(x.size for x in leaves)),
-           "tensors": len(leaves), "reps": s.plan.update_reps,
-           "optimizers": "sfw(0.1, k_sparse k=10 k_frac=0.05 value=15 initialization, "
-                         "momentum=0.9, rescale='gradient') vs optax.sgd(0.1, momentum=0.9)",
-           "methods": rows, "skipped": skipped, "errors": errors, "op_counts": ops}
-    if errors:
-        out.update(status="error", error=f"{len(errors)} method(s) failed: {errors[0]}")
-    elif ops["status"] == "error":
-        out.update(status="error", error=f"op counts: {ops['error']}")
-    return out
+    if ops["status"] == "error":
+        errors.append(f"op counts: {ops['error']}")
+    return _with_errors(
+        {"tree": "resnet18" if tree is None else "small",
+         "params": int(sum(x.size for x in leaves)), "tensors": len(leaves),
+         "reps": s.plan.update_reps,
+         "optimizers": "sfw(0.1, k_sparse k=10 k_frac=0.05 value=15 initialization, "
+                       "momentum=0.9, rescale='gradient') vs optax.sgd(0.1, momentum=0.9)",
+         "methods": rows, "skipped": skipped, "errors": errors, "op_counts": ops},
+        errors, "measurement(s)")
 
 
 def section_train_step(s: Suite, deadline: float) -> dict:
     from benchmarks import bench_train_step
 
-    rows, skipped, errors = {}, [], []
-    for prec in s.plan.train_precisions:
-        if time.time() > deadline:
-            skipped.append(prec)
-            continue
-        try:
-            r = bench_train_step.bench_model(s.plan.train_model, s.plan.train_batch,
-                                             s.plan.train_reps, "auto", prec,
-                                             dict(s.plan.train_model_kwargs))
-        except Exception as e:
-            errors.append(f"{prec}: {type(e).__name__}: {e}")
-            continue
-        b = r["batch"]
-        rows[prec] = {"sfw_ms": r["sfw_step_ms"], "sgd_ms": r["sgd_step_ms"],
-                      "ratio": round(r["sfw_step_ms"] / r["sgd_step_ms"], 4),
-                      "paired_ratio": r["paired_ratio"],
-                      "sfw_images_per_s": round(1e3 * b / r["sfw_step_ms"], 1),
-                      "sgd_images_per_s": round(1e3 * b / r["sgd_step_ms"], 1),
-                      "sfw": r["sfw"], "sgd": r["sgd"]}
-        _log(f"train_step {prec}: sfw {r['sfw_step_ms']} ms, sgd {r['sgd_step_ms']} ms")
-    out = {"model": s.plan.train_model, "model_kwargs": dict(s.plan.train_model_kwargs),
-           "batch": s.plan.train_batch, "method": "auto", "reps": s.plan.train_reps,
-           "precisions": rows, "skipped": skipped, "errors": errors}
-    if errors:
-        out.update(status="error", error=f"{len(errors)} precision(s) failed: {errors[0]}")
-    return out
+    def one(prec: str) -> dict:
+        r = bench_train_step.bench_model(s.plan.train_model, s.plan.train_batch,
+                                         s.plan.train_reps, "auto", prec,
+                                         dict(s.plan.train_model_kwargs))
+        b, sfw_ms, sgd_ms = r["batch"], r["sfw_step_ms"], r["sgd_step_ms"]
+        return {"sfw_ms": sfw_ms, "sgd_ms": sgd_ms, "ratio": round(sfw_ms / sgd_ms, 4),
+                "paired_ratio": r["paired_ratio"],
+                "sfw_images_per_s": round(1e3 * b / sfw_ms, 1),
+                "sgd_images_per_s": round(1e3 * b / sgd_ms, 1), "sfw": r["sfw"], "sgd": r["sgd"]}
+
+    rows, skipped, errors = run_jobs(
+        {p: functools.partial(one, p) for p in s.plan.train_precisions}, deadline)
+    return _with_errors(
+        {"model": s.plan.train_model, "model_kwargs": dict(s.plan.train_model_kwargs),
+         "batch": s.plan.train_batch, "method": "auto", "reps": s.plan.train_reps,
+         "precisions": rows, "skipped": skipped, "errors": errors}, errors, "precision(s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1026,8 +1017,8 @@ def render_markdown(report: dict) -> str:
            f"`{report.get('command')}` at {report.get('started')}, git {report.get('git')}, "
            f"budget {report.get('budget_s')} s, wall {report.get('wall_s')} s, finished: "
            f"{report.get('finished')}.", ""]
-    out += _table(["section", "status", "seconds", "error"],
-                  [(n, r.get("status"), r.get("seconds"),
+    out += _table(["section", "status", "seconds", "compile s", "error"],
+                  [(n, r.get("status"), r.get("seconds"), r.get("compile_s"),
                     (r.get("error") or "").split("\n")[0][:200]) for n, r in secs.items()])
     for name, r in secs.items():
         out += ["", f"## {name}", ""]

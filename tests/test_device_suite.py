@@ -205,3 +205,30 @@ def test_synthetic_archive_loads_as_image_folder(tmp_path):
     assert sorted(set(d.train.labels.tolist())) == list(range(10))
     means = [d.train.images[d.train.labels == c].mean() for c in range(10)]
     assert len({round(float(m)) for m in means}) == 10 and all(math.isfinite(m) for m in means)
+
+
+def test_op_counts_called_per_method_until_the_deadline(monkeypatch):
+    import time
+    import types
+
+    calls = []
+
+    def op_counts(methods=None):
+        calls.append(methods)
+        if methods == ["radix"]:
+            raise RuntimeError("cannot count")
+        return {methods[0]: {"sfw": 7, "sgd": 3}}
+
+    fake = types.ModuleType("benchmarks.op_count")
+    fake.op_counts = op_counts
+    monkeypatch.setitem(sys.modules, "benchmarks.op_count", fake)
+    out = ds._op_counts(["sort", "radix", "search"], time.time() + 600)
+    assert calls == [["sort"], ["radix"], ["search"]]
+    assert out["counts"] == {"sort": {"sort": {"sfw": 7, "sgd": 3}},
+                             "search": {"search": {"sfw": 7, "sgd": 3}}}
+    assert out["status"] == "error" and "radix: RuntimeError: cannot count" in out["error"]
+    late = ds._op_counts(["sort"], time.time() - 1)
+    assert (late["status"], late["counts"], late["skipped"]) == ("ok", {}, ["sort"])
+    monkeypatch.setitem(sys.modules, "benchmarks.op_count", None)      # import fails
+    absent = ds._op_counts(["sort"], time.time() + 600)
+    assert absent["status"] == "skipped" and "does not import" in absent["reason"]
