@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,23 @@ from sfw_jax.constraints import sparsity_k
 from sfw_jax.topk import METHODS, resolve_method, top_k_mask
 
 DEFAULT_SIZES = (1728, 8192, 16384, 36864, 147456, 589824, 2359296)
+
+
+def time_size(n: int, methods: Sequence[str], dtype: str, reps: int,
+              sort_max: int | None = None) -> dict:
+    """``{"k", "ties", "auto_path", method: median ms}`` for one size ``n`` (see the module
+    docstring); ``'sort'`` is left out above ``sort_max`` entries (None: never)."""
+    k = sparsity_k(n, 10, 0.05)
+    x = jnp.abs(jax.random.normal(jax.random.key(n), (n,), jnp.float32)).astype(dtype)
+    v = np.asarray(x.astype(jnp.float32))
+    ties = int(np.sum(v == np.partition(v, n - k)[n - k]))
+    row = {}
+    for m in methods:
+        if m == "sort" and sort_max is not None and n > sort_max:
+            continue
+        f = jax.jit(lambda v, m=m, k=k: top_k_mask(v, k, method=m))
+        row[m] = round(_timing.median(_timing.time_pure(f, (x,), reps=reps)), 3)
+    return {"k": k, "ties": ties, "auto_path": resolve_method(n), **row}
 
 
 def main(argv=None) -> int:
@@ -43,18 +61,9 @@ def main(argv=None) -> int:
         ap.error("--reps and --sizes must be >= 1")
     table, rec = [], {}
     for n in args.sizes:
-        k = sparsity_k(n, 10, 0.05)
-        x = jnp.abs(jax.random.normal(jax.random.key(n), (n,), jnp.float32)).astype(args.dtype)
-        v = np.asarray(x.astype(jnp.float32))
-        ties = int(np.sum(v == np.partition(v, n - k)[n - k]))
-        row = {}
-        for m in args.methods:
-            if m == "sort" and n > args.sort_max:
-                continue
-            f = jax.jit(lambda v, m=m, k=k: top_k_mask(v, k, method=m))
-            row[m] = round(_timing.median(_timing.time_pure(f, (x,), reps=args.reps)), 3)
-        rec[str(n)] = {"k": k, "ties": ties, "auto_path": resolve_method(n), **row}
-        table.append((n, k, ties, resolve_method(n), *[row.get(m, "-") for m in args.methods]))
+        rec[str(n)] = row = time_size(n, args.methods, args.dtype, args.reps, args.sort_max)
+        table.append((n, row["k"], row["ties"], row["auto_path"],
+                      *[row.get(m, "-") for m in args.methods]))
     _timing.print_table(table, ("n", "K", "ties", "auto_path",
                                 *[f"{m}_ms" for m in args.methods]))
     if args.json:

@@ -1,6 +1,7 @@
 """Full training step, SFW vs SGD-momentum, for SimpleCNN and ResNet-18.
 
     python -m benchmarks.bench_train_step [--json] [--reps 20] [--models simple_cnn resnet18]
+                                          [--precision fp32|bf16]
 
 One jit-compiled step per optimizer: softmax cross-entropy of ``model.apply`` (``train=True``,
 ``batch_stats`` mutable when the model has BatchNorm) on a fixed random batch of 32x32x3 images
@@ -9,10 +10,11 @@ One jit-compiled step per optimizer: softmax cross-entropy of ``model.apply`` (`
 every tensor (as the reference), k=10, k_frac=0.05, value=15, initialization mode, momentum 0.9,
 gradient rescale; SGD: ``optax.sgd(0.1, momentum=0.9)``. The two steps are called in alternation
 (one SFW step, one SGD step per rep) so that both see the same machine load. Medians over
-``--reps`` steps after warm-up. The JSON record (last line with ``--json``) has "batch" and a
-"results" list with one entry per model: {"model", "batch", "sfw_step_ms", "sgd_step_ms",
-"ratio" (of the medians), "paired_ratio" (median of the per-rep ratios), ...}; with a single
-model those keys are also at the top level.
+``--reps`` steps after warm-up; ``--precision bf16`` computes in bfloat16. The JSON record
+(last line with ``--json``) has "batch" and a "results" list with one entry per model:
+{"model", "batch", "precision", "sfw_step_ms", "sgd_step_ms", "ratio" (of the medians),
+"paired_ratio" (median of the per-rep ratios), ...}; with a single model those keys are also
+at the top level.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import optax
 
 from benchmarks import _timing
 from sfw_jax import make_constraints, sfw
+from sfw_jax.config import PRECISIONS
 from sfw_jax.models import get_model
 from sfw_jax.topk import METHODS
 
@@ -34,8 +37,15 @@ def _norms(params):
     return jax.tree.map(lambda w: max(float(jnp.linalg.norm(w.reshape(-1))), 1.0), params)
 
 
-def bench_model(name: str, batch: int, reps: int, method: str) -> dict:
-    model = get_model(name, 10)
+def bench_model(name: str, batch: int, reps: int, method: str, precision: str = "fp32",
+                model_kwargs: dict | None = None) -> dict:
+    """The record of one model (see the module docstring); ``precision`` 'bf16' computes in
+    bfloat16 (params stay float32, as ``TrainConfig.precision``); ``model_kwargs`` are extra
+    model attributes (e.g. ``{"width": 0.25}``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    model = get_model(name, 10, dtype=dtype, **dict(model_kwargs or {}))
     kx, ky, ki = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (batch, 32, 32, 3), jnp.float32)
     y = jax.random.randint(ky, (batch,), 0, 10)
@@ -46,7 +56,7 @@ def bench_model(name: str, batch: int, reps: int, method: str) -> dict:
     constraints = make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
                                    mode="initialization", init_norms=_norms(params),
                                    method=method)
-    out = {"model": name, "batch": batch,
+    out = {"model": name, "batch": batch, "precision": precision,
            "params": int(sum(p.size for p in jax.tree.leaves(params))),
            "tensors": len(jax.tree.leaves(params))}
     steps = {}
@@ -88,18 +98,22 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"],
                     choices=["simple_cnn", "resnet18"])
     ap.add_argument("--method", default="auto", choices=METHODS, help="top-k path of the LMO")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="compute precision (params stay float32)")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error(f"--reps must be >= 1, got {args.reps}")
     batch = args.batch or (32 if jax.default_backend() == "cpu" else 128)
     if batch < 1:
         ap.error(f"--batch must be >= 1, got {batch}")
-    results = [bench_model(m, batch, args.reps, args.method) for m in args.models]
+    results = [bench_model(m, batch, args.reps, args.method, args.precision)
+               for m in args.models]
     _timing.print_table(
         [(r["model"], r["batch"], r["params"], r["sfw_step_ms"], r["sgd_step_ms"], r["ratio"],
           r["paired_ratio"]) for r in results],
         ("model", "batch", "params", "sfw_step_ms", "sgd_step_ms", "sfw/sgd", "paired"))
     rec = {"benchmark": "bench_train_step", "batch": batch, "method": args.method,
+           "precision": args.precision,
            "reps": args.reps, "results": results, **_timing.environment()}
     if len(results) == 1:
         rec.update({k: results[0][k] for k in ("model", "sfw_step_ms", "sgd_step_ms", "ratio",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,14 @@ def _norms(params):
     return jax.tree.map(lambda w: max(float(jnp.linalg.norm(w.reshape(-1))), 1.0), params)
 
 
-def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False) -> dict:
-    params = resnet18_params()
+def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False, *,
+          params: Any = None, kernel: bool = True) -> dict:
+    """The JSON record of the module docstring for ``params`` (default: ResNet-18's).
+
+    ``lmo_reps=0`` leaves out the per-size LMO timings; ``kernel=False`` the native kernel.
+    """
+    model = "resnet18" if params is None else "custom"
+    params = resnet18_params() if params is None else params
     leaves = jax.tree.leaves(params)
     n_params = int(sum(x.size for x in leaves))
     grads = jax.tree.map(
@@ -61,7 +68,9 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False) -> d
                                    method=method)
     opts = [("sfw", sfw(0.1, constraints, momentum=0.9, rescale="gradient"))]
     kernel_note = None
-    if jax.default_backend() != "cpu":
+    if not kernel:
+        kernel_note = "cpu_kernel not timed: not asked for"
+    elif jax.default_backend() != "cpu":
         kernel_note = f"cpu_kernel not timed: backend is {jax.default_backend()}"
     else:
         try:
@@ -85,7 +94,7 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False) -> d
                    for name, st in steps.items()}
 
     lmo = {}
-    sizes = sorted({x.size for x in leaves})
+    sizes = sorted({x.size for x in leaves}) if lmo_reps > 0 else []
     for n in sizes:
         k = sparsity_k(n, 10, 0.05)
         g = jax.random.normal(jax.random.key(n), (n,), jnp.float32)
@@ -97,7 +106,7 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False) -> d
     sfw_ms, sgd_ms = _timing.median(results["sfw"]), _timing.median(results["sgd"])
     kernel_ms = _timing.median(results["sfw_kernel"]) if "sfw_kernel" in results else None
     return {
-        "benchmark": "bench_update", "model": "resnet18", "params": n_params,
+        "benchmark": "bench_update", "model": model, "params": n_params,
         "tensors": len(leaves), "method": method, "reps": reps, "interleaved": interleaved,
         "sfw_update_ms": round(sfw_ms, 3), "sgd_update_ms": round(sgd_ms, 3),
         "ratio": round(sfw_ms / sgd_ms, 3),
