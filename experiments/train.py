@@ -13,6 +13,9 @@ Examples::
         --out-dir runs/r18 [--resume]
     python -m experiments.train --arch mlp --optimizer sgd --lr 0.05 --epochs 5
     python -m experiments.train --constraint nm_sparse --nm 2:4 --tau 7 --epochs 5
+    python -m experiments.train --preset quickstart-digits --rescale fast_gradient --lr 0.1
+    python -m experiments.train --preset quickstart-digits --delay-lmo 0.33
+    python -m experiments.train --preset quickstart-digits --tau-start 20 --k-frac-start 0.1
     python -m experiments.train --list-presets
 """
 
@@ -43,6 +46,10 @@ def _model_kw(text: str) -> tuple[str, Any]:
 
 def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tau", type=float,
                    help="constraint size: diameter factor ('initialization'), radius or diameter")
     g.add_argument("--mode", choices=config_lib.MODES)
-    g.add_argument("--rescale", choices=config_lib.RESCALES)
+    g.add_argument("--rescale", choices=config_lib.RESCALES,
+                   help="SFW step factor: ||m||/||x - v|| ('gradient'), ||m||/(D/2) "
+                        "('fast_gradient'), 1/D ('diameter') or 1 ('none')")
+    g.add_argument("--delay-lmo", type=_optional_float, metavar="FRACTION",
+                   help="train the first FRACTION of the steps with K = n at the same L2 "
+                        "diameters, then with the target K (delayed LMO)")
+    g.add_argument("--tau-start", type=_optional_float,
+                   help="constraint schedule: tau of the first phase, moved linearly to --tau")
+    g.add_argument("--k-frac-start", type=_optional_float,
+                   help="constraint schedule: k_frac of the first phase, moved to --k-frac")
+    g.add_argument("--schedule-phases", type=int,
+                   help="piecewise constant phases of the --tau-start / --k-frac-start schedule")
+    g.add_argument("--schedule-end", type=float, metavar="FRACTION",
+                   help="fraction of the steps at which that schedule reaches --tau / --k-frac")
     g.add_argument("--sfw-scope", choices=config_lib.SFW_SCOPES,
                    help="'all' tensors (reference) or 'kernels' only with SGD on the rest")
     g.add_argument("--init-norm-samples", type=int,

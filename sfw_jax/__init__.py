@@ -1,5 +1,6 @@
 """sfw-jax: pruning-aware training with Stochastic Frank-Wolfe in JAX/Optax."""
 
+from sfw_jax.constraint_schedule import delayed_lmo, scheduled_sfw, tightening_phases
 from sfw_jax.constraints import (
     KINDS,
     MODES,
@@ -29,4 +30,5 @@ __all__ = [
     "NMSparsePolytope", "Unconstrained", "SFWState", "check_constraints_match", "contains_all",
     "expected_init_norms", "is_constraint", "k_sparse_lmo", "k_support_lmo", "lp_ball_lmo",
     "make_constraints", "make_feasible", "nm_mask", "nm_sparse_lmo", "sfw", "sparsity_k",
+    "delayed_lmo", "scheduled_sfw", "tightening_phases",
 ]

@@ -21,6 +21,14 @@ leaves (biases, BatchNorm scale/bias) with SGD at ``rest_lr`` (momentum ``moment
 groups along their input-feature axis to the N:M polytope (``K = N * n / M``) and trains every
 other leaf with that SGD.
 
+A constraint schedule (``sfw_jax.constraint_schedule``; at most one kind per run) changes the
+sets during training, over T = (steps per epoch) x ``epochs`` steps: ``delay_lmo = f`` trains
+with K = n at the same L2 diameters (the L_inf ball for K-sparse) for the first
+round(f T) steps, then with the target sets; ``tau_start`` and/or ``k_frac_start`` start from
+those values and move linearly to ``tau`` / ``k_frac`` in ``schedule_phases`` piecewise constant
+phases, the last starting at step round(``schedule_end`` T). Every phase is built by
+``make_constraints`` with the same E||W_init||.
+
 ``PRESETS`` maps names to field overrides; :func:`from_preset` applies one, then explicit
 overrides on top.
 """
@@ -34,18 +42,24 @@ from typing import Any, Mapping
 
 from sfw_jax.constraints import INIT_NORM_RULES
 from sfw_jax.schedules import SCHEDULES as LR_SCHEDULES, TREND_LOSSES
+from sfw_jax.sfw import RESCALES as _SFW_RESCALES
 
 OPTIMIZERS = ("sfw", "sgd")
 CONSTRAINTS = ("k_sparse", "l1", "l2", "linf", "lp", "k_support", "nm_sparse", "unconstrained")
 MODES = ("initialization", "radius", "diameter")
-RESCALES = ("gradient", "diameter", "none")
+RESCALES = tuple("none" if r is None else r for r in _SFW_RESCALES)
+K_CONSTRAINTS = ("k_sparse", "k_support")
+"""The constraints whose K comes from ``k`` / ``k_frac`` (and that ``delay_lmo`` widens to K = n)."""
+CONSTRAINT_SCHEDULE_FIELDS = ("delay_lmo", "tau_start", "k_frac_start")
+"""Fields that switch a constraint schedule on (``sfw_jax.constraint_schedule``) when not None."""
 SFW_SCOPES = ("all", "kernels")
 PRECISIONS = ("fp32", "bf16")
 ARCHS = ("simple_cnn", "mlp", "resnet18", "vgg16")
 
 SFW_ONLY_FIELDS = ("constraint", "k", "k_frac", "nm", "tau", "mode", "rescale", "sfw_scope",
                    "init_norm_samples", "init_norm_rule", "rest_lr", "sfw_init",
-                   "sfw_init_steps", "sfw_init_lr", "cpu_kernel")
+                   "sfw_init_steps", "sfw_init_lr", "cpu_kernel", *CONSTRAINT_SCHEDULE_FIELDS,
+                   "schedule_phases", "schedule_end")
 """Fields that only mean something with ``optimizer='sfw'`` (explicitly setting one for SGD is a
 conflict the CLI reports)."""
 
@@ -70,7 +84,16 @@ class TrainConfig:
         CIFAR-like datasets (name starts with 'cifar'), off otherwise.
     Optimizer:
       optimizer: 'sfw' or 'sgd'.
-      constraint, k, k_frac, tau, mode, rescale: SFW constraint set and step rescaling.
+      constraint, k, k_frac, tau, mode, rescale: SFW constraint set and step rescaling
+        (rescale: 'gradient', 'fast_gradient', 'diameter' or 'none'; ``sfw_jax.sfw``).
+      delay_lmo: fraction f in (0, 1) of the training steps trained with K = n (same L2
+        diameters) before the target K (``constraint`` in ``K_CONSTRAINTS``); None = off.
+      tau_start, k_frac_start: first-phase tau / k_frac of a schedule that moves them linearly
+        to ``tau`` / ``k_frac`` (``k_frac_start``: ``constraint`` in ``K_CONSTRAINTS``); None =
+        that value is not scheduled.
+      schedule_phases: P >= 2 piecewise constant phases of that schedule.
+      schedule_end: fraction of the training steps at which the last phase (``tau``,
+        ``k_frac``) starts.
       nm: the pattern ``"N:M"`` (e.g. ``"2:4"``) of ``constraint='nm_sparse'`` (required there,
         None otherwise): every kernel whose input-feature axis (-2) has a size divisible by M is
         constrained to the N:M polytope (``sfw_jax.NMSparsePolytope``); the other leaves
@@ -126,6 +149,11 @@ class TrainConfig:
     tau: float = 15.0
     mode: str = "initialization"
     rescale: str = "gradient"
+    delay_lmo: float | None = None
+    tau_start: float | None = None
+    k_frac_start: float | None = None
+    schedule_phases: int = 4
+    schedule_end: float = 0.5
     sfw_scope: str = "all"
     init_norm_samples: int = 100
     init_norm_rule: str = "reference"
@@ -305,6 +333,38 @@ def _check_choice(cfg: TrainConfig, name: str, allowed: tuple, optional: bool = 
         _bad(name, v, f"one of {list(allowed)}")
 
 
+def _check_constraint_schedule(cfg: TrainConfig) -> None:
+    """The constraint schedule fields (see the module docstring)."""
+    v = cfg.delay_lmo
+    if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                              and 0 < v < 1):
+        _bad("delay_lmo", v, "a fraction in (0, 1) or None")
+    _check_float(cfg, "tau_start", 0.0, lo_open=True, optional=True)
+    _check_float(cfg, "k_frac_start", 0.0, 1.0, lo_open=True, optional=True)
+    _check_int(cfg, "schedule_phases", 2)
+    _check_float(cfg, "schedule_end", 0.0, 1.0, lo_open=True)
+    for name in ("delay_lmo", "k_frac_start"):
+        if getattr(cfg, name) is not None and cfg.constraint not in K_CONSTRAINTS:
+            _bad(name, getattr(cfg, name), f"None with constraint={cfg.constraint!r} (it needs "
+                 f"one of {list(K_CONSTRAINTS)})")
+    if cfg.tau_start is not None and cfg.constraint == "unconstrained":
+        _bad("tau_start", cfg.tau_start, "None with constraint='unconstrained'")
+    if cfg.delay_lmo is not None and (cfg.tau_start, cfg.k_frac_start) != (None, None):
+        raise ValueError(f"delay_lmo={cfg.delay_lmo!r} conflicts with tau_start="
+                         f"{cfg.tau_start!r} / k_frac_start={cfg.k_frac_start!r}: use one "
+                         f"constraint schedule (delayed LMO or tightening)")
+    active = [f for f in CONSTRAINT_SCHEDULE_FIELDS if getattr(cfg, f) is not None]
+    if active and cfg.sfw_init is True:
+        raise ValueError(f"sfw_init=True conflicts with {active[0]}={getattr(cfg, active[0])!r}: "
+                         f"SFW-Init tunes the init for one constraint set, not a schedule")
+
+
+def has_constraint_schedule(cfg: TrainConfig) -> bool:
+    """True when a field of ``CONSTRAINT_SCHEDULE_FIELDS`` is set (an SFW config's sets change
+    during training)."""
+    return any(getattr(cfg, f) is not None for f in CONSTRAINT_SCHEDULE_FIELDS)
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check every field's type and range; return ``resolve(cfg)``.
 
@@ -345,6 +405,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_float(cfg, "tau", 0.0, lo_open=True)
     _check_choice(cfg, "mode", MODES)
     _check_choice(cfg, "rescale", RESCALES)
+    _check_constraint_schedule(cfg)
     _check_choice(cfg, "sfw_scope", SFW_SCOPES)
     _check_int(cfg, "init_norm_samples", 1)
     _check_choice(cfg, "init_norm_rule", INIT_NORM_RULES)

@@ -13,6 +13,8 @@ jitted steps without recompiling:
   ``constraint='nm_sparse'`` every leaf without N:M groups; or every leaf for
   ``constraint='unconstrained'``) -> the SGD above at ``rest_learning_rate``.
   Hyperparameters: ``learning_rate`` (SFW step-size factor) and ``rest_learning_rate``.
+  With a constraint schedule (``delay_lmo``, ``tau_start``, ``k_frac_start``) the constrained
+  leaves get ``scheduled_sfw`` over the phases of :func:`build_constraint_phases` instead.
 
 A schedule scales every learning rate by the same factor ``lr_e / lr_0``
 (:func:`set_learning_rates`).
@@ -26,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sfw_jax.config import TrainConfig, parse_nm
+from sfw_jax import constraint_schedule as schedule_lib
+from sfw_jax.config import TrainConfig, has_constraint_schedule, parse_nm
 from sfw_jax.constraints import expected_init_norms, is_constraint, make_constraints
 from sfw_jax.sfw import sfw
 
@@ -66,6 +69,50 @@ def build_constraints(cfg: TrainConfig, params: PyTree,
                             mode=cfg.mode, init_norms=init_norms, where=where, **nm)
 
 
+def build_constraint_phases(cfg: TrainConfig, params: PyTree, init_norms: PyTree | None = None,
+                            total_steps: int | None = None) -> list[tuple[int, PyTree]]:
+    """The ``(start_step, constraints)`` phases of an SFW config over ``total_steps`` training
+    steps (``sfw_jax.constraint_schedule``); the last phase's constraints are
+    :func:`build_constraints` ``(cfg, ...)``.
+
+    * no schedule: ``[(0, build_constraints(cfg, params, init_norms))]``;
+    * ``delay_lmo = f``: ``delayed_lmo(target, params, step_at(f, total_steps))`` (K = n first);
+    * ``tau_start`` / ``k_frac_start``: ``tightening_phases`` of ``build_constraints`` with
+      (tau, k_frac) moving from (``tau_start``, ``k_frac_start``) (None: the target value) to
+      (``tau``, ``k_frac``) over ``schedule_phases`` phases, the last starting at step
+      ``step_at(schedule_end, total_steps)``.
+
+    ValueError when a schedule is set and ``total_steps`` is None, or when the steps are too
+    few for its phases.
+    """
+    if not has_constraint_schedule(cfg):
+        return [(0, build_constraints(cfg, params, init_norms))]
+    if total_steps is None:
+        raise ValueError("total_steps must be the number of training steps (steps per epoch x "
+                         "epochs) for a constraint schedule, got None")
+    if cfg.delay_lmo is not None:
+        switch = schedule_lib.step_at(cfg.delay_lmo, total_steps)
+        if not 0 < switch < total_steps:
+            raise ValueError(f"delay_lmo={cfg.delay_lmo!r} of {total_steps} steps puts the switch "
+                             f"at step {switch}; it must fall inside training (1 .. "
+                             f"{total_steps - 1})")
+        return schedule_lib.delayed_lmo(build_constraints(cfg, params, init_norms), params,
+                                        switch)
+
+    def make(tau, k_frac):
+        return build_constraints(cfg.replace(tau=tau, k_frac=k_frac), params, init_norms)
+
+    start = {"tau": cfg.tau if cfg.tau_start is None else cfg.tau_start,
+             "k_frac": cfg.k_frac if cfg.k_frac_start is None else cfg.k_frac_start}
+    end_step = schedule_lib.step_at(cfg.schedule_end, total_steps)
+    if end_step < cfg.schedule_phases - 1:
+        raise ValueError(f"schedule_phases={cfg.schedule_phases!r} needs at least "
+                         f"{cfg.schedule_phases - 1} steps before schedule_end, got {end_step} "
+                         f"(schedule_end={cfg.schedule_end!r} of {total_steps} steps)")
+    return schedule_lib.tightening_phases(make, start, {"tau": cfg.tau, "k_frac": cfg.k_frac},
+                                          cfg.schedule_phases, end_step)
+
+
 def compute_init_norms(init_fn: Any, rng: jax.Array, cfg: TrainConfig) -> PyTree | None:
     """``expected_init_norms`` over ``cfg.init_norm_samples`` draws when the config needs them."""
     if cfg.optimizer != "sfw" or cfg.mode != "initialization" or cfg.constraint == "unconstrained":
@@ -79,12 +126,15 @@ def param_labels(constraints: PyTree) -> PyTree:
                         is_leaf=is_constraint)
 
 
-def build_optimizer(cfg: TrainConfig,
-                    constraints: PyTree | None = None) -> optax.GradientTransformationExtraArgs:
+def build_optimizer(cfg: TrainConfig, constraints: PyTree | None = None, *,
+                    phases: list[tuple[int, PyTree]] | None = None
+                    ) -> optax.GradientTransformationExtraArgs:
     """Optimizer of a *resolved* config (``sfw_jax.config.validate``); see the module docstring.
 
-    ``constraints`` is required for ``optimizer='sfw'`` (from :func:`build_constraints`).
-    ``update(grads, state, params)`` needs ``params``.
+    ``optimizer='sfw'`` needs ``constraints`` (from :func:`build_constraints`) or ``phases``
+    (from :func:`build_constraint_phases`; several phases -> ``scheduled_sfw``, and
+    ``constraints`` defaults to the last phase's). ``update(grads, state, params)`` needs
+    ``params``.
     """
     if cfg.lr is None or cfg.weight_decay is None:
         raise ValueError("cfg must be resolved (sfw_jax.config.validate) before building the "
@@ -96,17 +146,23 @@ def build_optimizer(cfg: TrainConfig,
         return optax.inject_hyperparams(make_sgd)(learning_rate=float(cfg.lr))
     if cfg.optimizer != "sfw":
         raise ValueError(f"optimizer must be one of ['sfw', 'sgd'], got {cfg.optimizer!r}")
+    if constraints is None and phases:
+        constraints = phases[-1][1]
     if constraints is None:
-        raise ValueError("optimizer='sfw' needs constraints (build_constraints); got None")
+        raise ValueError("optimizer='sfw' needs constraints (build_constraints) or phases "
+                         "(build_constraint_phases); got None")
     labels = param_labels(constraints)
     rescale = None if cfg.rescale == "none" else cfg.rescale
 
     def make_sfw(learning_rate, rest_learning_rate):
-        return optax.partition(
-            {SFW_LABEL: sfw(learning_rate, constraints, momentum=momentum, rescale=rescale,
-                            cpu_kernel=bool(cfg.cpu_kernel)),
-             SGD_LABEL: sgd_with_decay(rest_learning_rate, momentum, wd)},
-            labels)
+        kw = dict(momentum=momentum, rescale=rescale, cpu_kernel=bool(cfg.cpu_kernel))
+        if phases is not None and len(phases) > 1:
+            constrained = schedule_lib.scheduled_sfw(learning_rate, phases, **kw)
+        else:
+            constrained = sfw(learning_rate, constraints, **kw)
+        return optax.partition({SFW_LABEL: constrained,
+                                SGD_LABEL: sgd_with_decay(rest_learning_rate, momentum, wd)},
+                               labels)
 
     return optax.inject_hyperparams(make_sfw)(learning_rate=float(cfg.lr),
                                               rest_learning_rate=float(cfg.rest_lr))

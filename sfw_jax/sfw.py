@@ -5,9 +5,10 @@ For every parameter leaf x with constraint set C, gradient (incoming update) g, 
     m_t   = g                              if t = 0
           = mu * m_{t-1} + (1 - mu) * g    otherwise           (momentum, mu in [0, 1))
     v     = LMO_C(m_t) = argmin_{v in C} <v, m_t>
-    eta   = clip(lr_t * factor, 0, 1),  factor = ||m_t||_2 / ||x - v||_2   ('gradient')
-                                                 1 / diam(C)               ('diameter')
-                                                 1                         (None)
+    eta   = clip(lr_t * factor, 0, 1),  factor = ||m_t||_2 / ||x - v||_2     ('gradient')
+                                                 ||m_t||_2 / (diam(C) / 2)   ('fast_gradient')
+                                                 1 / diam(C)                 ('diameter')
+                                                 1                           (None)
     update = eta * (v - x)        so that  optax.apply_updates gives  x <- (1 - eta) x + eta v.
 
 This is the step of the reference PyTorch ``SFW`` optimizer (Pokutta et al.; Lu et al., 2022). The
@@ -40,7 +41,7 @@ from sfw_jax.constraints import (Constraint, KSparsePolytope, is_constraint,
                                  check_constraints_match as _check_structure)
 from sfw_jax.topk import top_k_threshold
 
-RESCALES = ("gradient", "diameter", None)
+RESCALES = ("gradient", "fast_gradient", "diameter", None)
 
 
 class SFWState(NamedTuple):
@@ -139,6 +140,8 @@ def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
     if rescale == "gradient":
         dn = _norm(d)
         factor = _norm(m) / jnp.where(dn > 0, dn, 1)     # d = 0 means x = v: any eta is a no-op
+    elif rescale == "fast_gradient":
+        factor = _norm(m) / jnp.asarray(c.diameter / 2, acc)
     elif rescale == "diameter":
         factor = jnp.asarray(1.0 / c.diameter, acc)
     else:
@@ -149,7 +152,8 @@ def sfw_leaf_step(c: Constraint, g: jax.Array, m_prev: jax.Array, x: jax.Array,
 
 def _step_sizes(cs, sq, acc, lr, rescale: Optional[str]) -> jax.Array:
     """eta_i = clip(lr * factor_i, 0, 1) for all leaves at once ([L] vector); ``sq`` is a list of
-    ``(||m_i||^2, ||d_i||^2)`` thunks (called for 'gradient' only), ``acc`` the result dtype.
+    ``(||m_i||^2, ||d_i||^2)`` thunks (called for 'gradient' and 'fast_gradient' only), ``acc``
+    the result dtype.
 
     The per-leaf scalars are stacked so that the factor arithmetic is one small fused op rather
     than a chain of scalar ops per leaf (each a separate kernel launch on XLA:CPU)."""
@@ -159,6 +163,10 @@ def _step_sizes(cs, sq, acc, lr, rescale: Optional[str]) -> jax.Array:
         sq_d = jnp.stack([s[1].astype(acc) for s in sq])
         # d = 0 means x = v: any eta is a no-op; divide by 1 there (as sfw_leaf_step)
         factor = _safe_sqrt(sq_m) / jnp.where(sq_d > 0, _safe_sqrt(sq_d), 1)
+    elif rescale == "fast_gradient":
+        # ||d||^2 is not read: XLA drops its reduction (the native kernel returns it anyway)
+        sq_m = jnp.stack([f()[0].astype(acc) for f in sq])
+        factor = _safe_sqrt(sq_m) / jnp.asarray([c.diameter / 2 for c in cs], acc)
     elif rescale == "diameter":
         factor = jnp.asarray([1.0 / c.diameter for c in cs], acc)
     else:
@@ -186,7 +194,9 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
       learning_rate: lr >= 0, a float, a scalar array or an ``optax.Schedule`` of the step count.
       constraints: pytree like params of constraint objects (:func:`sfw_jax.make_constraints`).
       momentum: mu in [0, 1); m = mu m + (1 - mu) g with m = g on the first step.
-      rescale: 'gradient' (reference default), 'diameter' or None.
+      rescale: 'gradient' (reference default), 'fast_gradient' (the radius D/2 in place of
+        ||x - v||, as the 'fast_gradient' option of Zimmer, Spiegel & Pokutta's
+        compression-aware SFW code: ``factor = ||m|| / (0.5 * diameter)``), 'diameter' or None.
       cpu_kernel: on the CPU, compute m, the top-k selection and the two norms of every float32
         K-sparse leaf with K < n by one call to the native kernel of :mod:`sfw_jax.native`
         (built on first use with the system C++ compiler; x86-64). Same m and selection as the

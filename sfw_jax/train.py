@@ -6,7 +6,8 @@ One run (:func:`train`) does, for a ``TrainConfig`` ``cfg``:
    count, ``resume`` has a checkpoint, ``out_dir`` not already used by another run, ...);
 2. load the dataset and put its uint8 arrays on the devices once (replicated);
 3. init the model; for SFW compute E||W_init|| over ``init_norm_samples`` draws, build the
-   constraints and make the initial params feasible (``make_feasible``); build the optimizer;
+   constraints (with a constraint schedule, its phases over (steps per epoch) x ``epochs``
+   steps) and make the initial params feasible (``make_feasible``); build the optimizer;
 4. per epoch ``e``: set the schedule's lr in ``opt_state.hyperparams``; shuffle with
    ``epoch_permutation(n, seed, e)`` (a pure function of (seed, epoch), so resuming needs no RNG
    state); run ``n // batch_size`` jitted steps (each gathers its batch from the on-device
@@ -318,25 +319,30 @@ def build_model(cfg: TrainConfig, info: DatasetInfo) -> Any:
     return get_model(cfg.arch, info.num_classes, dtype=dtype, **dict(cfg.model_kwargs))
 
 
-def init_train_state(cfg: TrainConfig, model: Any, info: DatasetInfo
+def init_train_state(cfg: TrainConfig, model: Any, info: DatasetInfo,
+                     total_steps: int | None = None
                      ) -> tuple[TrainState, optax.GradientTransformationExtraArgs, PyTree | None]:
     """(state, optimizer, constraints) for a resolved config (host-side; not yet on the mesh).
 
     Keys: ``PRNGKey(seed)`` split into (init, init-norms, train). For SFW the initial params are
-    made feasible for the constraints built from E||W_init|| ('initialization' mode).
+    made feasible for the constraints built from E||W_init|| ('initialization' mode): those of
+    the first phase of a constraint schedule, whose phases are placed over ``total_steps``
+    training steps (required then; ``opt_lib.build_constraint_phases``). ``constraints`` are the
+    target (last phase's) sets.
     """
     init_key, norm_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
     dummy = _dummy_input(info)
     variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
-    constraints = None
+    constraints = phases = None
     if cfg.optimizer == "sfw":
         norms = opt_lib.compute_init_norms(
             lambda k: model.init(k, dummy, train=False)["params"], norm_key, cfg)
-        constraints = opt_lib.build_constraints(cfg, params, norms)
-        params = jax.jit(lambda p: make_feasible(p, constraints))(params)
-    tx = opt_lib.build_optimizer(cfg, constraints)
+        phases = opt_lib.build_constraint_phases(cfg, params, norms, total_steps)
+        constraints = phases[-1][1]
+        params = jax.jit(lambda p: make_feasible(p, phases[0][1]))(params)
+    tx = opt_lib.build_optimizer(cfg, constraints, phases=phases)
     state = TrainState(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
                        step=jnp.zeros((), jnp.int32), rng=train_key)
     return state, tx, constraints
@@ -506,7 +512,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
     info = dataset.info
 
     model = build_model(cfg, info)
-    state, tx, constraints = init_train_state(cfg, model, info)
+    state, tx, constraints = init_train_state(cfg, model, info, total_steps=steps * cfg.epochs)
     sfw_init_info = None
     if cfg.optimizer == "sfw" and cfg.sfw_init and not cfg.resume:
         state, sfw_init_info = apply_sfw_init(cfg, model, state, constraints, train_split, info)

@@ -116,3 +116,65 @@ def test_quickstart_helpers(tmp_path):
     assert (cfgs["SFW"].optimizer, cfgs["SFW"].tau, cfgs["SFW"].epochs) == ("sfw", 10.0, 2)
     assert (cfgs["SGD"].optimizer, cfgs["SGD"].lr, cfgs["SGD"].weight_decay) == ("sgd", 0.05,
                                                                                5e-4)
+
+
+def test_rescale_and_constraint_schedule_flags(capsys):
+    cfg = _printed_config(capsys, ["--preset", "quickstart-digits", "--rescale", "fast_gradient",
+                                   "--delay-lmo", "0.25"])
+    assert (cfg["rescale"], cfg["delay_lmo"], cfg["tau_start"]) == ("fast_gradient", 0.25, None)
+    cfg = _printed_config(capsys, ["--tau-start", "20", "--k-frac-start", "0.1",
+                                   "--schedule-phases", "3", "--schedule-end", "0.6"])
+    assert (cfg["tau_start"], cfg["k_frac_start"], cfg["schedule_phases"],
+            cfg["schedule_end"]) == (20.0, 0.1, 3, 0.6)
+    cfg = _printed_config(capsys, ["--preset", "quickstart-digits", "--delay-lmo", "none"])
+    assert cfg["delay_lmo"] is None
+    assert (config_lib.TrainConfig().schedule_phases, config_lib.TrainConfig().schedule_end) == (
+        4, 0.5)
+
+
+def test_constraint_schedule_errors_name_the_option(capsys):
+    assert "delay_lmo must be a fraction in (0, 1) or None, got 1.0" in _error(
+        capsys, ["--delay-lmo", "1"])
+    assert ("delay_lmo must be None with constraint='l2' (it needs one of ['k_sparse', "
+            "'k_support']), got 0.3") in _error(capsys, ["--constraint", "l2", "--delay-lmo", "0.3"])
+    assert "k_frac_start must be None with constraint='linf'" in _error(
+        capsys, ["--constraint", "linf", "--k-frac-start", "0.1"])
+    assert "tau_start must be a finite number > 0.0 or None, got 0.0" in _error(
+        capsys, ["--tau-start", "0"])
+    assert "k_frac_start must be a finite number > 0.0 and <= 1.0 or None, got 1.5" in _error(
+        capsys, ["--k-frac-start", "1.5"])
+    assert "schedule_phases must be an int >= 2, got 1" in _error(
+        capsys, ["--schedule-phases", "1"])
+    assert "schedule_end must be a finite number > 0.0 and <= 1.0, got 0.0" in _error(
+        capsys, ["--schedule-end", "0"])
+    assert "delay_lmo=0.3 conflicts with tau_start=15.0" in _error(
+        capsys, ["--delay-lmo", "0.3", "--tau-start", "15"])
+    assert "sfw_init=True conflicts with tau_start=15.0" in _error(
+        capsys, ["--sfw-init", "--tau-start", "15"])
+    assert "--delay-lmo: only meaningful with --optimizer sfw" in _error(
+        capsys, ["--optimizer", "sgd", "--delay-lmo", "0.3"])
+    assert "invalid choice: 'fast'" in _error(capsys, ["--rescale", "fast"])
+
+
+def test_study_set_reaches_the_new_options(capsys):
+    """``python -m experiments.study --set KEY=VALUE`` parses the new fields' values (JSON, else
+    a string) and validates them before any work."""
+    from experiments import study as study_lib
+    from experiments.study_presets import get_study_preset
+
+    preset = get_study_preset("cifar10-cpu-gap")
+    sets = {"fg": ["rescale=fast_gradient", "lr=0.1"], "delay": ["delay_lmo=0.3333"],
+            "tau": ["tau_start=15", "schedule_phases=4", "schedule_end=0.5"],
+            "kf": ["k_frac_start=0.05", "init_norm_rule=reference"]}
+    got = {name: config_lib.validate(study_lib.apply_overrides(
+        preset, study_lib.parse_overrides(items)).method_config("sfw_ksparse"))
+        for name, items in sets.items()}
+    assert (got["fg"].rescale, got["fg"].lr) == ("fast_gradient", 0.1)
+    assert got["delay"].delay_lmo == 0.3333 and got["delay"].k_frac == 0.01
+    assert (got["tau"].tau_start, got["tau"].tau, got["tau"].schedule_phases) == (15, 7.0, 4)
+    assert (got["kf"].k_frac_start, got["kf"].init_norm_rule) == (0.05, "reference")
+    with pytest.raises(SystemExit) as exc:
+        study_lib.main(["--preset", "cifar10-cpu-gap", "--methods", "sfw_ksparse",
+                        "--set", "delay_lmo=2"])
+    assert exc.value.code == 2
+    assert "delay_lmo must be a fraction in (0, 1) or None, got 2" in capsys.readouterr().err

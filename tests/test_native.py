@@ -268,3 +268,33 @@ def test_cpu_kernel_config_is_validated_and_sfw_only():
     assert cfg.cpu_kernel is True
     with pytest.raises(SystemExit):
         parse_config(["--preset", "quickstart-digits", "--optimizer", "sgd", "--cpu-kernel"])
+
+
+def test_fast_gradient_with_cpu_kernel_follows_the_xla_path():
+    """'fast_gradient' reads only the kernel's ||m||^2: the kernel path gives the XLA path's
+    steps (up to that norm's summation order), and eta = clip(lr ||m|| / (D / 2), 0, 1)."""
+    params = {k: v for k, v in _tree().items() if k in ("conv", "small", "bias")}
+    cons = make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=0.5, mode="radius")
+    grads = [jax.tree.map(lambda p, t=t: jnp.sin(jnp.arange(p.size) * (t + 1.0)).reshape(
+        p.shape), params) for t in range(3)]
+    runs = {}
+    for flag in (False, True):
+        tx = sfw(0.01, cons, rescale="fast_gradient", cpu_kernel=flag)
+        step, s, p, ups = jax.jit(tx.update), tx.init(params), params, []
+        for g in grads:
+            u, s = step(g, s, p)
+            p = optax.apply_updates(p, u)
+            ups.append(u)
+        runs[flag] = ups
+    for ux, un in zip(runs[False], runs[True]):
+        for name in params:
+            np.testing.assert_allclose(np.asarray(un[name]), np.asarray(ux[name]),
+                                       rtol=1e-5, atol=1e-7)
+    c = cons["small"]
+    g = np.asarray(grads[0]["small"], np.float64)
+    eta = min(0.01 * np.linalg.norm(g) / (c.diameter / 2), 1.0)
+    assert 0.05 < eta < 1                                  # neither clipped nor negligible
+    v = np.asarray(c.lmo(jnp.asarray(grads[0]["small"])), np.float64)
+    np.testing.assert_allclose(np.asarray(runs[True][0]["small"]),
+                               eta * (v - np.asarray(params["small"], np.float64)),
+                               rtol=1e-5, atol=1e-8)

@@ -169,6 +169,29 @@ def test_resume_after_mid_epoch_interrupt_matches_uninterrupted_run(tmp_path, mo
     assert len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 4
 
 
+def test_resume_with_a_constraint_schedule_matches_uninterrupted_run(tmp_path, monkeypatch):
+    """The constraint schedule is rebuilt from the config on resume and the run continues bit
+    for bit: 2 epochs of 8 steps, phases starting at steps 0, 6 and 12, checkpoint after step 8,
+    interrupt at step 11."""
+    ds = tiny_dataset()
+    kw = dict(epochs=2, keep_checkpoints=2, tau_start=10.0, k_frac_start=0.4,
+              schedule_phases=3, schedule_end=0.75)
+    full = train_lib.train(small_config(out_dir=str(tmp_path / "full"), **kw), ds)
+    out = str(tmp_path / "cut")
+    with monkeypatch.context() as m:
+        _interrupting(m, at_call=8 + 3)
+        with pytest.raises(KeyboardInterrupt):
+            train_lib.train(small_config(out_dir=out, **kw), ds)
+    resumed = train_lib.train(small_config(out_dir=out, resume=True, **kw), ds)
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(full.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed.test == full.test
+    assert contains_all(full.state.params, full.constraints)
+    # the schedule is active: without it the run differs
+    plain = train_lib.train(small_config(epochs=2), ds)
+    assert plain.history[0]["train_loss"] != full.history[0]["train_loss"]
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     ds = tiny_dataset()
     out = str(tmp_path / "nan")
