@@ -96,7 +96,7 @@ def build_optimizer(cfg: TrainConfig,
     def make_sfw(learning_rate, rest_learning_rate):
         return optax.partition(
             {SFW_LABEL: sfw(learning_rate, constraints, momentum=momentum, rescale=rescale,
-                            cpu_kernel=bool(cfg.cpu_kernel)),
+                            cpu_kernel=cfg.cpu_kernel),
              SGD_LABEL: sgd_with_decay(rest_learning_rate, momentum, wd)},
             labels)
 

@@ -544,24 +544,22 @@ def bisect_passes(dtype) -> int:
     return p
 
 
-def _bisect_pass(v: jax.Array, lo, hi, f_lo, f_hi, k: int, sp: _Space):
-    """One 'bisect' pass: ``F`` at the ``T`` keys ``min(lo + j s, hi)``, ``j = 1..T``,
-    ``s = ceil((hi - lo) / (T + 1))``, then the bracket between the last key with ``F >= k``
-    and the next one (width <= s). Counts with one compare of ``v`` [n] against the ``T``
-    thresholds and a sum over ``n`` (one reduction fusion)."""
+def _bisect_pass(v: jax.Array, lo: jax.Array, hi: jax.Array, k: int,
+                 sp: _Space) -> tuple[jax.Array, jax.Array]:
+    """One 'bisect' pass over ``v`` [n] shrinking the bracket ``F(lo) >= k > F(hi)``: ``F`` at
+    the ``T`` keys ``min(lo + j s, hi)``, ``j = 1..T``, ``s = ceil((hi - lo) / (T + 1))``, by
+    one compare of ``v`` against the ``T`` thresholds and a sum over ``n`` (one reduction
+    fusion); the new bracket is ``[lo + j* s, min(lo + (j* + 1) s, hi))`` with ``j*`` the
+    number of keys with ``F >= k`` (a prefix: ``F`` is non-increasing), width <= ``s``."""
     kdt = sp.kdt
     span = hi - lo
     nt = jnp.array(_BISECT_T + 1, kdt)
     step = span // nt + (span % nt != 0).astype(kdt)              # ceil, no overflow
-    keys = jnp.minimum(lo + jnp.arange(1, _BISECT_T + 1, dtype=kdt) * step, hi)   # ascending
+    keys = jnp.minimum(lo + jnp.arange(1, _BISECT_T + 1, dtype=kdt) * step, hi)
     cnt = jnp.sum(v[:, None] >= _from_key(keys, sp)[None, :], axis=0, dtype=jnp.int32)
-    nge = jnp.sum((cnt >= k).astype(jnp.int32), dtype=jnp.int32)   # F non-increasing: a prefix
-    # the key lo + nge * s < hi has F >= k (or is lo); lo + (nge + 1) s (clipped to hi) has F < k
-    new_lo = lo + nge.astype(kdt) * step
-    new_hi = jnp.minimum(new_lo + step, hi)
-    new_flo = jnp.where(nge > 0, cnt[jnp.maximum(nge - 1, 0)], f_lo)
-    new_fhi = jnp.where(nge < _BISECT_T, cnt[jnp.minimum(nge, _BISECT_T - 1)], f_hi)
-    return new_lo, new_hi, new_flo, new_fhi
+    nge = jnp.sum((cnt >= k).astype(kdt), dtype=kdt)
+    new_lo = lo + nge * step          # < hi when nge > 0: that key has F >= k > F(hi)
+    return new_lo, jnp.minimum(new_lo + step, hi)
 
 
 def _tie_width(n: int) -> int:
@@ -573,25 +571,26 @@ def _tie_width(n: int) -> int:
 def _bisect_key(xf: jax.Array, k: int, prep=_identity) -> tuple[jax.Array, jax.Array]:
     """Exact selection of the top k of ``prep(xf)`` (flat) as ``(t_key, cut)`` (the format of
     :func:`_search_key`) in a fixed sequence of operations: :func:`bisect_passes` counting
-    passes pin ``t = lo`` (``hi = lo + 1``), then one pass counts the entries equal to ``t``
-    per row of :func:`_tie_width` entries and :func:`_pinned_cut` reads the cut off them
-    (``cut = n`` when ``F(t) = k``). No loop, no conditional."""
+    passes pin ``t = lo`` (``hi = lo + 1``), then one pass counts ``#(v > t)``, ``#(v == t)``
+    and the entries equal to ``t`` per row of :func:`_tie_width` entries, and
+    :func:`_pinned_cut` reads the cut of the ``(k - #(v > t))``-th such entry off the row
+    counts (``cut = n`` when ``#(v >= t) = k``). No loop, no conditional."""
     sp = _space(xf.dtype)
     kdt = sp.kdt
     n = xf.shape[0]
     v = prep(xf)
-    lo_i, hi_i = _bisect_bracket(sp)
-    lo, hi = jnp.array(lo_i, kdt), jnp.array(hi_i, kdt)
-    f_lo, f_hi = jnp.array(n, jnp.int32), jnp.array(0, jnp.int32)
+    lo, hi = (jnp.array(b, kdt) for b in _bisect_bracket(sp))
     for _ in range(bisect_passes(xf.dtype)):
-        lo, hi, f_lo, f_hi = _bisect_pass(v, lo, hi, f_lo, f_hi, k, sp)
+        lo, hi = _bisect_pass(v, lo, hi, k, sp)
     t = _from_key(lo, sp)
+    gt = jnp.sum((v > t).astype(jnp.int32), dtype=jnp.int32)
+    eq = jnp.sum((v == t).astype(jnp.int32), dtype=jnp.int32)
     width = _tie_width(n)
     nrows = n // width
     rc = jnp.sum((v[: nrows * width].reshape(nrows, width) == t).astype(jnp.int32), axis=1,
                  dtype=jnp.int32)
-    cut = _pinned_cut(xf, rc, t, k - f_hi, prep, width)
-    return lo, jnp.where(f_lo == k, jnp.int32(n), cut)
+    cut = _pinned_cut(xf, rc, t, k - gt, prep, width)
+    return lo, jnp.where(gt + eq == k, jnp.int32(n), cut)
 
 
 def top_k_threshold(x: jax.Array, k: int, *, method: str = "search",
@@ -637,11 +636,11 @@ def _top_k_mask_sort(x: jax.Array, k: int) -> jax.Array:
     return jnp.zeros(flat.shape, bool).at[idx].set(True).reshape(x.shape)
 
 
-def _backend_rule(backend: str | None) -> tuple[int, str]:
-    """The :data:`AUTO_RULES` entry of ``backend`` (None: ``jax.default_backend()``)."""
+def backend_name(backend: str | None = None) -> str:
+    """``backend`` (None: ``jax.default_backend()``) lower-cased, 'cuda' and 'rocm' as 'gpu':
+    the key of the per-backend tables (:data:`AUTO_RULES`, ``sfw_jax.sfw.BATCH_SELECT``)."""
     backend = jax.default_backend() if backend is None else str(backend).lower()
-    backend = "gpu" if backend in ("cuda", "rocm") else backend
-    return AUTO_RULES.get(backend, AUTO_RULES["default"])
+    return "gpu" if backend in ("cuda", "rocm") else backend
 
 
 def resolve_method(n: int, method: str = "auto", backend: str | None = None) -> str:
@@ -650,14 +649,14 @@ def resolve_method(n: int, method: str = "auto", backend: str | None = None) -> 
     ``'auto'`` follows :data:`AUTO_RULES`: ``'sort'`` below the backend's ``sort_below``
     entries, else its method (CPU: ``'sort'`` below 32768 entries, ``'search'`` above; every
     other backend: ``'bisect'``). ``backend``: a JAX platform name ('cpu', 'gpu', 'cuda',
-    'rocm', 'tpu', ...), None for ``jax.default_backend()``. Other methods are returned as
-    given.
+    'rocm', 'tpu', ...; 'default' for the rule of the backends not listed), None for
+    ``jax.default_backend()``. Other methods are returned as given.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
-    sort_below, large = _backend_rule(backend)
+    sort_below, large = AUTO_RULES.get(backend_name(backend), AUTO_RULES["default"])
     return "sort" if n < sort_below else large
 
 
