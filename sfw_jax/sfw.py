@@ -260,17 +260,20 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
     for name, flag in (("cpu_kernel", cpu_kernel), ("batch_select", batch_select)):
         if flag is not None and not isinstance(flag, bool):
             raise ValueError(f"{name} must be None, True or False, got {flag!r}")
-    use_kernel = uses_cpu_kernel(cpu_kernel)
-    if batch_select is None:
-        batch_select = BATCH_SELECT.get(backend_name(), BATCH_SELECT["default"])
     if not callable(learning_rate):
         _check_scalar_hparam(learning_rate, "learning_rate", 0.0, math.inf, True)
     _check_scalar_hparam(momentum, "momentum", 0.0, 1.0, True)
-    bad = [c for c in jax.tree.leaves(constraints, is_leaf=is_constraint) if not is_constraint(c)]
+    c_leaves = jax.tree.leaves(constraints, is_leaf=is_constraint)
+    bad = [c for c in c_leaves if not is_constraint(c)]
     if bad:
         raise ValueError(f"constraints must be a pytree whose leaves are constraint objects "
                          f"(KSparsePolytope, LpBall, KSupportNormBall, Unconstrained); got a leaf "
                          f"{bad[0]!r}")
+    # (no K-sparse leaf: nothing for the kernel, so 'auto' neither builds it nor warns)
+    use_kernel = ((cpu_kernel is not None or any(isinstance(c, KSparsePolytope) for c in c_leaves))
+                  and uses_cpu_kernel(cpu_kernel))
+    if batch_select is None:
+        batch_select = BATCH_SELECT.get(backend_name(), BATCH_SELECT["default"])
 
     def init_fn(params):
         params = _unbox(params)
