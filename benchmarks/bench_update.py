@@ -21,7 +21,8 @@ K-sparse LMO alone (``k_sparse_lmo``) for each distinct tensor size of the tree.
 Reports medians over ``--reps`` calls after warm-up; the JSON record (last line with ``--json``)
 has "params", "default_path", "default_update_ms" and "default_ratio" (default SFW / SGD),
 "sfw_update_ms" and "ratio" (the XLA path), "sfw_batched_update_ms" and "batched_ratio",
-"sgd_update_ms", and "lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
+"sgd_update_ms", "paired_ratios" (with ``--interleaved``: per optimizer the median of its
+per-rep ratios to SGD, else null) and "lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False) -> d
         "sfw_batched_update_ms": round(ms["xla_batched"], 3),
         "batched_ratio": round(ms["xla_batched"] / ms["sgd"], 3),
         "sgd_update_ms": round(ms["sgd"], 3),
+        # with --interleaved: medians of the per-rep ratios (each pair saw the same load)
+        "paired_ratios": ({name: round(_timing.paired_ratio(results[name], results["sgd"]), 3)
+                           for name in ("default", "xla", "xla_batched")}
+                          if interleaved else None),
         **{f"{name}_summary": _timing.summary(r) for name, r in results.items()},
         "lmo_ms_by_size": lmo,
         "lmo_sum_ms": round(sum(v["ms"] * v["tensors"] for v in lmo.values()), 3),
@@ -144,6 +149,9 @@ def main(argv=None) -> int:
                         ("update", "median_ms", "min_ms", "p90_ms"))
     print(f"SFW default / SGD = {rec['default_ratio']:.2f}x   XLA path / SGD = "
           f"{rec['ratio']:.2f}x   XLA batched / SGD = {rec['batched_ratio']:.2f}x")
+    if rec["paired_ratios"]:
+        print("paired (median of per-rep ratios to SGD): "
+              + "   ".join(f"{k} {v:.2f}x" for k, v in rec["paired_ratios"].items()))
     _timing.print_table(
         [(n, v["k"], v["tensors"], v["path"], v["ms"]) for n, v in rec["lmo_ms_by_size"].items()],
         ("n", "K", "tensors", "path", "lmo_ms"))
