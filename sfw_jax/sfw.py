@@ -231,8 +231,9 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         (built on first use with the system C++ compiler; x86-64). Same m and selection as the
         XLA path; the norms are summed in another order, so eta may differ in its last bits.
         Other platforms, and other leaves, use the XLA path. None (default): the kernel when
-        ``jax.default_backend()`` is the CPU and the kernel builds and loads here (measured
-        2-3x faster per update than the XLA path: ``benchmarks/bench_update.py``); where it
+        ``jax.default_backend()`` is the CPU and the kernel builds and loads here (2-4x faster
+        per ResNet-18 update than the XLA path in 7 runs of ``benchmarks/bench_update.py`` on
+        the loaded 2-core CPU); where it
         cannot, one ``RuntimeWarning`` per process names the reason and the XLA path is used;
         on other backends the XLA path, nothing built. True: the kernel on the CPU,
         :class:`sfw_jax.native.NativeKernelError` here if it cannot be built. False: the XLA
