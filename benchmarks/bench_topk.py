@@ -7,10 +7,11 @@ For each size n, times a jit-compiled ``top_k_mask(|g|, K, method=m)`` with
 ``K = min(max(10, floor(0.05 n)), n)`` on ``|g|``, ``g`` standard normal drawn in float32 and
 cast to ``--dtype`` (bfloat16 has 256 values per octave, so thousands of entries tie with the
 k-th: the search must pin a value instead of gathering a few candidates), and reports the
-median over ``--reps`` calls and how many entries equal the k-th value (``ties``). ``'sort'``
-(``lax.top_k``) is skipped above ``--sort-max`` entries (it takes ~0.4 s at n = 2.36M on the
-2-core CPU). The JSON record (last line with
-``--json``) maps each size to {"k", "ties", "auto_path", method: median ms}.
+median over ``--reps`` calls and how many entries equal the k-th value (``ties``). Every
+method of ``sfw_jax.topk.METHODS`` by default; ``'auto_path'`` is the method ``'auto'`` runs on
+this backend. ``'sort'`` (``lax.top_k``) is skipped above ``--sort-max`` entries (it takes
+~0.4 s at n = 2.36M on the 2-core CPU). The JSON record (last line with ``--json``) maps each
+size to {"k", "ties", "auto_path", method: median ms}.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
-    ap.add_argument("--methods", nargs="+", default=["sort", "radix", "search", "auto"],
-                    choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--sort-max", type=int, default=600_000)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args(argv)

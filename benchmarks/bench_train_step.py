@@ -8,7 +8,8 @@ One jit-compiled step per optimizer: softmax cross-entropy of ``model.apply`` (`
 (batch 32 on CPU, 128 on GPU/TPU unless ``--batch``), gradients, optimizer update and
 ``optax.apply_updates``, with params / batch_stats / optimizer state donated. SFW: K-sparse on
 every tensor (as the reference), k=10, k_frac=0.05, value=15, initialization mode, momentum 0.9,
-gradient rescale; SGD: ``optax.sgd(0.1, momentum=0.9)``. The two steps are called in alternation
+gradient rescale, the other ``sfw`` arguments at their defaults (on the CPU the native kernel
+where it builds); SGD: ``optax.sgd(0.1, momentum=0.9)``. The two steps are called in alternation
 (one SFW step, one SGD step per rep) so that both see the same machine load. Medians over
 ``--reps`` steps after warm-up; ``--precision bf16`` computes in bfloat16. The JSON record
 (last line with ``--json``) has "batch" and a "results" list with one entry per model:

@@ -5,18 +5,24 @@
 Times, in the same run, one jit-compiled optimizer step ``(params, opt_state) -> (params',
 opt_state')`` = ``update`` + ``optax.apply_updates`` with ``donate_argnums`` on params and
 opt_state, for
-  * SFW: ``sfw_jax.sfw(lr=0.1, make_constraints(params, 'k_sparse', k=10, k_frac=0.05,
-    value=15.0, mode='initialization'), momentum=0.9, rescale='gradient')`` on all 62 tensors
-    (as the reference), top-k path ``--method``;
-  * SFW with ``cpu_kernel=True`` (the native kernel of ``sfw_jax.native``; CPU backend only,
-    skipped with a note where it cannot be built);
+  * SFW ``default``: ``sfw_jax.sfw(lr=0.1, make_constraints(params, 'k_sparse', k=10,
+    k_frac=0.05, value=15.0, mode='initialization'), momentum=0.9, rescale='gradient')`` on all
+    62 tensors (as the reference), top-k path ``--method``, every other argument at its default:
+    on the CPU the native kernel of ``sfw_jax.native`` where it builds (``cpu_kernel=None``),
+    elsewhere the XLA path; the record's ``default_path`` says which ran;
+  * SFW ``xla``: the same with ``cpu_kernel=False`` and ``batch_select=False`` (the XLA path, one
+    top-k selection per leaf);
+  * SFW ``xla_batched``: ``cpu_kernel=False``, ``batch_select=True`` (one vmapped selection per
+    group of same-shaped leaves);
   * SGD: ``optax.sgd(0.1, momentum=0.9)``.
 Gradients are fixed random normals; each optimizer is timed in a block of ``--reps`` calls
-(``--interleaved``: one SFW and one SGD call per rep, which cools each call's caches). Also
-times the K-sparse LMO alone (``k_sparse_lmo``) for each distinct tensor size of the tree.
+(``--interleaved``: one call of each per rep, which cools each call's caches). Also times the
+K-sparse LMO alone (``k_sparse_lmo``) for each distinct tensor size of the tree.
 Reports medians over ``--reps`` calls after warm-up; the JSON record (last line with ``--json``)
-has "params", "sfw_update_ms", "sgd_update_ms", "ratio", "sfw_kernel_update_ms" and
-"kernel_ratio" (null without the kernel) and "lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
+has "params", "default_path", "default_update_ms" and "default_ratio" (default SFW / SGD),
+"sfw_update_ms" and "ratio" (the XLA path), "sfw_batched_update_ms" and "batched_ratio",
+"sgd_update_ms", "paired_ratios" (with ``--interleaved``: per optimizer the median of its
+per-rep ratios to SGD, else null) and "lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ import optax
 from benchmarks import _timing
 from sfw_jax import k_sparse_lmo, make_constraints, sfw, sparsity_k
 from sfw_jax.models import get_model
-from sfw_jax.native import NativeKernelError
 from sfw_jax.topk import METHODS, resolve_method
 
 
@@ -49,11 +54,23 @@ def _norms(params):
     return jax.tree.map(lambda w: max(float(jnp.linalg.norm(w.reshape(-1))), 1.0), params)
 
 
+def default_path(method: str = "auto") -> str:
+    """Which path ``sfw(...)`` with default arguments runs on this backend, in words."""
+    from sfw_jax.sfw import BATCH_SELECT, uses_cpu_kernel
+    from sfw_jax.topk import backend_name
+    if uses_cpu_kernel(None):
+        return "native CPU kernel (cpu_kernel=None resolved to the kernel)"
+    batch = BATCH_SELECT.get(backend_name(), BATCH_SELECT["default"])
+    return (f"XLA path (cpu_kernel=None resolved to XLA), batch_select={batch}, top-k "
+            f"'{method}' = '{resolve_method(2_359_296, method)}' at n = 2359296")
+
+
 def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False, *,
-          params: Any = None, kernel: bool = True) -> dict:
+          params: Any = None, default: bool = True) -> dict:
     """The JSON record of the module docstring for ``params`` (default: ResNet-18's).
 
-    ``lmo_reps=0`` leaves out the per-size LMO timings; ``kernel=False`` the native kernel.
+    ``lmo_reps=0`` leaves out the per-size LMO timings; ``default=False`` leaves out the
+    default-arguments variant (on the CPU: the native kernel).
     """
     model = "resnet18" if params is None else "custom"
     params = resnet18_params() if params is None else params
@@ -66,19 +83,12 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False, *,
     constraints = make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
                                    mode="initialization", init_norms=_norms(params),
                                    method=method)
-    opts = [("sfw", sfw(0.1, constraints, momentum=0.9, rescale="gradient"))]
-    kernel_note = None
-    if not kernel:
-        kernel_note = "cpu_kernel not timed: not asked for"
-    elif jax.default_backend() != "cpu":
-        kernel_note = f"cpu_kernel not timed: backend is {jax.default_backend()}"
-    else:
-        try:
-            opts.append(("sfw_kernel", sfw(0.1, constraints, momentum=0.9, rescale="gradient",
-                                           cpu_kernel=True)))
-        except NativeKernelError as e:
-            kernel_note = f"cpu_kernel not timed: {e}"
-    opts.append(("sgd", optax.sgd(0.1, momentum=0.9)))
+    opts = [("default", sfw(0.1, constraints, momentum=0.9, rescale="gradient"))] if default else []
+    opts += [("xla", sfw(0.1, constraints, momentum=0.9, rescale="gradient", cpu_kernel=False,
+                        batch_select=False)),
+            ("xla_batched", sfw(0.1, constraints, momentum=0.9, rescale="gradient",
+                                cpu_kernel=False, batch_select=True)),
+            ("sgd", optax.sgd(0.1, momentum=0.9))]
     steps = {}
     for name, opt in opts:
         def step(p, s, g, opt=opt):
@@ -103,19 +113,22 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False, *,
         count = sum(1 for x in leaves if x.size == n)
         lmo[str(n)] = {"k": k, "ms": round(_timing.median(t), 3), "tensors": count,
                        "path": resolve_method(n, method)}
-    sfw_ms, sgd_ms = _timing.median(results["sfw"]), _timing.median(results["sgd"])
-    kernel_ms = _timing.median(results["sfw_kernel"]) if "sfw_kernel" in results else None
+    ms = {name: _timing.median(r) for name, r in results.items()}
     return {
         "benchmark": "bench_update", "model": model, "params": n_params,
         "tensors": len(leaves), "method": method, "reps": reps, "interleaved": interleaved,
-        "sfw_update_ms": round(sfw_ms, 3), "sgd_update_ms": round(sgd_ms, 3),
-        "ratio": round(sfw_ms / sgd_ms, 3),
-        "sfw_kernel_update_ms": None if kernel_ms is None else round(kernel_ms, 3),
-        "kernel_ratio": None if kernel_ms is None else round(kernel_ms / sgd_ms, 3),
-        "kernel_note": kernel_note,
-        "sfw": _timing.summary(results["sfw"]), "sgd": _timing.summary(results["sgd"]),
-        "sfw_kernel": (_timing.summary(results["sfw_kernel"]) if "sfw_kernel" in results
-                       else None),
+        "default_path": default_path(method),
+        "default_update_ms": round(ms["default"], 3) if "default" in ms else None,
+        "default_ratio": round(ms["default"] / ms["sgd"], 3) if "default" in ms else None,
+        "sfw_update_ms": round(ms["xla"], 3), "ratio": round(ms["xla"] / ms["sgd"], 3),
+        "sfw_batched_update_ms": round(ms["xla_batched"], 3),
+        "batched_ratio": round(ms["xla_batched"] / ms["sgd"], 3),
+        "sgd_update_ms": round(ms["sgd"], 3),
+        # with --interleaved: medians of the per-rep ratios (each pair saw the same load)
+        "paired_ratios": ({name: round(_timing.paired_ratio(results[name], results["sgd"]), 3)
+                           for name in ("default", "xla", "xla_batched") if name in results}
+                          if interleaved else None),
+        **{f"{name}_summary": _timing.summary(r) for name, r in results.items()},
         "lmo_ms_by_size": lmo,
         "lmo_sum_ms": round(sum(v["ms"] * v["tensors"] for v in lmo.values()), 3),
         **_timing.environment(),
@@ -137,17 +150,16 @@ def main(argv=None) -> int:
     rec = bench(args.reps, args.method, args.lmo_reps, args.interleaved)
     print(f"ResNet-18 params={rec['params']} tensors={rec['tensors']} backend={rec['backend']} "
           f"method={rec['method']}")
-    rows = [("sfw", rec["sfw"])]
-    if rec["sfw_kernel"] is not None:
-        rows.append(("sfw cpu_kernel=True", rec["sfw_kernel"]))
-    rows.append(("sgd(momentum=0.9)", rec["sgd"]))
-    _timing.print_table([(name, r["median_ms"], r["min_ms"], r["p90_ms"]) for name, r in rows],
+    print(f"default sfw(): {rec['default_path']}")
+    rows = [("sfw default", "default"), ("sfw xla (cpu_kernel=False)", "xla"),
+            ("sfw xla batch_select=True", "xla_batched"), ("sgd(momentum=0.9)", "sgd")]
+    _timing.print_table([(label, *rec[f"{name}_summary"].values()) for label, name in rows],
                         ("update", "median_ms", "min_ms", "p90_ms"))
-    print(f"SFW / SGD = {rec['ratio']:.2f}x")
-    if rec["kernel_ratio"] is not None:
-        print(f"SFW (cpu_kernel=True) / SGD = {rec['kernel_ratio']:.2f}x")
-    if rec["kernel_note"]:
-        print(rec["kernel_note"])
+    print(f"SFW default / SGD = {rec['default_ratio']:.2f}x   XLA path / SGD = "
+          f"{rec['ratio']:.2f}x   XLA batched / SGD = {rec['batched_ratio']:.2f}x")
+    if rec["paired_ratios"]:
+        print("paired (median of per-rep ratios to SGD): "
+              + "   ".join(f"{k} {v:.2f}x" for k, v in rec["paired_ratios"].items()))
     _timing.print_table(
         [(n, v["k"], v["tensors"], v["path"], v["ms"]) for n, v in rec["lmo_ms_by_size"].items()],
         ("n", "K", "tensors", "path", "lmo_ms"))

@@ -534,10 +534,13 @@ def section_update(s: Suite, deadline: float) -> dict:
     leaves = jax.tree.leaves(params)
 
     def one(m: str) -> dict:
-        rec = bench_update.bench(s.plan.update_reps, m, 0, params=params, kernel=False)
+        rec = bench_update.bench(s.plan.update_reps, m, 0, params=params, default=False)
         sfw_ms, sgd_ms = rec["sfw_update_ms"], rec["sgd_update_ms"]
         return {"sfw_ms": sfw_ms, "sgd_ms": sgd_ms, "ratio": round(sfw_ms / sgd_ms, 4),
-                "sfw": rec["sfw"], "sgd": rec["sgd"]}
+                "sfw_batched_ms": rec["sfw_batched_update_ms"],
+                "batched_ratio": round(rec["sfw_batched_update_ms"] / sgd_ms, 4),
+                "sfw": rec["xla_summary"], "sfw_batched": rec["xla_batched_summary"],
+                "sgd": rec["sgd_summary"]}
 
     rows, skipped, errors = run_jobs({m: functools.partial(one, m) for m in METHODS}, deadline)
     if s.plan.op_count_methods == ():

@@ -5,7 +5,8 @@
 Builds a one-leaf parameter tree of ``--size`` entries, jit-compiles the step ``(params, state) ->
 (params', state')`` = ``update`` + ``optax.apply_updates`` (donated buffers) for
   * SFW: ``sfw(0.1, k_sparse(k=10, k_frac=0.05, tau 15, 'initialization'), momentum=0.9,
-    rescale='gradient')`` (as ``benchmarks/bench_update.py``);
+    rescale='gradient')`` (as ``benchmarks/bench_update.py``; the other arguments at their
+    defaults: on the CPU the native kernel, one custom call, where it builds);
   * SGD: ``optax.sgd(0.1, momentum=0.9)``;
 runs ``--reps`` steps of each under ``jax.profiler`` and prints, per optimizer, the mean time per
 step of its ``--top`` most expensive XLA ops (fusions, custom calls, conditionals; nested ops of a

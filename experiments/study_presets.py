@@ -205,6 +205,7 @@ lists both.
 CIFAR10_CPU = StudyPreset(
     name="cifar10-cpu",
     description="SimpleCNN (width 0.5, BN) on the shared CIFAR-10 JPEG copy, 2-core CPU scale",
+    # (the base preset pins cpu_kernel=False: the committed results ran the XLA path)
     base_preset="cpu-simplecnn-cifar10",
     base=dict(data_dir=CIFAR10_JPEG, model_kwargs={"width": 0.5, "use_bn": True},
               epochs=8, lr_schedule="cosine", init_norm_samples=20, init_norm_rule="per_leaf",

@@ -44,6 +44,17 @@ def _model_kw(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+CPU_KERNEL = {"auto": None, "on": True, "off": False}
+"""``--cpu-kernel`` values and the ``TrainConfig.cpu_kernel`` each sets."""
+
+
+def _cpu_kernel(text: str) -> bool | None:
+    if text not in CPU_KERNEL:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(CPU_KERNEL)}, got {text!r}")
+    return CPU_KERNEL[text]
+
+
 def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
@@ -113,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SFW-Init: learn per-tensor init scales before training")
     g.add_argument("--sfw-init-steps", type=int, help="SFW-Init Adam steps (reference 390)")
     g.add_argument("--sfw-init-lr", type=float, help="SFW-Init Adam learning rate")
-    g.add_argument("--cpu-kernel", action=argparse.BooleanOptionalAction,
-                   help="SFW: native CPU kernel for the float32 K-sparse leaves (sfw_jax.native)")
+    g.add_argument("--cpu-kernel", type=_cpu_kernel, metavar="{" + ",".join(CPU_KERNEL) + "}",
+                   help="SFW's native CPU kernel for the float32 K-sparse leaves "
+                        "(sfw_jax.native): 'auto' = where it builds on a CPU backend (the "
+                        "config default; presets of committed results pin 'off'), 'on' (an "
+                        "error where it cannot be built) or 'off' (the XLA path)")
     g.add_argument("--lr", type=float, help="base lr (SFW default 1.0, SGD 0.1)")
     g.add_argument("--rest-lr", type=float, help="SGD lr of unconstrained leaves (SFW)")
     g.add_argument("--lr-schedule", choices=config_lib.LR_SCHEDULES)

@@ -143,13 +143,14 @@ class KSparsePolytope(_TopKSet):
 
     def lmo_select(self, g: jax.Array):
         """The top-k threshold ``(t, cut)`` of ``|g|`` on the counting paths (see
-        :func:`sfw_jax.topk.top_k_threshold`); the vertex itself on the 'sort' path."""
+        :func:`sfw_jax.topk.top_k_threshold`); the vertex itself on the 'sort' path.
+        ``method='auto'`` is resolved for ``jax.default_backend()`` when this is traced
+        (:func:`sfw_jax.topk.resolve_method`): to trace for another backend, name the method."""
         k = min(self.k, g.size)
         path = _topk.resolve_method(g.size, self.method)
         if k == g.size or path == "sort":
             return self.lmo(g)
-        return _topk.top_k_threshold(jax.lax.stop_gradient(g), k, absolute=True,
-                                     adaptive=path == "search")
+        return _topk.top_k_threshold(jax.lax.stop_gradient(g), k, absolute=True, method=path)
 
     def lmo_vertex(self, g: jax.Array, selection) -> jax.Array:
         if not isinstance(selection, tuple):

@@ -1,7 +1,8 @@
 """Native CPU kernel for the front half of the SFW step on K-sparse float32 leaves.
 
-``sfw(..., cpu_kernel=True)`` replaces, for every float32 leaf with a :class:`KSparsePolytope`
-constraint on the CPU, the XLA ops that compute
+``sfw(...)`` on a CPU backend (``cpu_kernel=None``, the default, wherever the kernel builds and
+loads; ``cpu_kernel=True`` to insist) replaces, for every float32 leaf with a
+:class:`KSparsePolytope` constraint with K < n, the XLA ops that compute
 
     m = mu m_prev + (1 - mu) g   (m = g at count 0),   the top-k selection (t, cut) of |m|,
     ||m||^2   and   ||v - x||^2   (v = LMO(m))
@@ -24,8 +25,10 @@ number of threads.
 
 The kernel is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``,
 ``g++`` or ``clang++``; ``-O3 -march=native``) into ``$SFW_JAX_CACHE`` (default
-``~/.cache/sfw_jax``), keyed by the source, the jaxlib version and the CPU's flags, and registered with ``jax.ffi``. x86-64 only (the flush-to-zero
-mode that keeps ``m`` bitwise equal to XLA's is set through MXCSR).
+``~/.cache/sfw_jax``), keyed by the source, the jaxlib version and the CPU's flags, and
+registered with ``jax.ffi``. x86-64 only (the flush-to-zero mode that keeps ``m`` bitwise equal
+to XLA's is set through MXCSR). :func:`unavailable_reason` tries this once per process for
+``cpu_kernel=None`` and warns once where it fails.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import jax
@@ -58,7 +62,7 @@ def _compiler() -> str:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if name and shutil.which(name):
             return shutil.which(name)
-    raise NativeKernelError("cpu_kernel=True needs a C++ compiler: none of $CXX, c++, g++, "
+    raise NativeKernelError("the native kernel needs a C++ compiler: none of $CXX, c++, g++, "
                             "clang++ is on PATH (install one, or use cpu_kernel=False)")
 
 
@@ -78,7 +82,7 @@ def _cpu_flags() -> str:
 def build() -> Path:
     """Compile the kernel (if not cached) and return the shared library's path."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise NativeKernelError(f"cpu_kernel=True supports x86-64 CPUs only, this machine is "
+        raise NativeKernelError(f"the native kernel supports x86-64 CPUs only, this machine is "
                                 f"{platform.machine()!r}")
     import jaxlib
     src = _SOURCE.read_bytes()
@@ -102,9 +106,29 @@ def build() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def ensure_registered() -> None:
-    """Build, load and register the kernel with ``jax.ffi`` (once per process)."""
-    lib = ctypes.cdll.LoadLibrary(str(build()))
+    """Build, load and register the kernel with ``jax.ffi`` (once per process);
+    :class:`NativeKernelError` where it cannot."""
+    path = build()
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as e:
+        raise NativeKernelError(f"loading {path} failed: {e}") from e
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.SfwSelectF32), platform="cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable_reason() -> str | None:
+    """None where the kernel builds, loads and registers here; otherwise the first line of the
+    reason, after one ``RuntimeWarning`` naming it (tried, and warned, once per process). The
+    check behind ``cpu_kernel=None``."""
+    try:
+        ensure_registered()
+    except NativeKernelError as e:
+        reason = str(e).splitlines()[0]
+        warnings.warn(f"sfw_jax: the native CPU kernel is unavailable ({reason}); "
+                      f"sfw(cpu_kernel=None) uses the XLA path", RuntimeWarning, stacklevel=2)
+        return reason
+    return None
 
 
 def sfw_select_f32(g: jax.Array, m_prev: jax.Array, x: jax.Array, count: jax.Array,

@@ -155,7 +155,7 @@ def build_optimizer(cfg: TrainConfig, constraints: PyTree | None = None, *,
     rescale = None if cfg.rescale == "none" else cfg.rescale
 
     def make_sfw(learning_rate, rest_learning_rate):
-        kw = dict(momentum=momentum, rescale=rescale, cpu_kernel=bool(cfg.cpu_kernel))
+        kw = dict(momentum=momentum, rescale=rescale, cpu_kernel=cfg.cpu_kernel)
         if phases is not None and len(phases) > 1:
             constrained = schedule_lib.scheduled_sfw(learning_rate, phases, **kw)
         else:

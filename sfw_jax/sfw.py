@@ -19,6 +19,10 @@ Implementation: the per-leaf step sizes are computed together as one [L] vector;
 two phases (``Constraint.lmo_select`` -> a small selection such as the top-k threshold, then
 ``Constraint.lmo_vertex`` elementwise), so for the K-sparse polytope the vertex is rebuilt inside
 the loops that use it instead of being written to memory (see ``benchmarks/bench_update.py``).
+With ``batch_select`` the selections of same-shaped K-sparse leaves are one ``vmap`` over their
+stacked momenta (fewer ops per update: ``benchmarks/op_count.py``). On a CPU backend the front
+half of the step of float32 K-sparse leaves is, by default, one native kernel call per leaf
+(``cpu_kernel``, :mod:`sfw_jax.native`).
 
 Leaves whose constraint is ``Unconstrained()`` pass the incoming update through unchanged (like
 ``optax.identity``): route them to another optimizer with ``optax.partition`` (the SFW branch
@@ -39,7 +43,7 @@ from sfw_jax._tree import PyTree
 from sfw_jax import native
 from sfw_jax.constraints import (Constraint, KSparsePolytope, is_constraint,
                                  check_constraints_match as _check_structure)
-from sfw_jax.topk import top_k_threshold
+from sfw_jax.topk import THRESHOLD_METHODS, backend_name, resolve_method, top_k_threshold
 
 RESCALES = ("gradient", "fast_gradient", "diameter", None)
 
@@ -174,6 +178,40 @@ def _step_sizes(cs, sq, acc, lr, rescale: Optional[str]) -> jax.Array:
     return jnp.clip(jnp.asarray(lr, acc) * factor, 0, 1)
 
 
+#: Whether ``sfw(batch_select=None)`` computes the selections of same-shaped leaves together,
+#: per backend (``'default'``: every backend not listed). CPU: off; the ResNet-18 update of the
+#: XLA path (top-k 'auto') took 1.33x as long batched (median of paired, alternated calls on the
+#: 2-core CPU): on XLA:CPU the stacked copy of the momenta, and the vmapped 'search' whose
+#: conditionals then run both branches, cost more than the calls saved. Other backends: on, one
+#: set of selection ops per group instead of per leaf (ResNet-18 with 'bisect': 1817 instead of
+#: 4489 ops in the compiled update, ``benchmarks/op_count.py`` on the CPU); to be timed on the
+#: device.
+BATCH_SELECT: dict[str, bool] = {"cpu": False, "default": True}
+
+
+def uses_cpu_kernel(cpu_kernel: Optional[bool] = None) -> bool:
+    """Whether ``sfw(..., cpu_kernel=cpu_kernel)`` runs the native CPU kernel here (see
+    :func:`sfw`; True raises ``NativeKernelError`` where the kernel cannot be built)."""
+    if cpu_kernel is None:
+        return backend_name() == "cpu" and native.unavailable_reason() is None
+    if cpu_kernel:
+        native.ensure_registered()                # fail here, not inside jit, when it cannot
+    return cpu_kernel
+
+
+def _select_group(c: Constraint, m: jax.Array) -> Optional[tuple]:
+    """The key of the leaves whose selections one ``vmap`` computes together: K-sparse leaves
+    with K < n on a threshold path (:data:`sfw_jax.topk.THRESHOLD_METHODS`), keyed by
+    ``(shape, dtype, K, path)``; None for the others."""
+    if not isinstance(c, KSparsePolytope):
+        return None
+    k = min(c.k, m.size)
+    path = resolve_method(m.size, c.method)
+    if k == m.size or path not in THRESHOLD_METHODS:
+        return None
+    return (m.shape, jnp.dtype(m.dtype), k, path)
+
+
 def _native_eligible(c: Constraint, g: Any, m: Any, x: Any) -> bool:
     """Leaves the native CPU kernel handles: K-sparse with K < n, float32 (any top-k method: the
     kernel's selection is the same exact top-k)."""
@@ -187,7 +225,8 @@ def _native_eligible(c: Constraint, g: Any, m: Any, x: Any) -> bool:
 def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyTree, *,
         momentum: Union[float, jax.Array] = 0.9,
         rescale: Optional[str] = "gradient",
-        cpu_kernel: bool = False) -> optax.GradientTransformationExtraArgs:
+        cpu_kernel: Optional[bool] = None,
+        batch_select: Optional[bool] = None) -> optax.GradientTransformationExtraArgs:
     """Stochastic Frank-Wolfe over per-leaf constraint sets (see the module docstring).
 
     Args:
@@ -201,7 +240,23 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         K-sparse leaf with K < n by one call to the native kernel of :mod:`sfw_jax.native`
         (built on first use with the system C++ compiler; x86-64). Same m and selection as the
         XLA path; the norms are summed in another order, so eta may differ in its last bits.
-        Other platforms, and other leaves, use the XLA path.
+        Other platforms, and other leaves, use the XLA path. None (default): the kernel when
+        ``jax.default_backend()`` is the CPU and the kernel builds and loads here (2-4x faster
+        per ResNet-18 update than the XLA path in 7 runs of ``benchmarks/bench_update.py`` on
+        the loaded 2-core CPU); where it
+        cannot, one ``RuntimeWarning`` per process names the reason and the XLA path is used;
+        on other backends the XLA path, nothing built. True: the kernel on the CPU,
+        :class:`sfw_jax.native.NativeKernelError` here if it cannot be built. False: the XLA
+        path.
+      batch_select: on the XLA path, compute the top-k selections (t, cut) of same-shaped
+        K-sparse leaves (same shape, dtype, K and top-k method, K < n, a threshold method) by
+        one ``vmap`` over their stacked momenta instead of one call per leaf (bitwise the same
+        result). None (default): :data:`BATCH_SELECT` for ``jax.default_backend()`` (off on
+        the CPU, on elsewhere).
+
+    ``cpu_kernel=None``, ``batch_select=None`` and the top-k ``method='auto'`` of the
+    constraints are resolved for ``jax.default_backend()`` (the first two when ``sfw`` is
+    called, the method when the update is traced).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params)`` requires
@@ -213,18 +268,23 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         rescale = None
     if rescale not in RESCALES:
         raise ValueError(f"rescale must be one of {RESCALES}, got {rescale!r}")
-    if not isinstance(cpu_kernel, bool):
-        raise ValueError(f"cpu_kernel must be True or False, got {cpu_kernel!r}")
-    if cpu_kernel:
-        native.ensure_registered()                # fail here, not inside jit, when it cannot
+    for name, flag in (("cpu_kernel", cpu_kernel), ("batch_select", batch_select)):
+        if flag is not None and not isinstance(flag, bool):
+            raise ValueError(f"{name} must be None, True or False, got {flag!r}")
     if not callable(learning_rate):
         _check_scalar_hparam(learning_rate, "learning_rate", 0.0, math.inf, True)
     _check_scalar_hparam(momentum, "momentum", 0.0, 1.0, True)
-    bad = [c for c in jax.tree.leaves(constraints, is_leaf=is_constraint) if not is_constraint(c)]
+    c_leaves = jax.tree.leaves(constraints, is_leaf=is_constraint)
+    bad = [c for c in c_leaves if not is_constraint(c)]
     if bad:
         raise ValueError(f"constraints must be a pytree whose leaves are constraint objects "
                          f"(KSparsePolytope, LpBall, KSupportNormBall, Unconstrained); got a leaf "
                          f"{bad[0]!r}")
+    # (no K-sparse leaf: nothing for the kernel, so 'auto' neither builds it nor warns)
+    use_kernel = ((cpu_kernel is not None or any(isinstance(c, KSparsePolytope) for c in c_leaves))
+                  and uses_cpu_kernel(cpu_kernel))
+    if batch_select is None:
+        batch_select = BATCH_SELECT.get(backend_name(), BATCH_SELECT["default"])
 
     def init_fn(params):
         params = _unbox(params)
@@ -261,16 +321,19 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
             acc = _acc_dtype(xs[i])
             return cs[i].lmo_vertex(m, sel).astype(acc) - xs[i].astype(acc)
 
-        def xla_front(i):
-            m = _leaf_momentum(gs[i], ms[i], xs[i], state.count, momentum)
-            # materialise the (small) selection: otherwise XLA recomputes its scalar arithmetic
-            # for every entry of the fused vertex loops
-            sel = jax.lax.optimization_barrier(cs[i].lmo_select(m))
-            return m, sel
+        def momentum_of(i):
+            return _leaf_momentum(gs[i], ms[i], xs[i], state.count, momentum)
 
+        # materialise the (small) selections: otherwise XLA recomputes their scalar arithmetic
+        # for every entry of the fused vertex loops
+        barrier = jax.lax.optimization_barrier
+        groups: dict[tuple, list[int]] = {}
         for i in live:                                   # trace-time walk over the leaves
-            if cpu_kernel and _native_eligible(cs[i], gs[i], ms[i], xs[i]):
+            if use_kernel and _native_eligible(cs[i], gs[i], ms[i], xs[i]):
                 k = min(cs[i].k, xs[i].size)
+                # the branch off the CPU needs a (t, cut) selection, as the kernel's
+                path = resolve_method(xs[i].size, cs[i].method, "default")
+                path = path if path in THRESHOLD_METHODS else "bisect"
 
                 def on_cpu(i=i):
                     m, sel, sq_m, sq_d = native.sfw_select_f32(
@@ -278,20 +341,32 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
                         k, cs[i].radius)
                     return m, sel, (sq_m, sq_d)
 
-                def elsewhere(i=i, k=k):
-                    # the XLA path with the selection as (t, cut) on every size (the kernel's
-                    # format; the 'sort' path's vertex would not match the other branch)
-                    m = _leaf_momentum(gs[i], ms[i], xs[i], state.count, momentum)
-                    sel = jax.lax.optimization_barrier(
-                        top_k_threshold(jax.lax.stop_gradient(m), k, absolute=True))
+                def elsewhere(i=i, k=k, path=path):
+                    m = momentum_of(i)
+                    sel = barrier(top_k_threshold(jax.lax.stop_gradient(m), k, absolute=True,
+                                                  method=path))
                     return m, sel, _sq_norms(m, direction(i, m, sel))
 
                 out_m[i], sels[i], sq = jax.lax.platform_dependent(cpu=on_cpu,
                                                                    default=elsewhere)
                 sqs[i] = lambda sq=sq: sq
+                continue
+            out_m[i] = momentum_of(i)
+            key = _select_group(cs[i], out_m[i]) if batch_select else None
+            if key is None:
+                sels[i] = barrier(cs[i].lmo_select(out_m[i]))
             else:
-                out_m[i], sels[i] = xla_front(i)
-                sqs[i] = lambda i=i: _sq_norms(out_m[i], direction(i, out_m[i], sels[i]))
+                groups.setdefault(key, []).append(i)
+            sqs[i] = lambda i=i: _sq_norms(out_m[i], direction(i, out_m[i], sels[i]))
+        for idx in groups.values():
+            if len(idx) == 1:
+                sels[idx[0]] = barrier(cs[idx[0]].lmo_select(out_m[idx[0]]))
+                continue
+            # one selection for the group: the K, method and shape are shared (the radius,
+            # which differs, only enters the vertex)
+            t, cut = barrier(jax.vmap(cs[idx[0]].lmo_select)(jnp.stack([out_m[i] for i in idx])))
+            for j, i in enumerate(idx):
+                sels[i] = (t[j], cut[j])
 
         if live:
             acc = jnp.result_type(*[_acc_dtype(xs[i]) for i in live])

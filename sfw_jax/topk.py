@@ -56,9 +56,28 @@ Methods
     gathered finish. The first two passes are not inside a ``while_loop`` (XLA would hoist
     ``|x|`` out of the loop and write it to memory); further passes run in a loop under a
     ``lax.cond``.
+``'bisect'``
+    The same counting over the same keys, data-independent (for GPU/TPU, where a ``while_loop``
+    or ``cond`` whose predicate lives on the device copies it to the host every iteration): a
+    fixed number of passes, unrolled, no loop and no conditional. The bracket starts at
+    ``[key(-inf), key(+inf) + 1)``; each pass evaluates ``F`` at the ``T = 15`` keys
+    ``min(lo + j s, hi)``, ``j = 1..15``, ``s = ceil((hi - lo) / 16)``, by one compare of the
+    ``n`` values against the 15 thresholds and a sum over ``n`` (one reduction fusion), and
+    keeps ``lo + j* s <= t* < min(lo + (j* + 1) s, hi)`` (``j*`` = how many have ``F >= k``),
+    so the bracket shrinks 16x per pass: 4 passes pin ``t* = lo`` (``hi = lo + 1``) for 16-bit
+    keys, 8 for float32, 16 for float64 (:func:`bisect_passes`). The tie cut follows from one
+    more pass that counts ``#(x > t)``, ``#(x == t)`` and the entries equal to ``t`` per row of
+    about ``sqrt(n)`` entries: a cumulative sum over the row counts finds the row of the
+    ``(k - #(x > t))``-th such entry, one over that row's entries its position (``cut = n``
+    when ``#(x >= t) = k``, selected, not branched on). Under ``vmap`` every operation batches
+    as it is. On XLA:CPU each pass materialises the ``[n, 15]`` comparison (0.35-0.55 s for
+    n = 2.36M on the loaded 2-core CPU, against ~4 ms for ``'search'``): not a CPU path.
 ``'auto'``
-    ``'sort'`` for ``n < 32768`` and ``'search'`` otherwise, on every backend (not yet measured
-    off CPU). Measured on the 2-core CPU (float32, K = 5%, medians of 31 calls, two runs of
+    Per backend, from :data:`AUTO_RULES`: on the CPU ``'sort'`` for ``n < 32768`` and
+    ``'search'`` otherwise; on every other backend (GPU, TPU) ``'bisect'`` (no device
+    measurement yet). ``resolve_method`` reads ``jax.default_backend()`` when the caller is
+    traced, so a function traced for the default backend keeps that choice. Measured on the
+    2-core CPU (float32, K = 5%, medians of 31 calls, two runs of
     ``benchmarks/bench_topk.py``; ``'sort'`` from an earlier run): n = 36864: sort 1.0 ms,
     radix 0.44, search 0.32; n = 147456: sort 4.5, radix 0.8-0.9, search 0.66-0.78;
     n = 589824: sort 22, radix 2.4-2.7, search 1.3-1.6; n = 2.36M: sort ~390, radix 5.8-7.5,
@@ -80,7 +99,8 @@ for about the cost of one plain elementwise pass over ``x`` (about 1.6 ms for n 
 
 All methods work for float16, bfloat16, float32 and float64 (with x64 enabled), any shape, under
 ``jit`` (``k`` static). Under ``vmap`` the searches' ``while_loop`` / ``cond`` batch (every
-batch member runs until all are done and the tie path is computed for all).
+batch member runs until all are done and the tie path is computed for all); ``'bisect'`` has
+none.
 """
 
 from __future__ import annotations
@@ -90,12 +110,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-METHODS = ("auto", "sort", "radix", "search")
+METHODS = ("auto", "sort", "radix", "search", "bisect")
 
-#: ``'auto'`` uses ``'sort'`` below this many entries and ``'search'`` at or above it.
-AUTO_SORT_MAX_N = 32768
+#: The methods whose selection is the threshold ``(t, cut)`` of :func:`top_k_threshold`.
+THRESHOLD_METHODS = ("radix", "search", "bisect")
+
+#: ``'auto'`` per backend: ``(sort_below, method)`` = ``'sort'`` for fewer than ``sort_below``
+#: entries, else ``method``. ``'cpu'`` is measured on the 2-core CPU (module docstring);
+#: ``'default'`` covers every other backend (GPU, TPU): the data-independent ``'bisect'``
+#: until device measurements set an entry (e.g. ``'gpu'``, ``'tpu'``) here.
+AUTO_RULES: dict[str, tuple[int, str]] = {"cpu": (32768, "search"), "default": (0, "bisect")}
 
 _ROW = 15          # entries per fused row sum (4-bit lanes hold <= 15)
 _GROUP = 17        # row sums per second-stage group (8-bit lanes hold <= 15 * 17 = 255)
@@ -461,11 +488,11 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
 
 
 def _pinned_cut(xf: jax.Array, rc: jax.Array, t: jax.Array, need: jax.Array,
-                prep=_identity) -> jax.Array:
+                prep=_identity, width: int = _ROW) -> jax.Array:
     """Flat index of the ``need``-th entry (1-based, in flat order) of ``prep(xf)`` equal to
-    ``t``, given ``rc`` = the number of such entries per row of 15 (:func:`_nrows` rows; the
-    tail's are counted here). A cumulative sum over the row counts finds the row, one more over
-    its 15 entries the position: no pass over ``xf``."""
+    ``t``, given ``rc`` = the number of such entries per row of ``width`` entries (``rc.shape[0]``
+    rows; the tail after them is counted here). A cumulative sum over the row counts finds the
+    row, one more over its ``width`` entries the position: no pass over ``xf``."""
     n = xf.shape[0]
     nrows = rc.shape[0]
     in_rows, rows_total = jnp.int32(0), jnp.int32(0)
@@ -474,32 +501,118 @@ def _pinned_cut(xf: jax.Array, rc: jax.Array, t: jax.Array, need: jax.Array,
         rows_total = cum[-1]
         r = jnp.minimum(jnp.sum((cum < need).astype(jnp.int32), dtype=jnp.int32), nrows - 1)
         before = cum[r] - rc[r]
-        row = prep(lax.dynamic_slice_in_dim(xf, r * _ROW, _ROW))
+        row = prep(lax.dynamic_slice_in_dim(xf, r * width, width))
         rcum = jnp.cumsum((row == t).astype(jnp.int32), dtype=jnp.int32)
-        in_rows = r * _ROW + jnp.sum((rcum < need - before).astype(jnp.int32), dtype=jnp.int32)
-    if nrows * _ROW == n:
+        in_rows = r * width + jnp.sum((rcum < need - before).astype(jnp.int32), dtype=jnp.int32)
+    if nrows * width == n:
         return in_rows
-    tail = prep(xf[nrows * _ROW:])
+    tail = prep(xf[nrows * width:])
     tcum = jnp.cumsum((tail == t).astype(jnp.int32), dtype=jnp.int32)
-    in_tail = nrows * _ROW + jnp.sum((tcum < need - rows_total).astype(jnp.int32),
-                                     dtype=jnp.int32)
+    in_tail = nrows * width + jnp.sum((tcum < need - rows_total).astype(jnp.int32),
+                                      dtype=jnp.int32)
     return jnp.where(need <= rows_total, in_rows, in_tail)
 
 
-def top_k_threshold(x: jax.Array, k: int, *, adaptive: bool = True,
+# ----------------------------------------------------------------------------------------------
+# 'bisect': a fixed number of counting passes, no control flow
+
+
+_BISECT_T = 15     # thresholds per 'bisect' pass: the key bracket shrinks (_BISECT_T + 1)x
+
+
+def _key_int(v: float, sp: _Space) -> int:
+    """:func:`_to_key` of a Python float, as a Python int (trace-time constant)."""
+    bits = int(np.array(v, dtype=sp.vdt).view(np.dtype(f"uint{8 * sp.vdt.itemsize}")))
+    top = 1 << (8 * sp.kdt.itemsize - 1)
+    return (~bits & (2 * top - 1)) if bits & top else bits | top
+
+
+def _bisect_bracket(sp: _Space) -> tuple[int, int]:
+    """The initial key bracket ``[key(-inf), key(+inf) + 1)`` of every 'bisect' search."""
+    return _key_int(-np.inf, sp), _key_int(np.inf, sp) + 1
+
+
+def bisect_passes(dtype) -> int:
+    """Counting passes of the 'bisect' path for input ``dtype``: the smallest ``p`` with
+    ``(T + 1)^p >= hi - lo`` for the initial bracket (``T = 15``: 4 for float16/bfloat16, 8
+    for float32, 16 for float64)."""
+    lo, hi = _bisect_bracket(_space(dtype))
+    width, p = hi - lo, 0
+    while width > 1:
+        width = -(-width // (_BISECT_T + 1))
+        p += 1
+    return p
+
+
+def _bisect_pass(v: jax.Array, lo: jax.Array, hi: jax.Array, k: int,
+                 sp: _Space) -> tuple[jax.Array, jax.Array]:
+    """One 'bisect' pass over ``v`` [n] shrinking the bracket ``F(lo) >= k > F(hi)``: ``F`` at
+    the ``T`` keys ``min(lo + j s, hi)``, ``j = 1..T``, ``s = ceil((hi - lo) / (T + 1))``, by
+    one compare of ``v`` against the ``T`` thresholds and a sum over ``n`` (one reduction
+    fusion); the new bracket is ``[lo + j* s, min(lo + (j* + 1) s, hi))`` with ``j*`` the
+    number of keys with ``F >= k`` (a prefix: ``F`` is non-increasing), width <= ``s``."""
+    kdt = sp.kdt
+    span = hi - lo
+    nt = jnp.array(_BISECT_T + 1, kdt)
+    step = span // nt + (span % nt != 0).astype(kdt)              # ceil, no overflow
+    keys = jnp.minimum(lo + jnp.arange(1, _BISECT_T + 1, dtype=kdt) * step, hi)
+    cnt = jnp.sum(v[:, None] >= _from_key(keys, sp)[None, :], axis=0, dtype=jnp.int32)
+    nge = jnp.sum((cnt >= k).astype(kdt), dtype=kdt)
+    new_lo = lo + nge * step          # < hi when nge > 0: that key has F >= k > F(hi)
+    return new_lo, jnp.minimum(new_lo + step, hi)
+
+
+def _tie_width(n: int) -> int:
+    """Row width of the tie cut's per-row counts: a power of two near sqrt(n) (>= 16), so the
+    cumulative sums over the row counts and over one row are both short."""
+    return max(16, 1 << max(0, math.ceil(math.log2(math.sqrt(max(n, 1))))))
+
+
+def _bisect_key(xf: jax.Array, k: int, prep=_identity) -> tuple[jax.Array, jax.Array]:
+    """Exact selection of the top k of ``prep(xf)`` (flat) as ``(t_key, cut)`` (the format of
+    :func:`_search_key`) in a fixed sequence of operations: :func:`bisect_passes` counting
+    passes pin ``t = lo`` (``hi = lo + 1``), then one pass counts ``#(v > t)``, ``#(v == t)``
+    and the entries equal to ``t`` per row of :func:`_tie_width` entries, and
+    :func:`_pinned_cut` reads the cut of the ``(k - #(v > t))``-th such entry off the row
+    counts (``cut = n`` when ``#(v >= t) = k``). No loop, no conditional."""
+    sp = _space(xf.dtype)
+    kdt = sp.kdt
+    n = xf.shape[0]
+    v = prep(xf)
+    lo, hi = (jnp.array(b, kdt) for b in _bisect_bracket(sp))
+    for _ in range(bisect_passes(xf.dtype)):
+        lo, hi = _bisect_pass(v, lo, hi, k, sp)
+    t = _from_key(lo, sp)
+    gt = jnp.sum((v > t).astype(jnp.int32), dtype=jnp.int32)
+    eq = jnp.sum((v == t).astype(jnp.int32), dtype=jnp.int32)
+    width = _tie_width(n)
+    nrows = n // width
+    rc = jnp.sum((v[: nrows * width].reshape(nrows, width) == t).astype(jnp.int32), axis=1,
+                 dtype=jnp.int32)
+    cut = _pinned_cut(xf, rc, t, k - gt, prep, width)
+    return lo, jnp.where(gt + eq == k, jnp.int32(n), cut)
+
+
+def top_k_threshold(x: jax.Array, k: int, *, method: str = "search",
                     absolute: bool = False) -> tuple[jax.Array, jax.Array]:
     """Exact top-k as a threshold: ``(t, cut)`` with
     ``mask = (v > t) | ((v == t) & (index <= cut))``, ``v = x`` (or ``|x|`` if ``absolute``)
     flattened in the working dtype (float32, float64 for float64 input) and ``index`` the flat
-    index. Uses the counting search (``adaptive``: 'search', else 'radix'); ``k`` static in
-    ``[1, n]``. :func:`threshold_mask` evaluates the mask (fusable into its consumers).
+    index; ``cut = n`` when ``#(v >= t) = k``. ``method``: one of :data:`THRESHOLD_METHODS`
+    ('search', 'radix' or 'bisect'; see the module docstring); ``k`` static in ``[1, n]``.
+    :func:`threshold_mask` evaluates the mask (fusable into its consumers).
     """
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"method must be one of {THRESHOLD_METHODS}, got {method!r}")
     sp = _space(x.dtype)
     xf = x.reshape(-1)
-    n = xf.shape[0]
     prep = _prep_fn(sp.fdt, absolute)
-    positions = _interp_positions if adaptive else _even_positions
-    t_key, cut = _search_key(xf, k, first_pass=adaptive, positions=positions, prep=prep)
+    if method == "bisect":
+        t_key, cut = _bisect_key(xf, k, prep)
+    else:
+        adaptive = method == "search"
+        positions = _interp_positions if adaptive else _even_positions
+        t_key, cut = _search_key(xf, k, first_pass=adaptive, positions=positions, prep=prep)
     return _from_key(t_key, sp), cut
 
 
@@ -511,8 +624,8 @@ def threshold_mask(x: jax.Array, t: jax.Array, cut: jax.Array, *,
     return ((v > t) | ((v == t) & (idx <= cut))).reshape(x.shape)
 
 
-def _top_k_mask_count(x: jax.Array, k: int, adaptive: bool, absolute: bool = False) -> jax.Array:
-    t, cut = top_k_threshold(x, k, adaptive=adaptive, absolute=absolute)
+def _top_k_mask_count(x: jax.Array, k: int, method: str, absolute: bool = False) -> jax.Array:
+    t, cut = top_k_threshold(x, k, method=method, absolute=absolute)
     return threshold_mask(x, t, cut, absolute=absolute)
 
 
@@ -523,18 +636,28 @@ def _top_k_mask_sort(x: jax.Array, k: int) -> jax.Array:
     return jnp.zeros(flat.shape, bool).at[idx].set(True).reshape(x.shape)
 
 
-def resolve_method(n: int, method: str = "auto", backend: str | None = None) -> str:
-    """The concrete method ``top_k_mask`` uses for ``n`` entries (``'auto'`` resolved).
+def backend_name(backend: str | None = None) -> str:
+    """``backend`` (None: ``jax.default_backend()``) lower-cased, 'cuda' and 'rocm' as 'gpu':
+    the key of the per-backend tables (:data:`AUTO_RULES`, ``sfw_jax.sfw.BATCH_SELECT``)."""
+    backend = jax.default_backend() if backend is None else str(backend).lower()
+    return "gpu" if backend in ("cuda", "rocm") else backend
 
-    ``'auto'``: ``'sort'`` if ``n < AUTO_SORT_MAX_N`` else ``'search'`` (same on every backend
-    for now; ``backend`` defaults to ``jax.default_backend()``).
+
+def resolve_method(n: int, method: str = "auto", backend: str | None = None) -> str:
+    """The concrete method ``top_k_mask`` uses for ``n`` entries on ``backend``.
+
+    ``'auto'`` follows :data:`AUTO_RULES`: ``'sort'`` below the backend's ``sort_below``
+    entries, else its method (CPU: ``'sort'`` below 32768 entries, ``'search'`` above; every
+    other backend: ``'bisect'``). ``backend``: a JAX platform name ('cpu', 'gpu', 'cuda',
+    'rocm', 'tpu', ...; 'default' for the rule of the backends not listed), None for
+    ``jax.default_backend()``. Other methods are returned as given.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
-    del backend  # measured on CPU only; GPU/TPU use the same rule until measured there
-    return "sort" if n < AUTO_SORT_MAX_N else "search"
+    sort_below, large = AUTO_RULES.get(backend_name(backend), AUTO_RULES["default"])
+    return "sort" if n < sort_below else large
 
 
 def top_k_mask(x: jax.Array, k: int, *, method: str = "auto",
@@ -547,8 +670,9 @@ def top_k_mask(x: jax.Array, k: int, *, method: str = "auto",
     Args:
       x: float array (float16, bfloat16, float32, float64), any shape, no NaN; n = x.size.
       k: static Python int, ``1 <= k <= n``.
-      method: ``'auto'``, ``'sort'`` (``lax.top_k``), ``'radix'`` (even counting search, <= 11
-        passes) or ``'search'`` (sample-guided counting search). All give identical masks.
+      method: ``'auto'`` (:func:`resolve_method`), ``'sort'`` (``lax.top_k``), ``'radix'``
+        (even counting search, <= 11 passes), ``'search'`` (sample-guided counting search) or
+        ``'bisect'`` (fixed passes, no control flow). All give identical masks.
       absolute: rank by ``|x|`` instead of ``x``.
 
     Returns:
@@ -569,4 +693,4 @@ def top_k_mask(x: jax.Array, k: int, *, method: str = "auto",
         return jnp.ones(x.shape, bool)
     if method == "sort":
         return _top_k_mask_sort(jnp.abs(x) if absolute else x, k)
-    return _top_k_mask_count(x, k, adaptive=(method == "search"), absolute=absolute)
+    return _top_k_mask_count(x, k, method, absolute=absolute)

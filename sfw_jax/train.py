@@ -67,8 +67,9 @@ CHECKPOINT_DIR = "checkpoints"
 
 RESUME_MAY_DIFFER = ("resume", "epochs", "progress", "log_every", "keep_checkpoints",
                      "num_devices", "distributed", "coordinator_address", "num_processes",
-                     "process_id", "eval_batch_size", "out_dir", "data_dir")
-"""Config fields that may change between a run and its resumption."""
+                     "process_id", "eval_batch_size", "out_dir", "data_dir", "cpu_kernel")
+"""Config fields that may change between a run and its resumption (how the run is executed,
+not what it computes: e.g. the device count and ``cpu_kernel`` change summation orders only)."""
 
 
 class TrainState(flax.struct.PyTreeNode):

@@ -73,6 +73,21 @@ def test_preset_values_and_explicit_overrides(capsys):
     assert (cfg["lr"], cfg["weight_decay"], cfg["lr_schedule"]) == (0.1, 5e-4, "step")
 
 
+def test_cpu_kernel_flag(capsys):
+    """--cpu-kernel {auto,on,off} sets TrainConfig.cpu_kernel None / True / False; other values
+    and the flag with --optimizer sgd are errors."""
+    assert _printed_config(capsys, [])["cpu_kernel"] is None
+    for value, field in (("auto", None), ("on", True), ("off", False)):
+        assert _printed_config(capsys, ["--cpu-kernel", value])["cpu_kernel"] is field
+    assert _printed_config(capsys, ["--preset", "quickstart-digits"])["cpu_kernel"] is False
+    assert _printed_config(capsys, ["--preset", "quickstart-digits", "--cpu-kernel",
+                                    "auto"])["cpu_kernel"] is None
+    err = _error(capsys, ["--cpu-kernel", "yes"])
+    assert "argument --cpu-kernel: must be one of auto, on, off, got 'yes'" in err
+    assert "--cpu-kernel: only meaningful with --optimizer sfw" in _error(
+        capsys, ["--optimizer", "sgd", "--cpu-kernel", "off"])
+
+
 def test_list_presets(capsys):
     assert cli.main(["--list-presets"]) == 0
     out = capsys.readouterr().out

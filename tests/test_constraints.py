@@ -10,6 +10,7 @@ import pytest
 
 import sfw_jax as S
 from sfw_jax.constraints import KSparsePolytope, LpBall, sparsity_k
+from sfw_jax.topk import METHODS
 
 PARAMS = {
     "conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.zeros(4)},
@@ -229,7 +230,7 @@ def test_make_feasible_and_structure_mismatch():
         S.make_feasible({"conv": PARAMS["conv"]}, c)
 
 
-@pytest.mark.parametrize("method", ["auto", "sort", "radix", "search"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(7,), (3, 3, 16, 16), (300, 130)])
 def test_two_phase_lmo_equals_lmo(method, shape):
     """lmo_vertex(g, lmo_select(g)) == lmo(g) for every top-k path (the SFW update uses it)."""

@@ -7,9 +7,11 @@ the float64 sums of the same terms to float32 accuracy.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import platform
 import shutil
+import warnings
 
 import hypothesis.strategies as st
 import jax
@@ -233,8 +235,79 @@ def test_nm_leaves_take_the_xla_path_with_cpu_kernel():
 
 def test_cpu_kernel_argument_is_validated():
     cons = {"w": KSparsePolytope(3, 1.0)}
-    with pytest.raises(ValueError, match="cpu_kernel must be True or False, got 'yes'"):
-        sfw(0.1, cons, cpu_kernel="yes")
+    for bad in ("yes", 1, "auto"):
+        with pytest.raises(ValueError, match=f"cpu_kernel must be None, True or False, "
+                                             f"got {bad!r}"):
+            sfw(0.1, cons, cpu_kernel=bad)
+
+
+def test_default_is_the_kernel_where_it_builds():
+    """cpu_kernel=None on this x86-64 CPU with a compiler: the kernel's custom call is in the
+    compiled update (not with cpu_kernel=False), and the run is bitwise cpu_kernel=True's."""
+    assert sfw_mod.uses_cpu_kernel(None) and sfw_mod.uses_cpu_kernel(True)
+    assert not sfw_mod.uses_cpu_kernel(False)
+    params = _tree()
+    cons = make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=5.0,
+                            mode="initialization", init_norms=jax.tree.map(lambda _: 1.0, params))
+
+    def compiled(flag):
+        opt = sfw(0.5, cons, cpu_kernel=flag)
+        return jax.jit(opt.update).lower(params, opt.init(params), params).compile().as_text()
+
+    assert native.TARGET in compiled(None) and native.TARGET not in compiled(False)
+    auto, on = _run(None, steps=3), _run(True, steps=3)
+    for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(on)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def _fresh_kernel_state(monkeypatch, tmp_path):
+    """Forget this process's build of the kernel (restored after the test): an empty cache
+    folder and uncached ``ensure_registered`` / ``unavailable_reason``."""
+    monkeypatch.setenv("SFW_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "ensure_registered",
+                        functools.lru_cache(native.ensure_registered.__wrapped__))
+    monkeypatch.setattr(native, "unavailable_reason",
+                        functools.lru_cache(native.unavailable_reason.__wrapped__))
+
+
+def test_auto_falls_back_to_xla_with_one_notice_when_the_build_fails(monkeypatch, tmp_path):
+    _fresh_kernel_state(monkeypatch, tmp_path)
+
+    def no_compiler():
+        raise native.NativeKernelError("the native kernel needs a C++ compiler: none found\nmore")
+
+    monkeypatch.setattr(native, "_compiler", no_compiler)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert not sfw_mod.uses_cpu_kernel(None)
+        auto = _run(None, steps=2)
+    notes = [w for w in caught if "native CPU kernel" in str(w.message)]
+    assert len(notes) == 1
+    msg = str(notes[0].message)
+    assert "needs a C++ compiler: none found" in msg and "XLA path" in msg and "\n" not in msg
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # once per process: no second notice
+        sfw(0.1, {"w": KSparsePolytope(3, 1.0)})
+    xla = _run(False, steps=2)
+    for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(xla)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    with pytest.raises(native.NativeKernelError, match="needs a C\\+\\+ compiler"):
+        sfw(0.1, {"w": KSparsePolytope(3, 1.0)}, cpu_kernel=True)
+
+
+def test_auto_builds_nothing_off_the_cpu(monkeypatch, tmp_path):
+    """With another default backend, cpu_kernel=None resolves to the XLA path without trying
+    to build (and without a notice)."""
+    _fresh_kernel_state(monkeypatch, tmp_path)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+
+    def must_not_build():
+        raise AssertionError("build attempted")
+
+    monkeypatch.setattr(native, "build", must_not_build)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not sfw_mod.uses_cpu_kernel(None)
+        sfw(0.1, {"w": KSparsePolytope(3, 1.0)})
 
 
 def test_build_without_compiler_names_the_problem(monkeypatch, tmp_path):
@@ -259,15 +332,15 @@ def test_training_with_cpu_kernel_follows_the_xla_run():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
 
 
-def test_cpu_kernel_config_is_validated_and_sfw_only():
-    from experiments.train import parse_config
+def test_cpu_kernel_config_is_validated():
     from sfw_jax import config as config_lib
-    with pytest.raises(ValueError, match="cpu_kernel must be True or False, got 'yes'"):
+    with pytest.raises(ValueError, match="cpu_kernel must be None, True or False, got 'yes'"):
         config_lib.validate(config_lib.from_preset("quickstart-digits", cpu_kernel="yes"))
-    cfg, _ = parse_config(["--preset", "quickstart-digits", "--cpu-kernel"])
-    assert cfg.cpu_kernel is True
-    with pytest.raises(SystemExit):
-        parse_config(["--preset", "quickstart-digits", "--optimizer", "sgd", "--cpu-kernel"])
+    assert config_lib.TrainConfig().cpu_kernel is None
+    assert config_lib.from_preset("paper-resnet18-cifar10").cpu_kernel is None
+    # the presets whose runs produced committed results ran the XLA path
+    for name in ("quickstart-digits", "cpu-simplecnn-cifar10"):
+        assert config_lib.from_preset(name).cpu_kernel is False
 
 
 def test_fast_gradient_with_cpu_kernel_follows_the_xla_path():

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import sfw_jax as S
+from sfw_jax import topk
 
 SHAPES = {"w": (4, 6), "b": (6,), "v": (3, 2, 2)}
 
@@ -263,3 +264,74 @@ def test_bad_input():
         S.sfw(0.5, {"w": cons["w"]}).init(jp)
     with pytest.raises(ValueError, match="leaves are constraint objects"):
         S.sfw(0.5, {"w": 1.0})
+    with pytest.raises(ValueError, match="batch_select must be None, True or False, got 'on'"):
+        S.sfw(0.5, cons, batch_select="on")
+
+
+def _same_shape_tree(dtype):
+    """Three (120, 100) leaves (n = 12000), two (6, 6, 40) leaves, one odd leaf and an L2 ball."""
+    rng = np.random.default_rng(3)
+    shapes = {"a": (120, 100), "b": (120, 100), "c": (120, 100), "d": (6, 6, 40),
+              "e": (6, 6, 40), "f": (70, 3), "g": (120, 100)}
+    params = {k: jnp.asarray(rng.standard_normal(s) * 0.05, dtype) for k, s in shapes.items()}
+    grads = [{k: jnp.asarray(rng.standard_normal(s) * 0.1 + (k == "b"), dtype)
+              for k, s in shapes.items()} for _ in range(3)]
+    return params, grads
+
+
+def _sfw_steps(params, grads, cons, **kw):
+    tx = S.sfw(0.5, cons, momentum=0.9, cpu_kernel=False, **kw)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    state = tx.init(params)
+    for g in grads:
+        u, state = step(g, state, params)
+        params = optax.apply_updates(params, u)
+    return params, state, jax.make_jaxpr(step)(grads[0], state, params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("method", ["bisect", "search"])
+def test_batched_selection_is_bitwise_the_per_leaf_path(method, dtype):
+    """batch_select=True computes the (t, cut) of each group of same-shaped leaves by one vmap;
+    params and momentum after SFW steps are bitwise those of the per-leaf selections."""
+    params, grads = _same_shape_tree(dtype)
+    cons = S.make_constraints(params, "k_sparse", k=10, k_frac=0.05, mode="radius",
+                              value=0.05, method=method)
+    cons["g"] = S.LpBall(2.0, 1.0)                   # same shape, another set: not grouped
+    params = S.make_feasible(params, cons)
+    on = _sfw_steps(params, grads, cons, batch_select=True)
+    off = _sfw_steps(params, grads, cons, batch_select=False)
+    for a, b in zip(jax.tree.leaves(on[:2]), jax.tree.leaves(off[:2])):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    assert float(jnp.max(jnp.abs(on[0]["a"].astype(jnp.float32) - params["a"]))) > 0
+    if method == "bisect":          # grouped: one [3, n, 15] comparison per pass, not three
+        text_on, text_off = str(on[2]), str(off[2])
+        assert text_on.count("bool[3,12000,15] = ge") == topk.bisect_passes(dtype)
+        assert "bool[3,12000,15]" not in text_off
+        assert text_off.count("bool[12000,15] = ge") == 3 * topk.bisect_passes(dtype)
+
+
+def test_accelerator_defaults_off_the_cpu(monkeypatch):
+    """With a non-CPU default backend, sfw() with default arguments takes the XLA path with the
+    data-independent 'bisect' selection (no while loop or conditional in the update) and the
+    grouped selections, and its steps are bitwise those of the explicit per-leaf settings."""
+    params, grads = _same_shape_tree(jnp.float32)
+    cons = S.make_constraints(params, "k_sparse", k=10, k_frac=0.05, mode="radius", value=0.05)
+    params = S.make_feasible(params, cons)
+    explicit = S.make_constraints(params, "k_sparse", k=10, k_frac=0.05, mode="radius",
+                                  value=0.05, method="bisect")
+    want = _sfw_steps(params, grads, explicit, batch_select=False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert topk.resolve_method(12000) == "bisect"
+    tx = S.sfw(0.5, cons, momentum=0.9)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    state, p = tx.init(params), params
+    for g in grads:
+        u, state = step(g, state, p)
+        p = optax.apply_updates(p, u)
+    text = str(jax.make_jaxpr(step)(grads[0], state, p))
+    assert "while[" not in text and "cond[" not in text
+    assert "bool[4,12000,15] = ge" in text          # the four (120, 100) leaves
+    for a, b in zip(jax.tree.leaves((p, state)), jax.tree.leaves(want[:2])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,13 +1,15 @@
 """Exactness of every top-k path of ``sfw_jax.topk.top_k_mask`` against a NumPy reference.
 
 Reference: the k largest values with ties broken by lower flat index, i.e. the first k of a stable
-argsort on (-value, index). Values are compared as the backend compares float32: -0.0 == +0.0 and
-float32 subnormals equal 0 (XLA flushes denormals to zero), so the reference flushes them too.
+argsort on (-value, index). Values are compared as the backend compares float32: -0.0 == +0.0 and,
+where the backend flushes denormals to zero (XLA:CPU does), float32 subnormals equal 0, so the
+reference flushes them too there.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -20,16 +22,23 @@ from hypothesis import given, settings, HealthCheck
 from sfw_jax import topk
 from sfw_jax.topk import top_k_mask
 
-METHODS = ("sort", "radix", "search", "auto")
-EXACT_METHODS = ("sort", "radix", "search")
+METHODS = topk.METHODS
+EXACT_METHODS = tuple(m for m in METHODS if m != "auto")
+COUNTING = topk.THRESHOLD_METHODS
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 SETTINGS = settings(max_examples=6, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+@functools.lru_cache(maxsize=None)
+def backend_flushes_denormals() -> bool:
+    """Whether the default backend compares float32 subnormals equal to 0 (XLA:CPU does)."""
+    return bool(jax.jit(lambda v: v == 0)(jnp.float32(1e-45)))
+
+
 def reference_mask(x: np.ndarray, k: int) -> np.ndarray:
     v = np.asarray(x, np.float64).reshape(-1)
-    if np.asarray(x).dtype != np.float64:
+    if np.asarray(x).dtype != np.float64 and backend_flushes_denormals():
         v = np.where(np.abs(v) < np.finfo(np.float32).tiny, 0.0, v)   # denormals-are-zero
     order = np.lexsort((np.arange(v.size), -v))       # primary: -v ascending; then index
     mask = np.zeros(v.size, bool)
@@ -91,7 +100,7 @@ def test_matches_reference(method, dtype, data):
     _check(x, k, dtype, method)
 
 
-@pytest.mark.parametrize("method", ("radix", "search"))
+@pytest.mark.parametrize("method", COUNTING)
 @pytest.mark.parametrize("case", ["normal", "ties", "zeros", "const", "neg"])
 def test_large_arrays_every_counting_path(method, case):
     """n large enough for the sampled first pass, grouped lane sums and multi-block tie search."""
@@ -111,7 +120,7 @@ def test_large_arrays_every_counting_path(method, case):
         _check(x, k, jnp.float32, method)
 
 
-@pytest.mark.parametrize("method", ("radix", "search"))
+@pytest.mark.parametrize("method", COUNTING)
 @pytest.mark.parametrize("case", ["normal", "ties", "clustered"])
 def test_block_gathered_candidates(method, case):
     """n > 15 * 4096: the rows holding the bracket's last entries are found through groups of
@@ -128,7 +137,7 @@ def test_block_gathered_candidates(method, case):
         _check(x, k, jnp.float32, method)
 
 
-@pytest.mark.parametrize("method", ("radix", "search"))
+@pytest.mark.parametrize("method", COUNTING)
 def test_tail_entries_outside_row_counts(method):
     """The last n mod 255 (here 254) entries have no row counts; the k-th value sits among them
     and ties span rows and tail."""
@@ -141,20 +150,18 @@ def test_tail_entries_outside_row_counts(method):
         _check(x, k, jnp.float32, method)
 
 
-def _search_cut(x: np.ndarray, k: int, adaptive: bool) -> tuple[int, int]:
-    """(t as a float, cut) straight from the counting search (``_search_key``)."""
-    xf = jnp.asarray(x, jnp.float32)
-    positions = topk._interp_positions if adaptive else topk._even_positions
-    t_key, cut = jax.jit(lambda v: topk._search_key(v, k, adaptive, positions))(xf)
-    t = topk._from_key(t_key, topk._space(jnp.float32))
+def _search_cut(x: np.ndarray, k: int, method: str) -> tuple[float, int]:
+    """(t as a float, cut) straight from :func:`topk.top_k_threshold`."""
+    t, cut = jax.jit(lambda v: topk.top_k_threshold(v, k, method=method))(
+        jnp.asarray(x, jnp.float32))
     return float(t), int(cut)
 
 
-@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("method", COUNTING)
 @pytest.mark.parametrize("n", [100_003, 255 * 160 + 254])
-def test_few_ties_at_threshold_cut_from_gathered_entries(adaptive, n):
+def test_few_ties_at_threshold_cut_from_gathered_entries(method, n):
     """A handful of entries equal to the k-th value, spread over early rows, late rows and the
-    tail: the search resolves the tie cut from the gathered entries (no whole-array pass), and
+    tail: the searches resolve the tie cut from the gathered entries (no whole-array pass), and
     the cut is the flat index of the last selected tie."""
     rng = np.random.default_rng(n)
     x = rng.normal(size=n).astype(np.float32)
@@ -166,15 +173,14 @@ def test_few_ties_at_threshold_cut_from_gathered_entries(adaptive, n):
     need = k - int((x > v).sum())                      # ... so k - #(x > v) of them are kept
     eq = np.flatnonzero(x == v)
     assert eq.size >= need + 2 >= 3
-    t, cut = _search_cut(x, k, adaptive)
+    t, cut = _search_cut(x, k, method)
     assert t == v and cut == eq[need - 1]
-    method = "search" if adaptive else "radix"
     _check(x, k, jnp.float32, method)
 
 
-@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("method", COUNTING)
 @pytest.mark.parametrize("where", ["rows", "tail"])
-def test_many_ties_pinned_threshold_cut_from_row_counts(adaptive, where):
+def test_many_ties_pinned_threshold_cut_from_row_counts(method, where):
     """The k-th largest is 0 and ~97% of the entries are 0: the search pins t = 0 (thousands of
     ties, none gathered) and the cut comes from the row counts: the flat index of the
     (k - #(x > 0))-th zero, in the rows or in the last 254 entries (the tail)."""
@@ -185,17 +191,17 @@ def test_many_ties_pinned_threshold_cut_from_row_counts(adaptive, where):
     in_rows = int((zeros < n - 254).sum())
     need = 4000 if where == "rows" else in_rows + 7
     k = int((x > 0).sum()) + need
-    t, cut = _search_cut(x, k, adaptive)
+    t, cut = _search_cut(x, k, method)
     # t may be pinned on a subnormal key, which XLA:CPU compares equal to 0 (see module doc)
     assert 0.0 <= t < np.finfo(np.float32).tiny
     assert cut == zeros[need - 1] and (cut >= n - 254) == (where == "tail")
-    _check(x, k, jnp.float32, "search" if adaptive else "radix")
+    _check(x, k, jnp.float32, method)
 
 
-@pytest.mark.parametrize("adaptive", [True, False])
-def test_no_ties_cut_is_n(adaptive):
+@pytest.mark.parametrize("method", COUNTING)
+def test_no_ties_cut_is_n(method):
     x = np.random.default_rng(8).permutation(100_003).astype(np.float32)
-    t, cut = _search_cut(x, 4321, adaptive)
+    t, cut = _search_cut(x, 4321, method)
     assert t == 100_003 - 4321 and cut == 100_003
 
 
@@ -211,12 +217,12 @@ def test_absolute_ranks_magnitudes(method, n):
     np.testing.assert_array_equal(got, reference_mask(np.abs(x.astype(np.float32)), k))
 
 
-@pytest.mark.parametrize("adaptive", [True, False])
-def test_threshold_form_matches_mask(adaptive):
+@pytest.mark.parametrize("method", COUNTING)
+def test_threshold_form_matches_mask(method):
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.integers(-6, 7, (3, 5000)).astype(np.float32))
     for k in (1, 777, 14_999):
-        t, cut = jax.jit(lambda v, k=k: topk.top_k_threshold(v, k, adaptive=adaptive,
+        t, cut = jax.jit(lambda v, k=k: topk.top_k_threshold(v, k, method=method,
                                                               absolute=True))(x)
         got = np.asarray(topk.threshold_mask(x, t, cut, absolute=True))
         assert got.shape == x.shape
@@ -244,7 +250,7 @@ def test_all_methods_identical_under_jit_and_vmap():
         np.testing.assert_array_equal(masks[0][i], reference_mask(np.asarray(xs[i]), 150))
 
 
-@pytest.mark.parametrize("method", ("sort", "radix", "search"))
+@pytest.mark.parametrize("method", EXACT_METHODS)
 def test_float64_with_x64(method):
     with jax.enable_x64(True):
         rng = np.random.default_rng(3)
@@ -258,11 +264,16 @@ def test_float64_with_x64(method):
 
 def test_signed_zero_and_subnormals_tie_with_zero_by_index():
     x = jnp.array([-0.0, 1e-45, 0.0, -1e-40, -1.0, 0.0], jnp.float32)
+    if backend_flushes_denormals():             # subnormals tie with +-0: lower index first
+        want = {2: [True, True, False, False, False, False],
+                4: [True, True, True, True, False, False]}
+    else:                                       # 1e-45 > 0 == -0 > -1e-40
+        want = {2: [True, True, False, False, False, False],
+                4: [True, True, True, False, False, True]}
     for m in METHODS:
-        np.testing.assert_array_equal(np.asarray(top_k_mask(x, 2, method=m)),
-                                      [True, True, False, False, False, False])
-        np.testing.assert_array_equal(np.asarray(top_k_mask(x, 4, method=m)),
-                                      [True, True, True, True, False, False])
+        for k, mask in want.items():
+            np.testing.assert_array_equal(np.asarray(top_k_mask(x, k, method=m)), mask)
+            np.testing.assert_array_equal(mask, reference_mask(np.asarray(x), k))
 
 
 _KEY_VALUES = {
@@ -300,10 +311,103 @@ def test_counts_pass_exact():
     np.testing.assert_array_equal(got, (x[:, None] >= ts[None, :]).sum(0))
 
 
-def test_auto_resolution_by_size():
-    assert topk.resolve_method(topk.AUTO_SORT_MAX_N - 1) == "sort"
-    assert topk.resolve_method(topk.AUTO_SORT_MAX_N) == "search"
-    assert topk.resolve_method(100, "radix") == "radix"
+def test_auto_resolution_per_backend():
+    sort_below, large = topk.AUTO_RULES["cpu"]
+    assert (sort_below, large) == (32768, "search")
+    assert topk.resolve_method(sort_below - 1, "auto", "cpu") == "sort"
+    assert topk.resolve_method(sort_below, "auto", "cpu") == "search"
+    for backend in ("gpu", "cuda", "rocm", "tpu", "METAL"):
+        for n in (1, 1000, 2_359_296):
+            assert topk.resolve_method(n, "auto", backend) == "bisect"
+    assert topk.resolve_method(100, "radix", "cpu") == "radix"
+    assert topk.resolve_method(100, "search", "tpu") == "search"
+    assert topk.resolve_method(10 ** 6) == topk.resolve_method(10 ** 6, "auto",
+                                                               jax.default_backend())
+
+
+def test_auto_rules_table_sets_a_backend(monkeypatch):
+    """A device measurement sets a backend's rule in one place: AUTO_RULES."""
+    monkeypatch.setitem(topk.AUTO_RULES, "gpu", (4096, "search"))
+    assert topk.resolve_method(4095, "auto", "cuda") == "sort"
+    assert topk.resolve_method(4096, "auto", "gpu") == "search"
+    assert topk.resolve_method(4096, "auto", "tpu") == "bisect"
+
+
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16", "float16", "float64"))
+def test_bisect_pass_count_pins_the_key(dtype):
+    """(T + 1)^passes covers the initial key bracket, and one pass fewer does not."""
+    sp = topk._space(jnp.dtype(dtype))
+    lo, hi = topk._bisect_bracket(sp)
+    p = topk.bisect_passes(jnp.dtype(dtype))
+    assert p == {"float32": 8, "bfloat16": 4, "float16": 4, "float64": 16}[dtype]
+    assert (topk._BISECT_T + 1) ** (p - 1) < hi - lo <= (topk._BISECT_T + 1) ** p
+    if dtype != "float64":                      # (jnp float64 arrays need x64)
+        keys = topk._to_key(jnp.array([-np.inf, np.inf], sp.fdt), sp)
+        assert (lo, hi) == (int(keys[0]), int(keys[1]) + 1)
+
+
+def _bisect_fn(dtype, k, absolute):
+    return lambda v: topk.top_k_threshold(v, k, method="bisect", absolute=absolute)
+
+
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16", "float16"))
+@pytest.mark.parametrize("absolute", [False, True])
+def test_bisect_has_no_loops_or_conditionals(dtype, absolute):
+    """'bisect' is a fixed sequence of operations: its jaxpr and its lowered module have no
+    while loop and no conditional (their predicates would be copied to the host on a GPU)."""
+    x = jnp.zeros((3, 40_000), dtype)
+    f = _bisect_fn(dtype, 1234, absolute)
+    jaxpr = str(jax.make_jaxpr(f)(x))
+    text = jax.jit(f).lower(x).as_text()
+    for word in ("while[", "cond["):
+        assert word not in jaxpr, word
+    for word in ("stablehlo.while", "stablehlo.case", "stablehlo.if"):
+        assert word not in text, word
+    # the other counting paths do have them: the check can fail
+    other = str(jax.make_jaxpr(lambda v: topk.top_k_threshold(v, 1234, method="search"))(x))
+    assert "while[" in other and "cond[" in other
+    # the passes are there: one [n, 15] comparison per pass (4 for 16-bit keys, 8 for float32)
+    passes = re.findall(r"bool\[120000,15\] = ge", jaxpr)
+    assert len(passes) == topk.bisect_passes(jnp.dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
+def test_bisect_under_vmap_matches_each_row(dtype):
+    """vmap of the (t, cut) selection: every row's (t, cut) equals the unbatched call's, and
+    its mask the reference."""
+    rng = np.random.default_rng(4)
+    rows = [rng.normal(size=6000), rng.integers(0, 3, 6000).astype(float),
+            np.zeros(6000), np.abs(rng.normal(size=6000)) * (rng.random(6000) < 0.02),
+            np.full(6000, -np.inf)]
+    xs = jnp.asarray(np.stack(rows), dtype)
+    k = 300
+    f = _bisect_fn(dtype, k, True)
+    tb, cb = jax.jit(jax.vmap(f))(xs)
+    assert tb.shape == cb.shape == (len(rows),)
+    for i in range(len(rows)):
+        t, c = jax.jit(f)(xs[i])
+        assert float(tb[i]) == float(t) and int(cb[i]) == int(c)
+        mask = np.asarray(topk.threshold_mask(xs[i], tb[i], cb[i], absolute=True))
+        np.testing.assert_array_equal(
+            mask, reference_mask(np.abs(np.asarray(xs[i].astype(jnp.float32))), k))
+
+
+_SPECIAL = {
+    "float32": [np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-40, 1e-38, 2.0, -2.0, 3.4e38, -3.4e38],
+    "bfloat16": [np.inf, -np.inf, -0.0, 0.0, 2.0 ** -126, -(2.0 ** -126), 2.0, -2.0, 3.0e38],
+    "float16": [np.inf, -np.inf, -0.0, 0.0, 2.0 ** -24, -(2.0 ** -24), 2.0 ** -14, 2.0, 65504.0],
+}
+
+
+@pytest.mark.parametrize("dtype", sorted(_SPECIAL))
+@pytest.mark.parametrize("method", EXACT_METHODS)
+def test_special_values_every_k(method, dtype):
+    """Signed zeros, subnormals (float32; float16's are normal float32 values), infinities and
+    the extremes, repeated so that each ties; k = 1, 2, 3, 5, n / 2, n - 1."""
+    vals = np.asarray(_SPECIAL[dtype])
+    x = np.concatenate([vals, vals[::-1], vals[::2]])
+    for k in (1, 2, 3, 5, x.size // 2, x.size - 1):
+        _check(x, k, jnp.dtype(dtype), method)
 
 
 @pytest.mark.parametrize("k", [0, -1, 11, 2.0, True, None, "3"])
