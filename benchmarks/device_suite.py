@@ -168,7 +168,7 @@ ACCELERATOR_TESTS = (
           "(test_matches_numpy_reference_step and k_sparse) or test_bfloat16_params or "
           "test_counts_exact_and_ordered_at_many_sparsities or "
           "test_keep_masked_keeps_pruned_weights_zero")
-CI_TESTS = ("tests/test_topk.py", "-k", "test_counts_pass_exact or test_auto_resolution_by_size")
+CI_TESTS = ("tests/test_topk.py", "-k", "test_counts_pass_exact or test_auto_resolution_per_backend")
 
 # A few-leaf tree for the rehearsal: a conv kernel of 36,864 entries (which 'auto' sends down
 # its counting path), a dense kernel, their biases.

@@ -20,7 +20,9 @@ then takes the SFW step from x' and emits the update that includes that move:
 
 x_new is a convex combination of two points of C_i, so after every step of phase i the iterate
 lies in C_i whatever set it came from (K or radius shrinking or growing). Inside C_i, x' = x
-and the update is bitwise ``sfw(learning_rate, C_i, ...)``'s; the move happens on the first step
+and the update is ``sfw(learning_rate, C_i, ...)``'s (bitwise on the XLA path; with the native
+CPU kernel XLA may fuse the code around it differently inside the switch, which can move the
+last bits of eta (v - x)); the move happens on the first step
 of a phase whose set does not contain the iterate (the containment tolerance keeps float
 rounding of earlier steps from triggering it). On that step the applied iterate
 x + update equals x_new up to the rounding of an additive update, |error_j| <~ 2 eps |x_j|
