@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import tempfile
 from typing import Any, Callable
 
@@ -161,7 +162,9 @@ class LoadedRun:
     """A finished run, ready for evaluation, pruning and retraining.
 
     out_dir: the run's directory. config: its resolved ``TrainConfig``. model: the Flax module.
-    params, batch_stats: final variables (``batch_stats`` is ``{}`` without BatchNorm).
+    params, batch_stats: final variables (``batch_stats`` is ``{}`` without BatchNorm), read from
+    the checkpoint on first use, so that a study whose sweep, retraining and weight statistics
+    are all cached rebuilds its reports from the committed files alone.
     dataset: the run's dataset. mesh: device mesh. evaluator: jitted batched evaluator on it.
     final: the run's ``final.json`` (``test_acc``, ``test_loss``, ``wall_time``, ...).
     history: the per-epoch records of ``metrics.jsonl``.
@@ -170,13 +173,32 @@ class LoadedRun:
     out_dir: str
     config: TrainConfig
     model: Any
-    params: PyTree
-    batch_stats: PyTree
     dataset: Dataset
     mesh: Any
     evaluator: train_lib.Evaluator
     final: dict
     history: list[dict]
+
+    @functools.cached_property
+    def variables(self) -> tuple[PyTree, PyTree]:
+        """``(params, batch_stats)`` restored from the run's checkpoint."""
+        return restore_variables(self.out_dir)
+
+    @property
+    def params(self) -> PyTree:
+        return self.variables[0]
+
+    @property
+    def batch_stats(self) -> PyTree:
+        return self.variables[1]
+
+    @functools.cached_property
+    def has_batch_norm(self) -> bool:
+        """Whether the model keeps BatchNorm statistics (from its shapes; no checkpoint read)."""
+        shapes = jax.eval_shape(lambda k: self.model.init(
+            k, jnp.zeros((1, *self.dataset.info.image_shape), jnp.float32), train=False),
+            jax.random.key(0))
+        return bool(jax.tree.leaves(shapes.get("batch_stats", {})))
 
     @property
     def train_split(self) -> Split:
@@ -220,7 +242,8 @@ def load_trained(out_dir: str, dataset: Dataset | None = None, *,
       eval_batch_size: evaluation batch size (default: the run's ``eval_batch_size``).
 
     Raises:
-      FileNotFoundError: ``out_dir``, its ``config.json``, ``final.json`` or checkpoint missing.
+      FileNotFoundError: ``out_dir``, its ``config.json`` or ``final.json`` missing (a missing
+        checkpoint raises when ``params`` are first read).
     """
     if not isinstance(out_dir, str) or not os.path.isdir(out_dir):
         raise FileNotFoundError(f"out_dir must be an existing run directory, got {out_dir!r}")
@@ -235,13 +258,15 @@ def load_trained(out_dir: str, dataset: Dataset | None = None, *,
     cfg = config_lib.validate(config_lib.load_json(cfg_path))
     if dataset is None:
         dataset = load_run_dataset(cfg)
-    params, batch_stats = restore_variables(out_dir)
+    if not has_checkpoint(os.path.join(out_dir, train_lib.CHECKPOINT_DIR)):
+        print(f"note: {out_dir} has no checkpoint; only its cached results can be used",
+              file=sys.stderr)
     model = train_lib.build_model(cfg, dataset.info)
     mesh = train_lib.setup_devices(cfg.replace(distributed=False))
     evaluator = train_lib.Evaluator(model, dataset.info, mesh,
                                     eval_batch_size or cfg.eval_batch_size)
-    return LoadedRun(out_dir=out_dir, config=cfg, model=model, params=params,
-                     batch_stats=batch_stats, dataset=dataset, mesh=mesh, evaluator=evaluator,
+    return LoadedRun(out_dir=out_dir, config=cfg, model=model, dataset=dataset, mesh=mesh,
+                     evaluator=evaluator,
                      final=read_json(os.path.join(out_dir, train_lib.FINAL_FILE)),
                      history=read_history(out_dir))
 
