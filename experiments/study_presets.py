@@ -249,6 +249,8 @@ tried afterwards: validation dense 49.8 (47.5 with every tensor constrained), 90
 with re-calibration 50.8 (50.8): not better, the preset keeps 'all'.
 """
 
+_GAP_SFW_KSPARSE = {"k_frac": 0.01, "tau": 7.0, "init_norm_rule": "reference"}
+
 CIFAR10_CPU_GAP = dataclasses.replace(
     CIFAR10_CPU,
     name="cifar10-cpu-gap",
@@ -257,8 +259,14 @@ CIFAR10_CPU_GAP = dataclasses.replace(
     base={**CIFAR10_CPU.base, "model_kwargs": {"width": 1.0, "use_bn": True, "head": "gap"},
           "epochs": 6},
     # SFW K-sparse re-tuned for this head on the validation split (see CIFAR10_CPU_GAP_NOTES).
-    methods={**CIFAR10_CPU.methods,
-             "sfw_ksparse": {"k_frac": 0.01, "tau": 7.0, "init_norm_rule": "reference"}},
+    methods={**CIFAR10_CPU.methods, "sfw_ksparse": _GAP_SFW_KSPARSE},
+    # The constraint variants of sfw_jax.constraint_schedule and rescale 'fast_gradient', each on
+    # top of sfw_ksparse (results/cifar10-cpu-gap/tuning-variants.md).
+    optional_methods={**CIFAR10_CPU.optional_methods,
+                      "sfw_fast_gradient": {**_GAP_SFW_KSPARSE, "rescale": "fast_gradient"},
+                      "sfw_delay_lmo": {**_GAP_SFW_KSPARSE, "delay_lmo": 1 / 3},
+                      "sfw_tighten_tau": {**_GAP_SFW_KSPARSE, "tau_start": 15.0},
+                      "sfw_tighten_k": {**_GAP_SFW_KSPARSE, "k_frac_start": 0.05}},
     notes=CIFAR10_CPU_GAP_NOTES + "\nShared with cifar10-cpu:\n" + CIFAR10_CPU_NOTES,
 )
 
