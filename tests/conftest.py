@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sfw_jax.config import TrainConfig
+from sfw_jax.training.config import TrainConfig
 
 
 def train_tiny_digits_sgd(out_dir: str, epochs: int) -> str:
     """Train a tiny SGD SimpleCNN (width 0.25, BatchNorm) on the embedded digits into
     ``out_dir`` (checkpoint kept) and return ``out_dir``."""
-    from sfw_jax.train import train
+    from sfw_jax.training.loop import train
     cfg = TrainConfig(arch="simple_cnn", model_kwargs={"width": 0.25, "use_bn": True},
                       dataset="digits", optimizer="sgd", lr=0.05, weight_decay=5e-4,
                       lr_schedule="constant", epochs=epochs, batch_size=64, augment=False,

@@ -1,4 +1,4 @@
-"""experiments.prune_sweep and experiments._runs on a tiny finished digits run (SGD, BatchNorm)."""
+"""experiments.prune_sweep and the run loading it relies on, on a tiny finished digits run (SGD, BatchNorm)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import _runs
+from experiments import _loaded_run
+from experiments import _bn_recal
 from experiments import prune_sweep as ps
+from sfw_jax.training import run_folder
+from sfw_jax.selectors import leaf_scope
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +23,8 @@ def run_dir(tiny_digits_run_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(run_dir) -> _runs.LoadedRun:
-    return _runs.load_trained(run_dir)
+def run(run_dir) -> _loaded_run.LoadedRun:
+    return _loaded_run.load_trained(run_dir)
 
 
 def _sizes(params, scope):
@@ -39,13 +42,13 @@ def test_load_trained_restores_final_weights(run):
 
 
 def test_load_trained_errors(tmp_path, run_dir):
-    with pytest.raises(FileNotFoundError, match="out_dir"):
-        _runs.load_trained(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="missing' is not a folder"):
+        _loaded_run.load_trained(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="config.json"):
-        _runs.load_trained(str(tmp_path))
+        _loaded_run.load_trained(str(tmp_path))
     (tmp_path / "config.json").write_text(open(os.path.join(run_dir, "config.json")).read())
     with pytest.raises(FileNotFoundError, match="did not finish"):
-        _runs.load_trained(str(tmp_path))
+        _loaded_run.load_trained(str(tmp_path))
 
 
 def test_dense_level_equals_run_accuracy_and_sparsity_is_exact(run):
@@ -89,9 +92,9 @@ def test_bn_recal_changes_batch_stats_only(run):
     params_before = jax.tree.map(np.array, run.params)
     stats_before = jax.tree.map(np.array, run.batch_stats)
     pruned = apply_mask(run.params, magnitude_mask(run.params, 0.9))
-    batches = _runs.recal_images(run.train_split, 3, 32, seed=0)
+    batches = _bn_recal.recal_images(run.train_split, 3, 32, seed=0)
     assert batches.shape == (3, 32, 8, 8, 1) and batches.dtype == np.uint8
-    new = _runs.recalibrated_batch_stats(run, pruned, batches)
+    new = _bn_recal.recalibrated_batch_stats(run, pruned, batches)
     assert jax.tree.structure(new) == jax.tree.structure(run.batch_stats)
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), new,
                                          stats_before))
@@ -128,7 +131,7 @@ def test_bn_recal_changes_batch_stats_only(run):
 def test_sweep_resumes_from_cache(run, tmp_path, monkeypatch):
     cache = str(tmp_path / "sweep.json")
     first = ps.sweep(run, [0.0, 0.9], scopes=("kernels",), cache_path=cache, progress=False)
-    assert _runs.read_json(cache)["rows"] == first
+    assert run_folder.read_json(cache)["rows"] == first
     calls = []
     real = run.evaluator.__class__.__call__
     monkeypatch.setattr(run.evaluator.__class__, "__call__",
@@ -144,7 +147,7 @@ def test_sweep_resumes_from_cache(run, tmp_path, monkeypatch):
     calls.clear()
     one = ps.sweep(run, [0.9], scopes=("kernels",), cache_path=cache, progress=False)
     assert one == [first[1]] and calls == []
-    assert _runs.read_json(cache)["rows"] == [first[1], first[0], more[1]]
+    assert run_folder.read_json(cache)["rows"] == [first[1], first[0], more[1]]
 
 
 def test_cli_writes_csv_and_json(run_dir, tmp_path, capsys):
@@ -155,7 +158,7 @@ def test_cli_writes_csv_and_json(run_dir, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["target_sparsity"] for r in rows] == ["0.0", "0.9"]
     assert list(rows[0]) == list(ps.CSV_FIELDS)
-    data = _runs.read_json(str(tmp_path / "s.json"))
+    data = run_folder.read_json(str(tmp_path / "s.json"))
     assert [r["target_sparsity"] for r in data["rows"]] == [0.0, 0.9]
     assert "dense test acc" in capsys.readouterr().out
 
@@ -172,10 +175,14 @@ def test_cli_bad_args(run_dir, argv, message, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_cli_unfinished_run(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_cli_folder_that_is_not_a_run(tmp_path, capsys):
+    """One line naming the folder and what is missing, exit status 2, no traceback."""
+    with pytest.raises(SystemExit) as e:
         ps.main([str(tmp_path)])
-    assert "not a finished run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err == (f"python -m experiments.prune_sweep: error: {tmp_path} has no config.json: "
+                   f"not a training run folder\n")
 
 
 def test_argument_errors(run):
@@ -188,7 +195,7 @@ def test_argument_errors(run):
     with pytest.raises(ValueError, match="recal_batches must be an int >= 1"):
         ps.sweep(run, [0.5], recal_batches=0, progress=False)
     with pytest.raises(ValueError, match="scope must be one of"):
-        _runs.scope_include("layer")
+        leaf_scope("layer")
     assert ps.percents_to_fractions([90, 0, 99.5]) == [0.0, 0.9, 0.995]
     assert ps.SPARSITIES[:3] == (0.0, 0.1, 0.2) and ps.SPARSITIES[-1] == 0.99
     assert len(ps.SPARSITIES) == 19

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import _runs, plots
+from experiments import plots
 from experiments import study as study_lib
+from experiments import study_runner
 from experiments.study_presets import (DIGITS_SMOKE, STUDY_PRESETS, get_study_preset,
                                        study_preset_names)
-from sfw_jax import config as config_lib
+from sfw_jax.training import config as config_lib
+from sfw_jax.training import run_folder
 from tests.conftest import forbid_calls
 
 METHODS = ["sfw_ksparse", "sgd"]
@@ -34,7 +36,7 @@ def _check_png(path: str) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("study") / "digits")
-    summary = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    summary = study_runner.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
     return out, summary
 
 
@@ -44,7 +46,7 @@ def test_runs_sweeps_and_retraining(study):
     for m in METHODS:
         res = summary["methods"][m]
         run_dir = os.path.join(out, "runs", m)
-        assert _runs.is_finished(run_dir)
+        assert run_folder.is_finished(run_dir)
         assert res["this_invocation"]["train"]["status"] == "trained"
         saved = config_lib.load_json(os.path.join(run_dir, "config.json"))
         assert saved.to_dict() == res["config"]
@@ -117,7 +119,7 @@ def test_outputs_exist(study):
     with open(os.path.join(out, "summary.json")) as f:
         saved = json.load(f)
     assert saved["study"] == "digits-smoke" and list(saved["methods"]) == METHODS
-    configs = _runs.read_json(os.path.join(out, "configs.json"))
+    configs = run_folder.read_json(os.path.join(out, "configs.json"))
     assert set(configs) == set(METHODS)
     assert configs["sgd"]["weight_decay"] == 5e-4
 
@@ -126,9 +128,9 @@ def test_second_invocation_redoes_nothing(study, monkeypatch):
     out, first = study
     import sfw_jax.pruning as pruning
 
-    forbid_calls(monkeypatch, (study_lib.train_lib, "train"), (study_lib.retrain_lib, "retrain"),
+    forbid_calls(monkeypatch, (study_runner.loop, "train"), (study_runner.retrain_lib, "retrain"),
                  (pruning, "masks_for_sweep"))
-    again = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    again = study_runner.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
     for m in METHODS:
         assert again["methods"][m]["this_invocation"]["train"]["status"] == "skipped"
         assert again["methods"][m]["sweep"] == first["methods"][m]["sweep"]
@@ -138,15 +140,15 @@ def test_second_invocation_redoes_nothing(study, monkeypatch):
 def test_unfinished_run_is_resumed(study, monkeypatch):
     out, first = study
     calls = []
-    real = study_lib.train_lib.train
+    real = study_runner.loop.train
 
     def spy(cfg, dataset=None, **kw):
         calls.append((os.path.basename(cfg.out_dir), cfg.resume))
         return real(cfg, dataset, **kw)
 
-    monkeypatch.setattr(study_lib.train_lib, "train", spy)
+    monkeypatch.setattr(study_runner.loop, "train", spy)
     os.remove(os.path.join(out, "runs", "sgd", "final.json"))
-    again = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    again = study_runner.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
     assert calls == [("sgd", True)]
     assert again["methods"]["sgd"]["this_invocation"]["train"]["status"] == "resumed"
     # resumed after its last epoch: same weights, so the same accuracy
@@ -158,7 +160,7 @@ def test_stale_run_folder_is_reported(study):
     changed = dataclasses.replace(DIGITS_SMOKE, methods={
         **DIGITS_SMOKE.methods, "sgd": {**DIGITS_SMOKE.methods["sgd"], "lr": 0.02}})
     with pytest.raises(ValueError, match="different config.*lr: saved 0.05 vs now 0.02"):
-        study_lib.run_study(changed, out, methods=["sgd"], progress=False)
+        study_runner.run_study(changed, out, methods=["sgd"], progress=False)
 
 
 def test_presets_and_method_errors():
@@ -194,7 +196,7 @@ def test_presets_and_method_errors():
     with pytest.raises(ValueError, match="preset must be one of"):
         get_study_preset("mnist")
     with pytest.raises(ValueError, match="methods must be a non-empty list from"):
-        study_lib.check_methods(DIGITS_SMOKE, ["adam"])
+        study_runner.check_methods(DIGITS_SMOKE, ["adam"])
     with pytest.raises(ValueError, match="method must be one of"):
         DIGITS_SMOKE.method_config("adam")
     # the optional SFW + init row: a config with sfw_init=True once TrainConfig has the field
@@ -204,7 +206,7 @@ def test_presets_and_method_errors():
         with pytest.raises(ValueError, match="method 'sfw_init'.*sfw_init"):
             DIGITS_SMOKE.method_config("sfw_init")
     with pytest.raises(ValueError, match="scopes must include the preset's main scope"):
-        study_lib.run_study(DIGITS_SMOKE, "unused", scopes=["all"], progress=False)
+        study_runner.run_study(DIGITS_SMOKE, "unused", scopes=["all"], progress=False)
 
 
 def test_set_overrides_win_over_method_values():
@@ -273,8 +275,8 @@ def test_plots_from_plain_data(tmp_path, monkeypatch):
         plots.plot_accuracy_vs_sparsity(str(tmp_path / "x.png"), {"A": ([0], [0.9])},
                                         recalibrated={"B": ([0.9], [])})
     mags = {"w": np.concatenate([np.zeros(10), 10.0 ** np.linspace(-6, 0, 990)])}
-    from sfw_jax import weight_stats
-    hist = weight_stats.magnitude_histogram(mags, list(study_lib.HIST_EDGES))
+    from sfw_jax.pruning import weight_stats
+    hist = weight_stats.magnitude_histogram(mags, list(study_runner.HIST_EDGES))
     cdf = weight_stats.magnitude_cdf(mags)
     _check_png(plots.plot_weight_distribution(str(tmp_path / "w.png"), hist, cdf, title="A"))
     _check_png(plots.plot_cdf_comparison(str(tmp_path / "c.png"), {"A": cdf, "B": cdf}))
