@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import os
 
@@ -199,3 +200,16 @@ def test_argument_errors(run):
     assert ps.percents_to_fractions([90, 0, 99.5]) == [0.0, 0.9, 0.995]
     assert ps.SPARSITIES[:3] == (0.0, 0.1, 0.2) and ps.SPARSITIES[-1] == 0.99
     assert len(ps.SPARSITIES) == 19
+
+
+def test_a_run_without_a_validation_split_has_no_nan(run):
+    """val_acc / val_loss are None (JSON null, an empty CSV cell) where the run has no
+    validation split, and the printed table says n/a instead of nan%."""
+    empty = run.dataset.val.take(np.arange(0))
+    no_val = dataclasses.replace(run, dataset=dataclasses.replace(run.dataset, val=empty))
+    rows = ps.sweep(no_val, [0.0, 0.9], scopes=("kernels",), progress=False)
+    assert all(r["val_acc"] is None and r["val_loss"] is None for r in rows)
+    assert all(0 < r["test_acc"] <= 1 for r in rows)
+    text = ps.format_rows(rows)
+    assert "nan" not in text and text.splitlines()[1].split()[-2:] == [
+        "n/a", f"{100 * rows[0]['test_acc']:.2f}%"]
