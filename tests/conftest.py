@@ -27,6 +27,21 @@ def tiny_digits_run_factory(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="module")
+def run_dir(tiny_digits_run_factory, request) -> str:
+    """A finished tiny digits run of ``RUN_EPOCHS`` epochs (a module constant, default 1),
+    one per test module."""
+    return tiny_digits_run_factory(request.module.__name__.rsplit(".", 1)[-1],
+                                   epochs=getattr(request.module, "RUN_EPOCHS", 1))
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
+    """``run_dir`` loaded back (:func:`experiments._loaded_run.load_trained`)."""
+    from experiments._loaded_run import load_trained
+    return load_trained(run_dir)
+
+
 def forbid_calls(monkeypatch, *targets) -> None:
     """Make every ``(module, attribute name)`` in ``targets`` raise AssertionError('work was
     redone') when called (for checks that a resumed run reuses its results)."""

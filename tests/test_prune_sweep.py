@@ -17,15 +17,7 @@ from experiments import prune_sweep as ps
 from sfw_jax.training import run_folder
 from sfw_jax.selectors import leaf_scope
 
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_digits_run_factory) -> str:
-    return tiny_digits_run_factory("sweep", epochs=1)
-
-
-@pytest.fixture(scope="module")
-def run(run_dir) -> _loaded_run.LoadedRun:
-    return _loaded_run.load_trained(run_dir)
+RUN_EPOCHS = 1          # of the conftest fixtures run_dir / run
 
 
 def _sizes(params, scope):

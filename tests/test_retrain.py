@@ -7,20 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import _loaded_run
 from experiments import retrain as rt
 from sfw_jax.pruning import apply_mask
 from sfw_jax.training import run_folder
 
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_digits_run_factory) -> str:
-    return tiny_digits_run_factory("retrain", epochs=2)
-
-
-@pytest.fixture(scope="module")
-def run(run_dir) -> _loaded_run.LoadedRun:
-    return _loaded_run.load_trained(run_dir)
+RUN_EPOCHS = 2          # of the conftest fixtures run_dir / run
 
 
 @pytest.fixture(scope="module")

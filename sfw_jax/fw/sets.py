@@ -128,6 +128,20 @@ class _TopKSet(Constraint):
         check_int(self.k, "k")
         _check_radius(self.radius)
 
+    @classmethod
+    def from_diameter(cls, k: int, diameter: float, method: str = "auto") -> "_TopKSet":
+        """The set of L2 diameter ``diameter`` with sparsity ``k`` (each set's own formula)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    @classmethod
+    def build(cls, shape: tuple[int, ...], opts: BuildOptions, radius: Optional[float],
+              diameter: Optional[float]) -> "_TopKSet":
+        """The builder of the kinds 'k_sparse' and 'k_support': K = :func:`sparsity_k` of the
+        leaf's size, the top-k path ``opts.method``."""
+        k = sparsity_k(_size(shape), opts.k, opts.k_frac)
+        return cls(k, radius, opts.method) if diameter is None else cls.from_diameter(
+            k, diameter, opts.method)
+
 
 @dataclasses.dataclass(frozen=True)
 class KSparsePolytope(_TopKSet):
@@ -194,14 +208,6 @@ class KSparsePolytope(_TopKSet):
         min(K, n)), the polytope's L2 diameter."""
         return KSparsePolytope(size, self.radius * math.sqrt(min(self.k, size) / size),
                                self.method)
-
-    @classmethod
-    def build(cls, shape: tuple[int, ...], opts: BuildOptions, radius: Optional[float],
-              diameter: Optional[float]) -> "KSparsePolytope":
-        """The kind 'k_sparse': K = :func:`sparsity_k` of the leaf's size."""
-        k = sparsity_k(_size(shape), opts.k, opts.k_frac)
-        return cls(k, radius, opts.method) if diameter is None else cls.from_diameter(
-            k, diameter, opts.method)
 
 
 register_constraint("k_sparse", KSparsePolytope.build, uses_k=True)
@@ -305,14 +311,6 @@ class KSupportNormBall(_TopKSet):
     def full_support(self, size: int) -> "KSupportNormBall":
         """The L2 ball of radius r (K = n; the diameter 2 r does not depend on K)."""
         return KSupportNormBall(size, self.radius, self.method)
-
-    @classmethod
-    def build(cls, shape: tuple[int, ...], opts: BuildOptions, radius: Optional[float],
-              diameter: Optional[float]) -> "KSupportNormBall":
-        """The kind 'k_support': K = :func:`sparsity_k` of the leaf's size."""
-        k = sparsity_k(_size(shape), opts.k, opts.k_frac)
-        return cls(k, radius, opts.method) if diameter is None else cls.from_diameter(
-            k, diameter, opts.method)
 
 
 register_constraint("k_support", KSupportNormBall.build, uses_k=True)

@@ -13,8 +13,31 @@ from sfw_jax._tree import PyTree, check_same_structure, path_str
 from sfw_jax.selectors import Selector, every_leaf, select_leaves
 
 
+class _Ratios:
+    """``pruned = size - kept`` and ``sparsity = pruned / size`` from the counts ``size`` and
+    ``kept`` of a leaf or of a whole summary."""
+
+    size: int
+    kept: int
+
+    @property
+    def pruned(self) -> int:
+        return self.size - self.kept
+
+    @property
+    def sparsity(self) -> float:
+        """``pruned / size`` (0.0 when nothing is counted)."""
+        return self.pruned / self.size if self.size else 0.0
+
+
+def _summed(field: str) -> property:
+    """A read-only property: the sum of the rows' ``field``."""
+    return property(lambda self: sum(getattr(r, field) for r in self.leaves),
+                    doc=f"Sum of the rows' ``{field}``.")
+
+
 @dataclasses.dataclass(frozen=True)
-class LeafSparsity:
+class LeafSparsity(_Ratios):
     """Counts for one leaf: ``size = kept + pruned``; ``zeros`` = exact zeros in the params,
     ``pruned_zeros`` = the pruned entries among them (``pruned`` when the params respect the
     mask)."""
@@ -26,46 +49,19 @@ class LeafSparsity:
     zeros: int
     pruned_zeros: int
 
-    @property
-    def pruned(self) -> int:
-        return self.size - self.kept
-
-    @property
-    def sparsity(self) -> float:
-        """``pruned / size`` (0.0 for an empty leaf)."""
-        return self.pruned / self.size if self.size else 0.0
-
 
 @dataclasses.dataclass(frozen=True)
-class SparsitySummary:
-    """Rows for the summarised leaves and totals over them; ``str()`` gives a text table."""
+class SparsitySummary(_Ratios):
+    """Rows for the summarised leaves and totals over them (``size``, ``kept``, ``zeros``,
+    ``pruned_zeros`` summed over the rows; ``pruned`` and the global ``sparsity`` from those);
+    ``str()`` gives a text table."""
 
     leaves: tuple[LeafSparsity, ...]
 
-    @property
-    def size(self) -> int:
-        return sum(r.size for r in self.leaves)
-
-    @property
-    def kept(self) -> int:
-        return sum(r.kept for r in self.leaves)
-
-    @property
-    def pruned(self) -> int:
-        return self.size - self.kept
-
-    @property
-    def zeros(self) -> int:
-        return sum(r.zeros for r in self.leaves)
-
-    @property
-    def pruned_zeros(self) -> int:
-        return sum(r.pruned_zeros for r in self.leaves)
-
-    @property
-    def sparsity(self) -> float:
-        """Global ``pruned / size`` over the summarised leaves (0.0 if there are none)."""
-        return self.pruned / self.size if self.size else 0.0
+    size = _summed("size")
+    kept = _summed("kept")
+    zeros = _summed("zeros")
+    pruned_zeros = _summed("pruned_zeros")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``{'leaves': [row dicts], 'total': {...}}``."""

@@ -49,6 +49,15 @@ class DecodeOptions:
     num_workers: int | None = None
 
 
+def data_root(root: Path | str, layout: str, *, folder: bool = False) -> Path:
+    """``root`` as a ``Path``; FileNotFoundError naming it and the expected ``layout`` unless it
+    exists (and, with ``folder``, is a folder)."""
+    root = Path(root)
+    if not (root.is_dir() if folder else root.exists()):
+        raise FileNotFoundError(f"{root}: data directory does not exist; {layout}")
+    return root
+
+
 def load_table(
     label: str,
     fingerprint: object,

@@ -17,7 +17,7 @@ import numpy as np
 
 from sfw_jax.training.datasets.decode import IMAGE_SUFFIXES
 from sfw_jax.training.datasets.errors import DataFormatError
-from sfw_jax.training.datasets.image_table import DecodeOptions, ImageTable, load_table
+from sfw_jax.training.datasets.image_table import DecodeOptions, ImageTable, data_root, load_table
 from sfw_jax.training.datasets.types import RawDataset
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -172,9 +172,7 @@ def _read_archive(path: Path) -> dict[str, bytes]:
 
 def load_imagefolder(root: Path, options: DecodeOptions) -> RawDataset:
     """Load an image-folder tree (folder or tar archive) into uint8 splits, with caching."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: data directory does not exist; {IMAGEFOLDER_LAYOUT}")
+    root = data_root(root, IMAGEFOLDER_LAYOUT)
     resolved = root.resolve()
     if is_archive(root):
         st = resolved.stat()

@@ -21,7 +21,7 @@ import numpy as np
 
 from sfw_jax.training.datasets.decode import IMAGE_SUFFIXES
 from sfw_jax.training.datasets.errors import DataFormatError
-from sfw_jax.training.datasets.image_table import DecodeOptions, ImageTable, load_table
+from sfw_jax.training.datasets.image_table import DecodeOptions, ImageTable, data_root, load_table
 from sfw_jax.training.datasets.types import RawDataset
 
 TINY_IMAGENET_LAYOUT = (
@@ -74,10 +74,7 @@ def _read_annotations(root: Path, index: dict[str, int]) -> dict[str, int]:
 
 def load_tiny_imagenet(root: Path, options: DecodeOptions) -> RawDataset:
     """Load Tiny-ImageNet (train + labelled val as test) as RGB uint8 splits, with caching."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: data directory does not exist; {TINY_IMAGENET_LAYOUT}")
-    root = root.resolve()
+    root = data_root(root, TINY_IMAGENET_LAYOUT, folder=True).resolve()
     wnids = _read_wnids(root)
     index = {w: i for i, w in enumerate(wnids)}
     train_names: list[str] = []

@@ -98,6 +98,31 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def check_fields(module: nn.Module) -> None:
+    """ValueError for a bad ``num_classes``, ``width`` (where the model has one) or ``dtype``,
+    the attributes every model here shares."""
+    check_num_classes(module.num_classes)
+    if hasattr(module, "width"):
+        check_width(module.width)
+    check_dtype(module.dtype)
+
+
+def image_input(x: Any, dtype: Dtype) -> jax.Array:
+    """``x`` checked to be an NHWC image batch (:func:`check_image`), in the compute dtype."""
+    check_image(x)
+    return jnp.asarray(x, dtype)
+
+
+def check_int_sequence(value: Any, name: str, length: int | None = None) -> None:
+    """ValueError unless ``value`` is a tuple or list of ints >= 1 (of ``length`` items, where
+    given)."""
+    if (not isinstance(value, (tuple, list)) or (length is not None and len(value) != length)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                       for v in value)):
+        count = "" if length is None else f"{length} "
+        raise ValueError(f"{name} must be a sequence of {count}ints >= 1, got {value!r}")
+
+
 def check_num_classes(num_classes: Any) -> None:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")

@@ -75,22 +75,15 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
-        layers.check_num_classes(self.num_classes)
-        stages = self.stage_sizes
-        if (not isinstance(stages, (tuple, list)) or len(stages) != 4
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
-                           for s in stages)):
-            raise ValueError(f"stage_sizes must be a sequence of 4 ints >= 1, got {stages!r}")
-        layers.check_width(self.width)
-        layers.check_dtype(self.dtype)
+        layers.check_fields(self)
+        layers.check_int_sequence(self.stage_sizes, "stage_sizes", 4)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """(N, H, W, C) images -> (N, num_classes) logits."""
-        layers.check_image(x)
+        x = layers.image_input(x, self.dtype)
         w = layers.scaled(64, self.width)
-        x = jnp.asarray(x, self.dtype)
         x = layers.conv(x, w, 3, stride=1, padding=1, use_bias=not self.use_bn,
                         dtype=self.dtype, name="conv1")
         if self.use_bn:

@@ -53,19 +53,16 @@ class SimpleCNN(nn.Module):
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
-        layers.check_num_classes(self.num_classes)
+        layers.check_fields(self)
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
-        layers.check_width(self.width)
-        layers.check_dtype(self.dtype)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """(N, H, W, C) images -> (N, num_classes) logits."""
-        layers.check_image(x)
+        x = layers.image_input(x, self.dtype)
         c = layers.scaled(32, self.width)
-        x = jnp.asarray(x, self.dtype)
         for i, features in enumerate((c, c, 2 * c, 2 * c), start=1):
             x = layers.conv(x, features, 3, padding=1, use_bias=not self.use_bn,
                             dtype=self.dtype, name=f"conv{i}")
@@ -96,14 +93,8 @@ class MLP(nn.Module):
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
-        layers.check_num_classes(self.num_classes)
-        hidden = self.hidden
-        if (not isinstance(hidden, (tuple, list))
-                or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
-                           for h in hidden)):
-            raise ValueError(
-                f"hidden must be a sequence of ints >= 1, got {hidden!r}")
-        layers.check_dtype(self.dtype)
+        layers.check_fields(self)
+        layers.check_int_sequence(self.hidden, "hidden")
         super().__post_init__()
 
     @nn.compact

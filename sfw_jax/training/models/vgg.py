@@ -47,16 +47,13 @@ class VGG16(nn.Module):
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
-        layers.check_num_classes(self.num_classes)
-        layers.check_width(self.width)
-        layers.check_dtype(self.dtype)
+        layers.check_fields(self)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """(N, H, W, C) images -> (N, num_classes) logits."""
-        layers.check_image(x)
-        x = jnp.asarray(x, self.dtype)
+        x = layers.image_input(x, self.dtype)
         i = 0
         for item in VGG16_CFG:
             if item == "M":
