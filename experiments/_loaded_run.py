@@ -1,19 +1,25 @@
 """A finished training run loaded back for evaluation, pruning and retraining.
 
 :func:`load_trained` reads a run folder (:mod:`sfw_jax.training.run_folder`): it rebuilds the
-model, restores the final ``params`` and ``batch_stats`` from the newest checkpoint (no optimizer
-state is needed, so SFW's constraints are not rebuilt) and reloads the run's dataset with the
+model, gives the final ``params`` and ``batch_stats`` of the newest checkpoint, read on first use
+(no optimizer state is needed, so SFW's constraints are not rebuilt) and reloads the run's dataset with the
 run's own split settings (the same validation carve-out).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import sys
 from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import loop, run_folder
+from sfw_jax.training.checkpoint import has_checkpoint
 from sfw_jax.training.config import TrainConfig
 from sfw_jax.training.datasets import Dataset, Split, load_dataset
 from sfw_jax.training.steps import Evaluator
@@ -49,7 +55,9 @@ class LoadedRun:
     """A finished run, ready for evaluation, pruning and retraining.
 
     out_dir: the run's directory. config: its resolved ``TrainConfig``. model: the Flax module.
-    params, batch_stats: final variables (``batch_stats`` is ``{}`` without BatchNorm).
+    params, batch_stats: final variables (``batch_stats`` is ``{}`` without BatchNorm), read from
+    the checkpoint on first use, so that a study whose sweep, retraining and weight statistics
+    are all cached rebuilds its reports from the run folders' files without checkpoints.
     dataset: the run's dataset. mesh: device mesh. evaluator: jitted batched evaluator on it.
     final: the run's ``final.json`` (``test_acc``, ``test_loss``, ``wall_time``, ...).
     history: the per-epoch records of ``metrics.jsonl``.
@@ -58,13 +66,33 @@ class LoadedRun:
     out_dir: str
     config: TrainConfig
     model: Any
-    params: PyTree
-    batch_stats: PyTree
     dataset: Dataset
     mesh: Any
     evaluator: Evaluator
     final: dict
     history: list[dict]
+
+    @functools.cached_property
+    def variables(self) -> tuple[PyTree, PyTree]:
+        """``(params, batch_stats)`` restored from the run's checkpoint
+        (:func:`sfw_jax.training.run_folder.restore_variables`)."""
+        return run_folder.restore_variables(self.out_dir)
+
+    @property
+    def params(self) -> PyTree:
+        return self.variables[0]
+
+    @property
+    def batch_stats(self) -> PyTree:
+        return self.variables[1]
+
+    @functools.cached_property
+    def has_batch_norm(self) -> bool:
+        """Whether the model keeps BatchNorm statistics (from its shapes; no checkpoint read)."""
+        shapes = jax.eval_shape(lambda k: self.model.init(
+            k, jnp.zeros((1, *self.dataset.info.image_shape), jnp.float32), train=False),
+            jax.random.key(0))
+        return bool(jax.tree.leaves(shapes.get("batch_stats", {})))
 
     @property
     def train_split(self) -> Split:
@@ -87,19 +115,21 @@ def load_trained(out_dir: str, dataset: Dataset | None = None, *,
       eval_batch_size: evaluation batch size (default: the run's ``eval_batch_size``).
 
     Raises:
-      NotARunError (a FileNotFoundError): ``out_dir``, its ``config.json``, ``final.json`` or
-        checkpoint missing.
+      NotARunError (a FileNotFoundError): ``out_dir``, its ``config.json`` or ``final.json``
+        missing (a missing checkpoint raises when ``params`` are first read).
     """
     run_folder.check_finished(out_dir)
     cfg = config_lib.validate(config_lib.load_json(run_folder.path(out_dir,
                                                                    run_folder.CONFIG_FILE)))
     if dataset is None:
         dataset = load_run_dataset(cfg)
-    params, batch_stats = run_folder.restore_variables(out_dir)
+    if not has_checkpoint(run_folder.path(out_dir, run_folder.CHECKPOINT_DIR)):
+        print(f"note: {out_dir} has no checkpoint; only its cached results can be used",
+              file=sys.stderr)
     model = loop.build_model(cfg, dataset.info)
     mesh = loop.setup_devices(cfg.replace(distributed=False))
     evaluator = Evaluator(model, dataset.info, mesh, eval_batch_size or cfg.eval_batch_size)
-    return LoadedRun(out_dir=out_dir, config=cfg, model=model, params=params,
-                     batch_stats=batch_stats, dataset=dataset, mesh=mesh, evaluator=evaluator,
+    return LoadedRun(out_dir=out_dir, config=cfg, model=model, dataset=dataset, mesh=mesh,
+                     evaluator=evaluator,
                      final=run_folder.read_json(run_folder.path(out_dir, run_folder.FINAL_FILE)),
                      history=run_folder.read_history(out_dir))

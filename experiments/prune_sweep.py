@@ -42,7 +42,6 @@ import sys
 import time
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
 from experiments._bn_recal import recal_images, recalibrated_batch_stats
@@ -173,7 +172,7 @@ def sweep(run: LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
                          f"{recal_scopes!r}")
     if not isinstance(recal_batches, int) or recal_batches < 1:
         raise ValueError(f"recal_batches must be an int >= 1, got {recal_batches!r}")
-    has_bn = bool(jax.tree.leaves(run.batch_stats))
+    has_bn = run.has_batch_norm
     if bn_recal and not has_bn:
         print(f"note: {run.out_dir}: the model has no BatchNorm; --bn-recal skipped",
               file=sys.stderr)

@@ -192,10 +192,13 @@ CIFAR10_CPU = StudyPreset(
 CIFAR10_CPU_GAP_NOTES = """\
 The cifar10-cpu grid on an all-convolutional head: SimpleCNN width 1.0 with head 'gap'
 (BatchNorm, global average pooling, one linear layer; ~66k parameters, 99% of them in the
-convolutions), 6 epochs. SFW K-sparse: k_frac 0.01, tau 7, chosen on the validation split by
-cifar10-cpu's rule. Everything else as cifar10-cpu. Tuning and findings:
+convolutions), 6 epochs. SFW K-sparse: k_frac 0.01, tau 7 and the reference's shape-keyed
+initial norms (init_norm_rule 'reference'), chosen on the validation split by cifar10-cpu's
+rule. Everything else as cifar10-cpu. Tuning and findings:
 results/cifar10-cpu-gap/README.md.
 """
+
+_GAP_SFW_KSPARSE = {"k_frac": 0.01, "tau": 7.0, "init_norm_rule": "reference"}
 
 CIFAR10_CPU_GAP = dataclasses.replace(
     CIFAR10_CPU,
@@ -204,7 +207,14 @@ CIFAR10_CPU_GAP = dataclasses.replace(
                 "copy, 2-core CPU scale",
     base={**CIFAR10_CPU.base, "model_kwargs": {"width": 1.0, "use_bn": True, "head": "gap"},
           "epochs": 6},
-    methods={**CIFAR10_CPU.methods, "sfw_ksparse": {"k_frac": 0.01, "tau": 7.0}},
+    methods={**CIFAR10_CPU.methods, "sfw_ksparse": _GAP_SFW_KSPARSE},
+    # The constraint variants of sfw_jax.fw.constraint_schedule and rescale 'fast_gradient',
+    # each on top of sfw_ksparse, to compare against it at equal settings.
+    optional_methods={**CIFAR10_CPU.optional_methods,
+                      "sfw_fast_gradient": {**_GAP_SFW_KSPARSE, "rescale": "fast_gradient"},
+                      "sfw_delay_lmo": {**_GAP_SFW_KSPARSE, "delay_lmo": 1 / 3},
+                      "sfw_tighten_tau": {**_GAP_SFW_KSPARSE, "tau_start": 15.0},
+                      "sfw_tighten_k": {**_GAP_SFW_KSPARSE, "k_frac_start": 0.05}},
     notes=CIFAR10_CPU_GAP_NOTES,
 )
 

@@ -294,7 +294,7 @@ def test_nm_study_preset():
                                                      gap.method_config("sfw_ksparse").tau)
         assert {k for k, v in cfg.to_dict().items()
                 if v != config_lib.validate(gap.method_config("sfw_ksparse", "x")).to_dict()[k]
-                } == {"constraint", "nm", "k_frac", "rest_lr"}
+                } == {"constraint", "nm", "k_frac", "rest_lr", "init_norm_rule"}
     assert (nm.nm_patterns, nm.nm_retrain_methods, nm.nm_retrain_patterns) == (
         ("2:4", "1:4"), ("sgd",), ("2:4",))
     assert nm.sparsities == gap.sparsities and nm.retrain_sparsities == gap.retrain_sparsities

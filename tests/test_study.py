@@ -183,8 +183,8 @@ def test_presets_and_method_errors():
     for m in cpu.all_methods():
         a, b = cpu.method_config(m).to_dict(), gap.method_config(m).to_dict()
         diff = {k for k in a if a[k] != b[k]}
-        assert diff == {"model_kwargs", "epochs"} | ({"k_frac"} if m == "sfw_ksparse" else set()), \
-            (m, diff)
+        assert diff == {"model_kwargs", "epochs"} | (
+            {"k_frac", "init_norm_rule"} if m == "sfw_ksparse" else set()), (m, diff)
         assert b["model_kwargs"] == {"width": 1.0, "use_bn": True, "head": "gap"}
     assert (gap.method_config("sfw_ksparse").k_frac, gap.method_config("sfw_ksparse").tau) == \
         (0.01, 7.0)
