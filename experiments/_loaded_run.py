@@ -19,7 +19,6 @@ import jax.numpy as jnp
 
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import loop, run_folder
-from sfw_jax.training.checkpoint import has_checkpoint
 from sfw_jax.training.config import TrainConfig
 from sfw_jax.training.datasets import Dataset, Split, load_dataset
 from sfw_jax.training.steps import Evaluator
@@ -106,26 +105,31 @@ class LoadedRun:
 
 
 def load_trained(out_dir: str, dataset: Dataset | None = None, *,
-                 eval_batch_size: int | None = None) -> LoadedRun:
+                 eval_batch_size: int | None = None, need_weights: bool = True) -> LoadedRun:
     """Load the finished run in ``out_dir`` (see the module docstring).
 
     Args:
       out_dir: a run folder written by :func:`sfw_jax.training.loop.train`.
       dataset: reuse this dataset instead of loading the run's (must be the same splits).
       eval_batch_size: evaluation batch size (default: the run's ``eval_batch_size``).
+      need_weights: a missing checkpoint is an error here (the caller will read ``params``);
+        False for a caller that may get by on results cached in the folder (a note is printed,
+        and reading ``params`` raises).
 
     Raises:
       NotARunError (a FileNotFoundError): ``out_dir``, its ``config.json`` or ``final.json``
-        missing (a missing checkpoint raises when ``params`` are first read).
+        missing, or its checkpoint with ``need_weights``.
     """
     run_folder.check_finished(out_dir)
     cfg = config_lib.validate(config_lib.load_json(run_folder.path(out_dir,
                                                                    run_folder.CONFIG_FILE)))
-    if dataset is None:
-        dataset = load_run_dataset(cfg)
-    if not has_checkpoint(run_folder.path(out_dir, run_folder.CHECKPOINT_DIR)):
+    if need_weights:
+        run_folder.check_weights(out_dir)
+    elif not run_folder.has_weights(out_dir):
         print(f"note: {out_dir} has no checkpoint; only its cached results can be used",
               file=sys.stderr)
+    if dataset is None:
+        dataset = load_run_dataset(cfg)
     model = loop.build_model(cfg, dataset.info)
     mesh = loop.setup_devices(cfg.replace(distributed=False))
     evaluator = Evaluator(model, dataset.info, mesh, eval_batch_size or cfg.eval_batch_size)

@@ -26,7 +26,10 @@ Presets:
   (``../shared/data/cifar10-jpeg.tar.gz`` relative to the repository root), sized for a 2-core
   CPU.
 * ``cifar10-cpu-gap``: the same grid with SimpleCNN's global-average-pool head (width 1.0, 6
-  epochs, SFW K-sparse k_frac 0.01), whose weights sit in the convolutions.
+  epochs, SFW K-sparse k_frac 0.01 with the reference's init-norm rule), whose weights sit in
+  the convolutions; its optional methods ``sfw_fast_gradient``, ``sfw_delay_lmo``,
+  ``sfw_tighten_tau`` and ``sfw_tighten_k`` are that SFW K-sparse with one constraint variant
+  each (rescale 'fast_gradient', ``delay_lmo``, ``tau_start``, ``k_frac_start``).
 * ``cifar10-cpu-nm``: the cifar10-cpu-gap grid with SFW N:M 2:4 and 1:4 (``constraint=
   'nm_sparse'``) beside SFW K-sparse and SGD, every method also pruned one-shot to 2:4 and 1:4,
   SGD also retrained under a 2:4 mask.

@@ -19,6 +19,11 @@ def pct(x: float | None, digits: int = 2) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.{digits}f}"
 
 
+def _seconds(x: float | None) -> str:
+    """Whole seconds, or the dash of an absent value."""
+    return "—" if x is None else f"{x:.0f}"
+
+
 def oneshot_rows(res: dict, scope: str, bn_recal: bool = False) -> dict[float, dict]:
     """Unstructured sweep rows of one scope by target sparsity."""
     return {round(r["target_sparsity"], 6): r for r in res["sweep"]
@@ -259,7 +264,7 @@ def table_markdown(summary: dict, notes: str = "") -> str:
     for m, r in ms.items():
         rt = sum(x["wall_time"] for x in r["retrain"])
         out.append(f"| {r['label']} | {r['train_time']:.0f} | "
-                   f"{r['final'].get('wall_time', float('nan')):.0f} | {r['sweep_time']:.0f} | "
+                   f"{_seconds(r['final'].get('wall_time'))} | {r['sweep_time']:.0f} | "
                    f"{rt:.0f} | `runs/{m}` |")
     out += ["", "Exact configs: `configs.json` (and each run folder's `config.json`). Figures: "
             "`accuracy_vs_sparsity.png`, " + ("`nm_accuracy.png`, " if nm else "")

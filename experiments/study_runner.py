@@ -147,7 +147,7 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
         work = {}
         work["train"] = train_method(cfg, None if run_folder.is_finished(run_dir)
                                      else dataset_for(cfg))
-        run = load_trained(run_dir, dataset_for(cfg))
+        run = load_trained(run_dir, dataset_for(cfg), need_weights=False)
         t0 = time.time()
         rows = sweep_lib.sweep(run, preset.sparsities, scopes=scopes, bn_recal=preset.bn_recal,
                                recal_batches=preset.recal_batches,     # re-cal: main scope only

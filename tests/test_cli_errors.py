@@ -14,6 +14,8 @@ from experiments import fidelity, quickstart, retrain, study, tuning_table
 from experiments import prune_sweep
 from sfw_jax import _progress
 from sfw_jax.training import cli
+from sfw_jax.training import config as config_lib
+from sfw_jax.training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,6 +70,12 @@ def test_folders_that_are_not_runs_are_one_line(tmp_path, capsys):
         assert f"{tmp_path} has no config.json: not a training run folder" in err
         err = _one_line_error(capsys, main, [str(tmp_path / "nothing")])
         assert "nothing' is not a folder" in err
+    (tmp_path / "bare").mkdir()             # finished, but trained without checkpoints
+    config_lib.save_json(TrainConfig(dataset="digits"), str(tmp_path / "bare" / "config.json"))
+    (tmp_path / "bare" / "final.json").write_text("{}")
+    for main in (prune_sweep.main, retrain.main):
+        err = _one_line_error(capsys, main, [str(tmp_path / "bare")])
+        assert f"{tmp_path / 'bare'} holds no checkpoint" in err
     err = _one_line_error(capsys, tuning_table.main, [str(tmp_path)])
     assert f"{tmp_path} has no summary.json" in err
     err = _one_line_error(capsys, fidelity.main, ["--data-dir", str(tmp_path / "none")])

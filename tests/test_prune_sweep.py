@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import re
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -42,6 +43,22 @@ def test_load_trained_errors(tmp_path, run_dir):
     (tmp_path / "config.json").write_text(open(os.path.join(run_dir, "config.json")).read())
     with pytest.raises(FileNotFoundError, match="did not finish"):
         _loaded_run.load_trained(str(tmp_path))
+
+
+def test_a_run_without_checkpoint(tmp_path, run_dir, run, capsys):
+    """Without its checkpoint a run folder is an error for a caller that needs the weights; with
+    ``need_weights=False`` it loads (a note says so), knows from shapes that the model has
+    BatchNorm, and reading the weights names the missing checkpoint."""
+    bare = str(tmp_path / "bare")
+    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns(run_folder.CHECKPOINT_DIR))
+    with pytest.raises(run_folder.NotARunError, match="bare holds no checkpoint"):
+        _loaded_run.load_trained(bare, run.dataset)
+    loaded = _loaded_run.load_trained(bare, run.dataset, need_weights=False)
+    assert f"note: {bare} has no checkpoint" in capsys.readouterr().err
+    assert loaded.has_batch_norm and run.has_batch_norm
+    assert loaded.final == run.final and loaded.history == run.history
+    with pytest.raises(run_folder.NotARunError, match="bare holds no checkpoint"):
+        loaded.params
 
 
 def test_dense_level_equals_run_accuracy_and_sparsity_is_exact(run):

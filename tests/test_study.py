@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -135,6 +137,24 @@ def test_second_invocation_redoes_nothing(study, monkeypatch):
         assert again["methods"][m]["this_invocation"]["train"]["status"] == "skipped"
         assert again["methods"][m]["sweep"] == first["methods"][m]["sweep"]
         assert again["methods"][m]["retrain"] == first["methods"][m]["retrain"]
+
+
+def test_reports_rebuild_from_cached_results_without_checkpoints(study, tmp_path, capsys):
+    """A study folder whose runs have no checkpoints (as committed results) rebuilds the same
+    summary from the cached sweep, retraining and weight statistics."""
+    out, first = study
+    bare = str(tmp_path / "digits")
+    shutil.copytree(out, bare, ignore=shutil.ignore_patterns(run_folder.CHECKPOINT_DIR))
+    again = study_runner.run_study(DIGITS_SMOKE, bare, methods=METHODS, progress=False)
+    assert capsys.readouterr().err.count("has no checkpoint; only its cached results") == 2
+    as_json = lambda x: json.loads(json.dumps(x))  # noqa: E731
+    for m in METHODS:
+        for key in ("sweep", "retrain", "weights", "final", "history"):
+            assert as_json(again["methods"][m][key]) == as_json(first["methods"][m][key]), (m, key)
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")     # when each report was made
+    for name in ("weights_above.md", "table.md"):
+        with open(os.path.join(out, name)) as a, open(os.path.join(bare, name)) as b:
+            assert stamp.sub("", a.read()) == stamp.sub("", b.read()), name
 
 
 def test_unfinished_run_is_resumed(study, monkeypatch):

@@ -125,6 +125,20 @@ def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str:
                      if k not in RESUME_MAY_DIFFER and saved.get(k) != v)
 
 
+def has_weights(out_dir: str) -> bool:
+    """Whether ``out_dir/checkpoints`` holds a checkpoint."""
+    from sfw_jax.training.checkpoint import has_checkpoint
+    return has_checkpoint(path(out_dir, CHECKPOINT_DIR))
+
+
+def check_weights(out_dir: str) -> None:
+    """:class:`NotARunError` (one line naming the folder) unless ``out_dir`` holds a checkpoint."""
+    if not has_weights(out_dir):
+        raise NotARunError(f"{out_dir} holds no checkpoint (looked in "
+                           f"{path(out_dir, CHECKPOINT_DIR)}); the run must be trained with "
+                           f"keep_checkpoints >= 1")
+
+
 def restore_variables(out_dir: str) -> tuple[Any, Any]:
     """(params, batch_stats) of the newest checkpoint in ``out_dir/checkpoints``.
 
@@ -134,13 +148,10 @@ def restore_variables(out_dir: str) -> tuple[Any, Any]:
     import jax
     import jax.numpy as jnp
 
-    from sfw_jax.training.checkpoint import Checkpointer, has_checkpoint
+    from sfw_jax.training.checkpoint import Checkpointer
 
-    ckpt_dir = path(out_dir, CHECKPOINT_DIR)
-    if not has_checkpoint(ckpt_dir):
-        raise NotARunError(f"{out_dir} holds no checkpoint (looked in {ckpt_dir}); the run must "
-                           f"be trained with keep_checkpoints >= 1")
-    with Checkpointer(ckpt_dir, max_to_keep=1, async_save=False) as ckpt:
+    check_weights(out_dir)
+    with Checkpointer(path(out_dir, CHECKPOINT_DIR), max_to_keep=1, async_save=False) as ckpt:
         state, _ = ckpt.restore(None)
     to_jnp = lambda t: jax.tree.map(jnp.asarray, t)  # noqa: E731
     return to_jnp(state["params"]), to_jnp(state.get("batch_stats") or {})
