@@ -212,7 +212,7 @@ CIFAR10_CPU_GAP = dataclasses.replace(
           "epochs": 6},
     methods={**CIFAR10_CPU.methods, "sfw_ksparse": _GAP_SFW_KSPARSE},
     # The constraint variants of sfw_jax.fw.constraint_schedule and rescale 'fast_gradient',
-    # each on top of sfw_ksparse, to compare against it at equal settings.
+    # each on top of sfw_ksparse (results/cifar10-cpu-gap/tuning-variants.md).
     optional_methods={**CIFAR10_CPU.optional_methods,
                       "sfw_fast_gradient": {**_GAP_SFW_KSPARSE, "rescale": "fast_gradient"},
                       "sfw_delay_lmo": {**_GAP_SFW_KSPARSE, "delay_lmo": 1 / 3},
