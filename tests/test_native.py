@@ -8,7 +8,6 @@ the float64 sums of the same terms to float32 accuracy.
 from __future__ import annotations
 
 import functools
-import importlib
 import platform
 import shutil
 import warnings
@@ -23,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 
 from sfw_jax import make_constraints, sfw
 from sfw_jax.fw import native
+from sfw_jax.fw import sfw as sfw_mod
 from sfw_jax.fw import topk
 from sfw_jax.fw.constraints import KSparsePolytope, LpBall, NMSparsePolytope
 from tests.test_topk import reference_mask
 
-sfw_mod = importlib.import_module("sfw_jax.sfw")
 
 if platform.machine().lower() not in ("x86_64", "amd64"):
     pytest.skip(f"the native kernel is x86-64 only; this machine is {platform.machine()}",

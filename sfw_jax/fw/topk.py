@@ -636,7 +636,7 @@ def _top_k_mask_sort(x: jax.Array, k: int) -> jax.Array:
 
 def backend_name(backend: str | None = None) -> str:
     """``backend`` (None: ``jax.default_backend()``) lower-cased, 'cuda' and 'rocm' as 'gpu':
-    the key of the per-backend tables (:data:`AUTO_RULES`, ``sfw_jax.sfw.BATCH_SELECT``)."""
+    the key of the per-backend tables (:data:`AUTO_RULES`, ``sfw_jax.fw.sfw.BATCH_SELECT``)."""
     backend = jax.default_backend() if backend is None else str(backend).lower()
     return "gpu" if backend in ("cuda", "rocm") else backend
 
