@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import _timing
-from sfw_jax.constraints import sparsity_k
-from sfw_jax.topk import METHODS, resolve_method, top_k_mask
+from sfw_jax.fw.constraints import sparsity_k
+from sfw_jax.fw.topk import METHODS, resolve_method, top_k_mask
 
 DEFAULT_SIZES = (1728, 8192, 16384, 36864, 147456, 589824, 2359296)
 

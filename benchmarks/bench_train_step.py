@@ -29,9 +29,9 @@ import optax
 
 from benchmarks import _timing
 from sfw_jax import make_constraints, sfw
-from sfw_jax.config import PRECISIONS
-from sfw_jax.models import get_model
-from sfw_jax.topk import METHODS
+from sfw_jax.training.config import PRECISIONS
+from sfw_jax.training.models import get_model
+from sfw_jax.fw.topk import METHODS
 
 
 def _norms(params):

@@ -38,8 +38,8 @@ import optax
 
 from benchmarks import _timing
 from sfw_jax import k_sparse_lmo, make_constraints, sfw, sparsity_k
-from sfw_jax.models import get_model
-from sfw_jax.topk import METHODS, resolve_method
+from sfw_jax.training.models import get_model
+from sfw_jax.fw.topk import METHODS, resolve_method
 
 
 def resnet18_params(seed: int = 0):
@@ -56,8 +56,8 @@ def _norms(params):
 
 def default_path(method: str = "auto") -> str:
     """Which path ``sfw(...)`` with default arguments runs on this backend, in words."""
-    from sfw_jax.sfw import BATCH_SELECT, uses_cpu_kernel
-    from sfw_jax.topk import backend_name
+    from sfw_jax.fw.sfw import BATCH_SELECT, uses_cpu_kernel
+    from sfw_jax.fw.topk import backend_name
     if uses_cpu_kernel(None):
         return "native CPU kernel (cpu_kernel=None resolved to the kernel)"
     batch = BATCH_SELECT.get(backend_name(), BATCH_SELECT["default"])

@@ -35,7 +35,7 @@ import optax
 from benchmarks import _timing
 from benchmarks.bench_update import _norms, resnet18_params
 from sfw_jax import make_constraints, sfw
-from sfw_jax.topk import METHODS
+from sfw_jax.fw.topk import METHODS
 
 _TRIVIAL = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
 _KINDS = {"fusion": "fusion", "custom_call": "custom-call", "while": "while",

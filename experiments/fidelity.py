@@ -37,9 +37,11 @@ import numpy as np
 import optax
 
 import sfw_jax
-from sfw_jax import config as config_lib
-from sfw_jax.data import load_dataset
-from sfw_jax.models import get_model
+from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
+from sfw_jax.fw.constraints import INIT_NORM_RULES
+from sfw_jax.training.datasets import load_dataset
+from sfw_jax.training.models import get_model
+from sfw_jax.training.presets import from_preset
 
 REFERENCE_MEAN = (0.4914, 0.4822, 0.4465)
 REFERENCE_STD = (0.2023, 0.1994, 0.2010)
@@ -104,7 +106,7 @@ def run_fidelity(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
     Returns ``{"train_losses": [...], "eval_loss", "eval_acc", "eval_loss_unbiased_bn",
     "min_nnz_minus_k", "init_norm_rule"}``."""
-    cfg = config_lib.from_preset(PRESET)
+    cfg = from_preset(PRESET)
     samples = cfg.init_norm_samples if init_norm_samples is None else init_norm_samples
     model = get_model(arch, 10, **(model_kwargs or {}))
     x0 = jnp.zeros((1,) + train_x.shape[1:], jnp.float32)
@@ -172,10 +174,9 @@ def load_subset(data_dir: str, samples: int, n_eval: int, seed: int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.fidelity",
-                                description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m experiments.fidelity", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True, help="CIFAR-10 folder or .tar.gz archive")
-    p.add_argument("--init-norm-rule", choices=sfw_jax.constraints.INIT_NORM_RULES,
+    p.add_argument("--init-norm-rule", choices=INIT_NORM_RULES,
                    default="reference")
     p.add_argument("--normalize", choices=("own", "reference"), default="own",
                    help="the subset's own mean/std, or the reference's fixed constants")
@@ -187,21 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-subset", metavar="FILE.npz",
                    help="also write the normalized subset (train_x, train_y, test_x, test_y), "
                         "e.g. to feed the same images to the reference code")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     for name in ("samples", "passes", "n_eval"):
         if getattr(args, name) < 1:
-            print(f"error: --{name.replace('n_', '')} must be >= 1, got {getattr(args, name)}",
-                  file=sys.stderr)
-            return 2
-    try:
+            parser.error(f"--{name.replace('n_', '')} must be >= 1, got {getattr(args, name)}")
+    with user_errors(parser, args.debug):
         tx, ty, ex, ey = load_subset(args.data_dir, args.samples, args.n_eval, args.seed)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     mean, std = (own_stats(tx) if args.normalize == "own" else (REFERENCE_MEAN, REFERENCE_STD))
     tx, ex = normalize(tx, mean, std), normalize(ex, mean, std)
     if args.save_subset:

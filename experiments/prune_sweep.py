@@ -4,9 +4,10 @@
 [--sparsities 0 10 ... 99] [--nm 2:4 1:4] [--out FILE.csv] [--json FILE.json]``
 
 For each scope and sparsity level the run's final params are pruned with *global* magnitude
-ranking (``sfw_jax.pruning.masks_for_sweep``: the magnitudes are sorted once per scope, every
+ranking (:func:`sfw_jax.masks_for_sweep`: the magnitudes are sorted once per scope, every
 level's mask comes from that one sort; exact counts ``round(s * N)``), and the pruned network is
-evaluated (jit-compiled, batched) on the validation and test splits. Scopes:
+evaluated (jit-compiled, batched) on the validation and test splits (``val_acc`` / ``val_loss``
+are null for a run without a validation split). Scopes (:data:`sfw_jax.LEAF_SCOPES`):
 
 * ``kernels``: conv and dense kernels only (biases and BatchNorm parameters are kept);
 * ``all``: every parameter tensor, as in the reference implementation (Lu et al., 2022).
@@ -14,7 +15,7 @@ evaluated (jit-compiled, batched) on the validation and test splits. Scopes:
 Each row also records the achieved sparsity (pruned / entries in the scope: equals
 ``round(s * N) / N``) and the fraction of exact zeros in the scope after masking.
 
-``--nm 2:4 1:4`` adds one-shot N:M magnitude pruning (``sfw_jax.pruning.nm_mask``): in every
+``--nm 2:4 1:4`` adds one-shot N:M magnitude pruning (:func:`sfw_jax.nm_mask`): in every
 group of M consecutive input features (axis -2) of each kernel whose input size is divisible by
 M, the N entries of largest |w| are kept. These rows have ``pattern`` 'N:M' (the unstructured
 rows: 'unstructured'), scope 'kernels', ``target_sparsity`` 1 - N/M (the sparsity of the grouped
@@ -35,17 +36,22 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 import time
 from typing import Any, Sequence
 
-import jax
 import numpy as np
-from tqdm import tqdm
 
-from experiments import _runs
-from sfw_jax.config import format_nm, parse_nm
+from experiments._bn_recal import recal_images, recalibrated_batch_stats
+from experiments._loaded_run import LoadedRun, load_trained
+from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
+from sfw_jax._progress import progress_bar
+from sfw_jax.fw.nm import format_nm, parse_nm
+from sfw_jax.pruning import sparsity_summary
+from sfw_jax.selectors import LEAF_SCOPES, leaf_scope
+from sfw_jax.training import run_folder
 
 SPARSITY_PERCENTS = (*range(0, 91, 10), *range(91, 100))
 SPARSITIES = tuple(p / 100 for p in SPARSITY_PERCENTS)
@@ -83,14 +89,14 @@ def percents_to_fractions(values: Sequence[float], argname: str = "--sparsities"
 
 def check_scopes(scopes: Sequence[str], argname: str = "scopes", *,
                  allow_empty: bool = False) -> list[str]:
-    """Scope names from ``_runs.SCOPES`` (unique, order kept; a bare string is one scope);
-    ValueError otherwise (also when empty, unless ``allow_empty``)."""
+    """Scope names from :data:`sfw_jax.LEAF_SCOPES` (unique, order kept; a bare string is one
+    scope); ValueError otherwise (also when empty, unless ``allow_empty``)."""
     if isinstance(scopes, str):
         scopes = [scopes]
-    bad = [s for s in scopes if s not in _runs.SCOPES]
+    bad = [s for s in scopes if s not in LEAF_SCOPES]
     if bad or not (scopes or allow_empty):
         what = "a list" if allow_empty else "a non-empty list"
-        raise ValueError(f"{argname} must be {what} from {list(_runs.SCOPES)}, "
+        raise ValueError(f"{argname} must be {what} from {list(LEAF_SCOPES)}, "
                          f"got {list(scopes)!r}")
     return list(dict.fromkeys(scopes))
 
@@ -124,12 +130,12 @@ def nm_target(pattern: str) -> float:
     return round(1.0 - n / m, 6)
 
 
-def _run_stamp(run: _runs.LoadedRun) -> dict:
+def _run_stamp(run: LoadedRun) -> dict:
     """What identifies the trained weights (a cache made for other weights is discarded)."""
     return {"test_acc": run.final.get("test_acc"), "wall_time": run.final.get("wall_time")}
 
 
-def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
+def sweep(run: LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
           scopes: Sequence[str] = ("kernels", "all"), bn_recal: bool = False,
           recal_batches: int = 20, recal_batch_size: int | None = None,
           recal_scopes: Sequence[str] | None = None, nm: Sequence[Any] = (),
@@ -138,9 +144,9 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
     one per N:M pattern (x bn_recal variant, when 'kernels' is re-calibrated).
 
     Args:
-      run: a loaded finished run (``_runs.load_trained``).
+      run: a loaded finished run (:func:`experiments._loaded_run.load_trained`).
       sparsities: fractions in [0, 1].
-      scopes: subset of ``_runs.SCOPES``.
+      scopes: subset of :data:`sfw_jax.LEAF_SCOPES`.
       bn_recal: also evaluate with BatchNorm statistics re-estimated for the pruned weights
         (skipped, with a note on stderr, when the model has no BatchNorm).
       recal_batches, recal_batch_size: training batches used for that (default batch size: the
@@ -148,10 +154,10 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
       recal_scopes: the scopes (a subset of ``scopes``, possibly empty) that get the
         re-calibrated variant (None: all of ``scopes``).
       nm: N:M patterns ('2:4' or ``(2, 4)``) of one-shot N:M pruning of the kernels
-        (``sfw_jax.pruning.nm_mask`` along axis -2; see the module docstring).
+        (:func:`sfw_jax.nm_mask` along axis -2; see the module docstring).
       cache_path: JSON file to resume from and to rewrite after each level (rows it holds for
         other levels, scopes or variants are kept in it).
-      progress: tqdm progress bar.
+      progress: a progress bar (on a terminal).
     """
     from sfw_jax.pruning import apply_mask, masks_for_sweep, nm_mask
 
@@ -174,7 +180,7 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
 
     done: dict[tuple, dict] = {}
     if cache_path and os.path.isfile(cache_path):
-        cached = _runs.read_json(cache_path)
+        cached = run_folder.read_json(cache_path)
         if cached.get("run") == _run_stamp(run):
             done = {row_key(r): r for r in cached.get("rows", [])}
     # keys (scope, pattern, bn_recal, target sparsity), in output order
@@ -186,40 +192,40 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
 
     batches = None
     if any(k[2] for k in todo):
-        batches = _runs.recal_images(run.train_split, recal_batches,
-                                     recal_batch_size or run.config.batch_size, run.config.seed)
+        batches = recal_images(run.train_split, recal_batches,
+                               recal_batch_size or run.config.batch_size, run.config.seed)
     val = run.evaluator.put(run.dataset.val) if len(run.dataset.val) else None
     test = run.evaluator.put(run.dataset.test)
-    nan = {"loss": float("nan"), "accuracy": float("nan")}
+    no_split = {"loss": None, "accuracy": None}
 
     def save() -> None:
         if cache_path:
             asked = set(wanted)
             rows = ([done[k] for k in wanted if k in done]
                     + [r for k, r in done.items() if k not in asked])
-            _runs.write_json(cache_path, {"run_dir": run.out_dir, "run": _run_stamp(run),
-                                          "dense_test_acc": run.final.get("test_acc"),
-                                          "rows": rows})
+            run_folder.write_json(cache_path, {"run_dir": run.out_dir, "run": _run_stamp(run),
+                                               "dense_test_acc": run.final.get("test_acc"),
+                                               "rows": rows})
 
-    bar = tqdm(total=len(todo), desc=f"sweep {os.path.basename(run.out_dir.rstrip('/'))}",
-               disable=not progress, file=sys.stderr, leave=False)
+    bar = progress_bar(len(todo), f"sweep {os.path.basename(run.out_dir.rstrip('/'))}",
+                       enabled=progress, leave=False)
 
     def evaluate(scope: str, pattern: str, s: float, mask: Any) -> None:
         """The rows of ``todo`` for one mask (each wanted variant)."""
         pruned = apply_mask(run.params, mask)
-        counts = _runs.sparsity_counts(pruned, mask, scope)
+        counts = sparsity_summary(pruned, mask, include=leaf_scope(scope))
         for v in variants:
             key = (scope, pattern, v, round(s, 6))
             if key not in todo:
                 continue
             t0 = time.time()
-            bs = _runs.recalibrated_batch_stats(run, pruned, batches) if v else run.batch_stats
-            ev_val = run.evaluator(pruned, bs, val) if val is not None else nan
+            bs = recalibrated_batch_stats(run, pruned, batches) if v else run.batch_stats
+            ev_val = run.evaluator(pruned, bs, val) if val is not None else no_split
             ev_test = run.evaluator(pruned, bs, test)
             done[key] = {
                 "scope": scope, "pattern": pattern, "bn_recal": v, "target_sparsity": s,
-                "sparsity": counts["sparsity"], "n_pruned": counts["pruned"],
-                "n_scope": counts["size"], "zero_fraction": counts["zeros"] / counts["size"],
+                "sparsity": counts.sparsity, "n_pruned": counts.pruned,
+                "n_scope": counts.size, "zero_fraction": counts.zeros / counts.size,
                 "val_acc": ev_val["accuracy"], "val_loss": ev_val["loss"],
                 "test_acc": ev_test["accuracy"], "test_loss": ev_test["loss"],
                 "eval_time": time.time() - t0}
@@ -232,7 +238,7 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
             if not need:
                 continue
             masks = masks_for_sweep(run.params, need, scope="global",
-                                    include=_runs.scope_include(scope))
+                                    include=leaf_scope(scope))
             for s, mask in zip(need, masks):
                 evaluate(scope, UNSTRUCTURED, s, mask)
         for p in patterns:
@@ -246,38 +252,40 @@ def sweep(run: _runs.LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
 
 def write_csv(rows: Sequence[dict], path: str) -> None:
     """Rows as CSV with the columns ``CSV_FIELDS`` (atomic write)."""
-    import io
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    _runs.write_text(path, buf.getvalue())
+    run_folder.write_text(path, buf.getvalue())
+
+
+def _pct(x: float | None) -> str:
+    """A fraction as a percentage with two decimals, 'n/a' where there is none."""
+    return "n/a" if x is None or x != x else f"{100 * x:.2f}%"
 
 
 def format_rows(rows: Sequence[dict]) -> str:
-    """Plain-text table of the rows (accuracies in %)."""
+    """Plain-text table of the rows (accuracies in %; 'n/a' for a split the run does not
+    have)."""
     lines = [f"{'scope':8s} {'pattern':12s} {'bn_recal':8s} {'target':>7s} {'actual':>8s} "
              f"{'val acc':>8s} {'test acc':>8s}"]
     for r in rows:
         lines.append(f"{r['scope']:8s} {row_pattern(r):12s} {str(r['bn_recal']):8s} "
                      f"{100 * r['target_sparsity']:6.1f}% {100 * r['sparsity']:7.3f}% "
-                     f"{100 * r['val_acc']:7.2f}% {100 * r['test_acc']:7.2f}%")
+                     f"{_pct(r['val_acc']):>8s} {_pct(r['test_acc']):>8s}")
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.prune_sweep",
-                                description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("run_dir", help="a finished training run (holds final.json, checkpoints/)")
-    p.add_argument("--scope", choices=("kernels", "all", "both"), default="both",
+    p = ArgumentParser(prog="python -m experiments.prune_sweep",
+                       description=__doc__.split("\n")[0])
+    add_run_arguments(p)
+    p.add_argument("--scope", choices=(*LEAF_SCOPES, "both"), default="both",
                    help="which tensors are pruned: conv/dense kernels, every tensor (the "
                         "reference), or both")
     p.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITY_PERCENTS),
                    metavar="PERCENT", help="sparsity levels in percent")
-    p.add_argument("--nm", nargs="+", default=[], metavar="N:M",
-                   help="also prune one-shot to these N:M patterns (e.g. 2:4 1:4) along the "
-                        "input-feature axis of the kernels")
     p.add_argument("--bn-recal", action="store_true",
                    help="also evaluate with BatchNorm statistics re-estimated after pruning "
                         "(an extra beyond the paper)")
@@ -285,35 +293,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training batches for --bn-recal")
     p.add_argument("--recal-batch-size", type=int, default=None,
                    help="batch size for --bn-recal (default: the run's batch_size)")
-    p.add_argument("--out", default=None, help="CSV file (default RUN_DIR/sweep.csv)")
+    p.add_argument("--out", default=None,
+                   help=f"CSV file (default RUN_DIR/{run_folder.SWEEP_CSV})")
     p.add_argument("--json", default=None,
                    help="JSON file, also the resume cache (default: --out with .json)")
-    p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of the commands that work on one finished run: ``RUN_DIR``, ``--nm``,
+    ``--no-progress``, ``--debug``."""
+    p.add_argument("run_dir", help="a finished training run (holds final.json, checkpoints/)")
+    p.add_argument("--nm", nargs="+", default=[], metavar="N:M",
+                   help="N:M patterns (e.g. 2:4 1:4) of the kernels' input-feature groups")
+    p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser, args.debug):
         levels = percents_to_fractions(args.sparsities)
         patterns = check_patterns(args.nm, "--nm")
         if args.recal_batches < 1:
             raise ValueError(f"--recal-batches must be >= 1, got {args.recal_batches}")
         if args.recal_batch_size is not None and args.recal_batch_size < 1:
             raise ValueError(f"--recal-batch-size must be >= 1, got {args.recal_batch_size}")
-        if not _runs.is_finished(args.run_dir):
-            raise ValueError(f"run_dir {args.run_dir!r} is not a finished run (no final.json)")
-    except ValueError as e:
-        parser.error(str(e))
-    scopes = list(_runs.SCOPES) if args.scope == "both" else [args.scope]
-    out = args.out or os.path.join(args.run_dir, "sweep.csv")
-    json_path = args.json or os.path.splitext(out)[0] + ".json"
-    t0 = time.time()
-    run = _runs.load_trained(args.run_dir)
-    rows = sweep(run, levels, scopes=scopes, bn_recal=args.bn_recal,
-                 recal_batches=args.recal_batches, recal_batch_size=args.recal_batch_size,
-                 nm=patterns, cache_path=json_path, progress=not args.no_progress)
+        run_folder.check_finished(args.run_dir)
+        scopes = list(LEAF_SCOPES) if args.scope == "both" else [args.scope]
+        out = args.out or run_folder.path(args.run_dir, run_folder.SWEEP_CSV)
+        json_path = args.json or os.path.splitext(out)[0] + ".json"
+        t0 = time.time()
+        run = load_trained(args.run_dir)
+        rows = sweep(run, levels, scopes=scopes, bn_recal=args.bn_recal,
+                     recal_batches=args.recal_batches, recal_batch_size=args.recal_batch_size,
+                     nm=patterns, cache_path=json_path, progress=not args.no_progress)
     write_csv(rows, out)
     print(format_rows(rows))
     print(f"dense test acc {100 * run.final['test_acc']:.2f}%; wrote {out} and {json_path} "

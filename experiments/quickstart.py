@@ -24,12 +24,13 @@ import sys
 import time
 from typing import Any, Sequence
 
-SPARSITIES = tuple(s / 100 for s in (*range(0, 91, 10), *range(91, 100)))
+from experiments.prune_sweep import SPARSITIES
+from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
 
 
 def build_configs(args: argparse.Namespace) -> dict[str, Any]:
     """The SFW and SGD ``TrainConfig`` of the comparison."""
-    from sfw_jax.config import from_preset
+    from sfw_jax.training.presets import from_preset
 
     common = dict(epochs=args.epochs, seed=args.seed, progress=not args.no_progress,
                   keep_checkpoints=0)
@@ -89,8 +90,8 @@ def save_plot(path: str, sparsities: Sequence[float], accs: dict[str, list[float
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.quickstart",
-                                description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = ArgumentParser(prog="python -m experiments.quickstart",
+                       description=__doc__.split("\n")[0])
     p.add_argument("--out-dir", default="quickstart_out")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of each run (default: the quickstart-digits preset's)")
@@ -100,25 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sfw-lr", type=float, default=None, help="SFW lr (default: preset)")
     p.add_argument("--sgd-lr", type=float, default=0.05)
     p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sfw_jax.config import PRESETS, validate
+    from sfw_jax.training.config import validate
+    from sfw_jax.training.presets import PRESETS
 
     preset = PRESETS["quickstart-digits"]
     for name in ("epochs", "k_frac", "tau", "sfw_lr"):
         if getattr(args, name) is None:
             setattr(args, name, preset["lr" if name == "sfw_lr" else name])
-    try:
+    with user_errors(parser, args.debug):
         configs = {k: validate(c) for k, c in build_configs(args).items()}
-    except ValueError as e:
-        parser.error(str(e))
 
-    from sfw_jax.data import load_dataset
-    from sfw_jax.train import train
+    from sfw_jax.training.datasets import load_dataset
+    from sfw_jax.training.loop import train
 
     t0 = time.time()
     os.makedirs(args.out_dir, exist_ok=True)

@@ -3,13 +3,15 @@
 ``python -m experiments.retrain RUN_DIR --sparsities 90 95 98 [--nm 2:4] [--epochs N]
 [--lr 0.01] [--scope kernels|all] [--out FILE.json]``
 
-For each sparsity: global magnitude mask of the run's final params (``sfw_jax.pruning``), pruned
-entries set to 0, then ``N`` epochs of SGD (heavy-ball momentum 0.9, learning rate ``lr`` with
-per-step cosine decay to 0, weight decay from the run's config) chained with
-``sfw_jax.pruning.keep_masked`` (last in the chain), so pruned weights stay exactly 0. BatchNorm
+For each sparsity: global magnitude mask of the run's final params (:func:`sfw_jax.magnitude_mask`),
+pruned entries set to 0, then ``N`` epochs of SGD (heavy-ball momentum 0.9, learning rate ``lr``
+with per-step cosine decay to 0, weight decay from the run's config) chained with
+:func:`sfw_jax.keep_masked` (last in the chain), so pruned weights stay exactly 0. BatchNorm
 statistics keep updating as in training; augmentation as in the run. The engine's jitted train
-step (``sfw_jax.train.make_train_step``) does the work; epochs continue the run's shuffling
-sequence (``epoch_permutation(n, seed, run_epochs + e)``).
+step (:func:`sfw_jax.training.steps.make_train_step`) does the work; epochs continue the run's
+shuffling sequence (``epoch_permutation(n, seed, run_epochs + e)``). The mask is part of the
+optimizer state, an argument of the jitted step, so all levels of one call of
+:func:`retrain_many` share one compiled step.
 
 Default ``N``: 10% of the run's training epochs (at least 1). Each record holds the one-shot
 accuracy before retraining, the accuracy after, the retraining compute (epochs, steps, wall
@@ -17,7 +19,7 @@ time, and the run's own training time for comparison) and the verified final spa
 pruned entry must be exactly 0 at the end (else RuntimeError), so ``final_sparsity`` equals
 ``round(s * N) / N`` exactly.
 
-``--nm 2:4`` prunes with an N:M mask instead (``sfw_jax.pruning.nm_mask``: the N largest |w| of
+``--nm 2:4`` prunes with an N:M mask instead (:func:`sfw_jax.nm_mask`: the N largest |w| of
 every M consecutive input features of each kernel whose input size M divides; scope 'kernels')
 and retrains under it the same way; its record has ``pattern`` '2:4' and ``sparsity`` 1 - N/M
 (unstructured records: ``pattern`` 'unstructured'). With ``--nm`` and no ``--sparsities`` only
@@ -35,20 +37,29 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
-from experiments import _runs
-from sfw_jax.config import parse_nm
-from sfw_jax.nm import nm_eligible
-from experiments.prune_sweep import (UNSTRUCTURED, check_patterns, check_sparsities, nm_target,
-                                     percents_to_fractions, row_pattern)
+from experiments._loaded_run import LoadedRun, load_trained
+from experiments.prune_sweep import (UNSTRUCTURED, add_run_arguments, check_patterns,
+                                     check_sparsities, nm_target, percents_to_fractions,
+                                     row_pattern)
+from sfw_jax._cli import ArgumentParser, user_errors
+from sfw_jax._progress import progress_bar
+from sfw_jax.fw.nm import nm_eligible, parse_nm
+from sfw_jax.pruning import (apply_mask, keep_masked, magnitude_mask, nm_mask,
+                             sparsity_summary)
+from sfw_jax.selectors import LEAF_SCOPES, leaf_scope
+from sfw_jax.training import distributed as dist
+from sfw_jax.training import run_folder
+from sfw_jax.training.datasets import epoch_permutation
+from sfw_jax.training.optimizers import sgd_with_decay
+from sfw_jax.training.steps import TrainState, make_train_step
 
 PyTree = Any
 
@@ -86,48 +97,48 @@ def _check_args(sparsity: Any, epochs: Any, lr: Any, momentum: Any, weight_decay
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
             batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
-    _runs.scope_include(scope)
+    leaf_scope(scope)
     return s
 
 
-def run_train_time(run: _runs.LoadedRun) -> float:
-    """Seconds the run spent in its training epochs (sum of ``epoch_time`` over its history)."""
-    return float(sum(r.get("epoch_time", 0.0) for r in run.history))
+def retrain_optimizer(mask: PyTree, schedule: optax.Schedule, momentum: float,
+                      weight_decay: float) -> optax.GradientTransformationExtraArgs:
+    """SGD with decay and momentum on ``schedule``, then :func:`sfw_jax.keep_masked` (its state
+    holds ``mask``)."""
+    return optax.chain(sgd_with_decay(schedule, float(momentum), float(weight_decay)),
+                       keep_masked(mask))
 
 
-def retrain(run: _runs.LoadedRun, sparsity: float | None = None, *, nm: Any = None,
+def retrain(run: LoadedRun, sparsity: float | None = None, *, nm: Any = None,
             epochs: int | None = None, lr: float = 0.01, momentum: float = 0.9,
             weight_decay: float | None = None, batch_size: int | None = None,
-            scope: str = "kernels", seed: int | None = None,
-            progress: bool = True) -> RetrainResult:
+            scope: str = "kernels", seed: int | None = None, progress: bool = True,
+            step_cache: dict | None = None) -> RetrainResult:
     """Prune ``run`` to ``sparsity`` (global magnitude, ``scope``), or to the N:M pattern ``nm``,
     and retrain under the mask.
 
     Args:
-      run: a loaded finished run (``_runs.load_trained``).
+      run: a loaded finished run (:func:`experiments._loaded_run.load_trained`).
       sparsity: fraction in [0, 1] of the scope's entries to prune (give it or ``nm``).
-      nm: an N:M pattern ('2:4' or ``(2, 4)``): ``sfw_jax.pruning.nm_mask`` of the kernels
+      nm: an N:M pattern ('2:4' or ``(2, 4)``): :func:`sfw_jax.nm_mask` of the kernels
         (scope 'kernels'), the sparsity of the grouped kernels is 1 - N/M.
       epochs: retraining epochs (default :func:`default_epochs` of the run's epochs).
       lr: peak learning rate (cosine decay to 0 over all retraining steps).
       momentum: SGD heavy-ball momentum.
       weight_decay: L2 decay (default: the run's ``weight_decay``).
       batch_size: default: the run's ``batch_size``.
-      scope: ``'kernels'`` or ``'all'`` (see ``_runs.SCOPES``).
+      scope: ``'kernels'`` or ``'all'`` (:data:`sfw_jax.LEAF_SCOPES`).
       seed: shuffling / augmentation seed (default: the run's seed).
-      progress: tqdm progress bar.
+      progress: a progress bar (on a terminal).
+      step_cache: a dict shared by the calls on one run (:func:`retrain_many` passes one): the
+        jitted train step is built once per setting and reused for every mask (the mask is an
+        argument, in the optimizer state).
 
     Raises:
       ValueError: a bad argument (named, with its value and what is allowed).
       FloatingPointError: the loss became non-finite.
       RuntimeError: a pruned entry is not exactly 0 after retraining.
     """
-    from sfw_jax import distributed as dist
-    from sfw_jax import train as train_lib
-    from sfw_jax.data import epoch_permutation
-    from sfw_jax.optimizers import sgd_with_decay
-    from sfw_jax.pruning import apply_mask, keep_masked, magnitude_mask, nm_mask
-
     cfg = run.config
     epochs = default_epochs(cfg.epochs) if epochs is None else epochs
     if (sparsity is None) == (nm is None):
@@ -146,14 +157,14 @@ def retrain(run: _runs.LoadedRun, sparsity: float | None = None, *, nm: Any = No
     t0 = time.time()
 
     if nm is None:
-        mask = magnitude_mask(run.params, s, scope="global", include=_runs.scope_include(scope))
+        mask = magnitude_mask(run.params, s, scope="global", include=leaf_scope(scope))
     else:
         mask = nm_mask(run.params, *parse_nm(pattern))
     params0 = apply_mask(run.params, mask)
     val = run.evaluator.put(run.dataset.val) if len(run.dataset.val) else None
     test = run.evaluator.put(run.dataset.test)
-    nan = {"loss": float("nan"), "accuracy": float("nan")}
-    before_val = run.evaluator(params0, run.batch_stats, val) if val is not None else nan
+    no_split = {"loss": None, "accuracy": None}
+    before_val = run.evaluator(params0, run.batch_stats, val) if val is not None else no_split
     before_test = run.evaluator(params0, run.batch_stats, test)
 
     split = run.train_split
@@ -164,20 +175,17 @@ def retrain(run: _runs.LoadedRun, sparsity: float | None = None, *, nm: Any = No
     steps = n // bs
     total = epochs * steps
     schedule = optax.cosine_decay_schedule(float(lr), total)
-    tx = optax.chain(sgd_with_decay(schedule, float(momentum), wd), keep_masked(mask))
+    tx = retrain_optimizer(mask, schedule, momentum, wd)
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 1_000_003 + round(s * 1e6))
     repl = dist.replicated(run.mesh)
-    state = train_lib.TrainState(params=params0, batch_stats=run.batch_stats,
-                                 opt_state=tx.init(params0), step=jnp.zeros((), jnp.int32),
-                                 rng=key)
+    state = TrainState(params=params0, batch_stats=run.batch_stats, opt_state=tx.init(params0),
+                       step=jnp.zeros((), jnp.int32), rng=key)
     # copies: the train step donates its state, which must not free the run's own arrays
     state = jax.device_put(jax.tree.map(jnp.copy, state), repl)
     images = jax.device_put(split.images, repl)
     labels = jax.device_put(split.labels, repl)
-    info = run.dataset.info
-    step_fn = train_lib.make_train_step(run.model, tx, mean=np.asarray(info.mean),
-                                        std=np.asarray(info.std), augment=bool(cfg.augment),
-                                        mesh=run.mesh)
+    step_fn = _train_step(run, tx, (float(lr), total, float(momentum), wd),
+                          {} if step_cache is None else step_cache)
     perm_sharding = NamedSharding(run.mesh, P(None, dist.DATA_AXIS))
     history = []
     for e in range(epochs):
@@ -185,38 +193,37 @@ def retrain(run: _runs.LoadedRun, sparsity: float | None = None, *, nm: Any = No
         order = epoch_permutation(n, seed, cfg.epochs + e)[: steps * bs]
         perm = jax.device_put(order.astype(np.int32).reshape(steps, bs), perm_sharding)
         losses = []
-        bar = tqdm(total=steps, desc=f"retrain {100 * s:g}% epoch {e + 1}/{epochs}",
-                   disable=not progress, leave=False, file=sys.stderr)
-        try:
+        with progress_bar(steps, f"retrain {100 * s:g}% epoch {e + 1}/{epochs}",
+                          enabled=progress, leave=False) as bar:
             for i in range(steps):
                 state, m = step_fn(state, images, labels, perm, i)
                 losses.append(m["loss"])
                 if (i + 1) % 20 == 0 or i + 1 == steps:
                     bar.update(i + 1 - bar.n)
-        finally:
-            bar.close()
         mean_loss = float(np.mean(jax.device_get(losses)))
         if not math.isfinite(mean_loss):
             raise FloatingPointError(
                 f"non-finite retraining loss ({mean_loss}) at sparsity {s}, epoch {e + 1}; "
                 f"try a smaller lr (got {lr})")
-        ev = run.evaluator(state.params, state.batch_stats, val) if val is not None else nan
+        ev = (run.evaluator(state.params, state.batch_stats, val) if val is not None
+              else no_split)
         history.append({"epoch": e + 1, "train_loss": mean_loss, "val_acc": ev["accuracy"],
                         "val_loss": ev["loss"], "epoch_time": time.time() - te})
 
     params = jax.device_get(state.params)
-    counts = _runs.sparsity_counts(params, mask, scope)
+    counts = sparsity_summary(params, mask, include=leaf_scope(scope))
     if nm is None:
-        expected = round(s * counts["size"])
+        expected = round(s * counts.size)
     else:   # (M - N) of every M entries of each grouped kernel
-        n, m = parse_nm(pattern)
+        n_keep, m = parse_nm(pattern)
         expected = sum(x.size for x in jax.tree.leaves(params)
-                       if nm_eligible(x.shape, m)) * (m - n) // m
-    if not (counts["pruned"] == expected and counts["pruned_zero"] == expected):
+                       if nm_eligible(x.shape, m)) * (m - n_keep) // m
+    if not (counts.pruned == expected and counts.pruned_zeros == expected):
         raise RuntimeError(
-            f"retraining broke the {pattern} mask at sparsity {s}: {counts['pruned']} pruned "
-            f"entries (expected {expected}), of which {counts['pruned_zero']} are exactly 0")
-    after_val = run.evaluator(state.params, state.batch_stats, val) if val is not None else nan
+            f"retraining broke the {pattern} mask at sparsity {s}: {counts.pruned} pruned "
+            f"entries (expected {expected}), of which {counts.pruned_zeros} are exactly 0")
+    after_val = (run.evaluator(state.params, state.batch_stats, val) if val is not None
+                 else no_split)
     after_test = run.evaluator(state.params, state.batch_stats, test)
     wall = time.time() - t0
     record = {
@@ -226,27 +233,41 @@ def retrain(run: _runs.LoadedRun, sparsity: float | None = None, *, nm: Any = No
         "oneshot_val_acc": before_val["accuracy"], "oneshot_test_acc": before_test["accuracy"],
         "val_acc": after_val["accuracy"], "val_loss": after_val["loss"],
         "test_acc": after_test["accuracy"], "test_loss": after_test["loss"],
-        "final_sparsity": counts["pruned_zero"] / counts["size"],
-        "n_pruned": counts["pruned"], "n_scope": counts["size"],
-        "zero_fraction": counts["zeros"] / counts["size"],
+        "final_sparsity": counts.pruned_zeros / counts.size,
+        "n_pruned": counts.pruned, "n_scope": counts.size,
+        "zero_fraction": counts.zeros / counts.size,
         "wall_time": wall, "retrain_epoch_fraction": epochs / cfg.epochs,
-        "run_epochs": cfg.epochs, "run_train_time": run_train_time(run),
+        "run_epochs": cfg.epochs, "run_train_time": run.train_time,
         "history": history,
     }
     return RetrainResult(record=record, params=params,
                          batch_stats=jax.device_get(state.batch_stats), mask=mask)
 
 
+def _train_step(run: LoadedRun, tx: optax.GradientTransformationExtraArgs, setting: tuple,
+                cache: dict) -> Callable:
+    """The jitted train step of ``run`` under ``tx``, from ``cache`` when a step of the same
+    ``setting`` (lr, total steps, momentum, decay) is there: ``tx``'s update differs between
+    masks only by the mask it reads from the state."""
+    if setting not in cache:
+        info = run.dataset.info
+        cache[setting] = make_train_step(run.model, tx, mean=np.asarray(info.mean),
+                                         std=np.asarray(info.std), augment=bool(run.config.augment),
+                                         mesh=run.mesh)
+    return cache[setting]
+
+
 def _same_settings(rec: dict, want: dict) -> bool:
     return all(rec.get(k) == v for k, v in want.items())
 
 
-def retrain_many(run: _runs.LoadedRun, sparsities: Sequence[float], *, nm: Sequence[Any] = (),
+def retrain_many(run: LoadedRun, sparsities: Sequence[float], *, nm: Sequence[Any] = (),
                  out_path: str | None = None, progress: bool = True,
                  **kw: Any) -> list[dict]:
     """:func:`retrain` at each sparsity, then at each N:M pattern of ``nm`` (``sparsities`` may
-    be empty when ``nm`` is not); records are appended to ``out_path`` (JSON) after each one,
-    and records already there with the same settings are reused (resumable)."""
+    be empty when ``nm`` is not), all with one compiled train step; records are appended to
+    ``out_path`` (JSON) after each one, and records already there with the same settings are
+    reused (resumable)."""
     patterns = check_patterns(nm)
     levels = check_sparsities(sparsities) if len(sparsities) or not patterns else []
     epochs = kw.pop("epochs", None)
@@ -254,10 +275,11 @@ def retrain_many(run: _runs.LoadedRun, sparsities: Sequence[float], *, nm: Seque
     kw["epochs"] = epochs
     records: list[dict] = []
     if out_path and os.path.isfile(out_path):
-        records = list(_runs.read_json(out_path).get("records", []))
+        records = list(run_folder.read_json(out_path).get("records", []))
     settings = {"epochs": epochs, "lr": float(kw.get("lr", 0.01)),
                 "scope": kw.get("scope", "kernels")}
     out = []
+    step_cache: dict = {}
     jobs = [(UNSTRUCTURED, s) for s in levels] + [(p, nm_target(p)) for p in patterns]
     for pattern, s in jobs:
         hit = [r for r in records if abs(r["sparsity"] - s) < 1e-9 and row_pattern(r) == pattern
@@ -266,7 +288,7 @@ def retrain_many(run: _runs.LoadedRun, sparsities: Sequence[float], *, nm: Seque
             out.append(hit[-1])
             continue
         how = {"sparsity": s} if pattern == UNSTRUCTURED else {"nm": pattern}
-        rec = retrain(run, progress=progress, **how, **kw).record
+        rec = retrain(run, progress=progress, step_cache=step_cache, **how, **kw).record
         if progress:
             name = f"{100 * s:g}%" if pattern == UNSTRUCTURED else pattern
             print(f"retrain {name}: one-shot test {100 * rec['oneshot_test_acc']:.2f}% -> "
@@ -275,20 +297,17 @@ def retrain_many(run: _runs.LoadedRun, sparsities: Sequence[float], *, nm: Seque
         records.append(rec)
         out.append(rec)
         if out_path:
-            _runs.write_json(out_path, {"run_dir": run.out_dir,
-                                        "dense_test_acc": run.final.get("test_acc"),
-                                        "records": records})
+            run_folder.write_json(out_path, {"run_dir": run.out_dir,
+                                             "dense_test_acc": run.final.get("test_acc"),
+                                             "records": records})
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.retrain",
-                                description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("run_dir", help="a finished training run (holds final.json, checkpoints/)")
+    p = ArgumentParser(prog="python -m experiments.retrain", description=__doc__.split("\n")[0])
+    add_run_arguments(p)
     p.add_argument("--sparsities", type=float, nargs="+", default=None, metavar="PERCENT",
                    help="sparsity levels in percent (default 90 95 98, none with --nm)")
-    p.add_argument("--nm", nargs="+", default=[], metavar="N:M",
-                   help="also retrain under N:M masks of the kernels (e.g. 2:4)")
     p.add_argument("--epochs", type=int, default=None,
                    help="retraining epochs per sparsity (default: 10%% of the run's epochs)")
     p.add_argument("--lr", type=float, default=0.01, help="peak lr (cosine decay to 0)")
@@ -296,16 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=None,
                    help="default: the run's weight_decay")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
-    p.add_argument("--scope", choices=_runs.SCOPES, default="kernels")
-    p.add_argument("--out", default=None, help="JSON file (default RUN_DIR/retrain.json)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--scope", choices=LEAF_SCOPES, default="kernels")
+    p.add_argument("--out", default=None,
+                   help=f"JSON file (default RUN_DIR/{run_folder.RETRAIN_FILE})")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser, args.debug):
         patterns = check_patterns(args.nm, "--nm")
         percents = args.sparsities
         if percents is None:
@@ -314,18 +333,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if patterns and args.scope != "kernels":
             raise ValueError(f"--nm prunes kernels only: --scope must be 'kernels', got "
                              f"{args.scope!r}")
-        _check_args(levels[0] if levels else 0.0, 1 if args.epochs is None else args.epochs,
-                    args.lr, args.momentum, args.weight_decay, args.batch_size, args.scope)
-        if not _runs.is_finished(args.run_dir):
-            raise ValueError(f"run_dir {args.run_dir!r} is not a finished run (no final.json)")
-    except ValueError as e:
-        parser.error(str(e).replace("epochs must", "--epochs must"))
-    out = args.out or os.path.join(args.run_dir, "retrain.json")
-    run = _runs.load_trained(args.run_dir)
-    recs = retrain_many(run, levels, nm=patterns, out_path=out, progress=not args.no_progress,
-                        epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                        weight_decay=args.weight_decay, batch_size=args.batch_size,
-                        scope=args.scope)
+        try:
+            _check_args(levels[0] if levels else 0.0, 1 if args.epochs is None else args.epochs,
+                        args.lr, args.momentum, args.weight_decay, args.batch_size, args.scope)
+        except ValueError as e:
+            raise ValueError(str(e).replace("epochs must", "--epochs must")) from None
+        run_folder.check_finished(args.run_dir)
+        out = args.out or run_folder.path(args.run_dir, run_folder.RETRAIN_FILE)
+        run = load_trained(args.run_dir)
+        recs = retrain_many(run, levels, nm=patterns, out_path=out,
+                            progress=not args.no_progress, epochs=args.epochs, lr=args.lr,
+                            momentum=args.momentum, weight_decay=args.weight_decay,
+                            batch_size=args.batch_size, scope=args.scope)
     print(f"dense test acc {100 * run.final['test_acc']:.2f}%")
     for r in recs:
         name = f"{100 * r['sparsity']:5.1f}%" if row_pattern(r) == UNSTRUCTURED else \

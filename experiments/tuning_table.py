@@ -15,15 +15,16 @@ validation, never on test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Any, Sequence
 
-from experiments import _runs
 from experiments.prune_sweep import check_patterns
-from experiments.study import _nm_rows, _pct, _rows
+from experiments.study_report import nm_rows, oneshot_rows, pct
+from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
+from sfw_jax.selectors import LEAF_SCOPES
+from sfw_jax.training import run_folder
 
 #: Config fields never shown as "varied" (paths and bookkeeping).
 _IGNORED = {"out_dir", "resume", "progress", "log_every", "keep_checkpoints", "data_dir"}
@@ -33,11 +34,12 @@ def load_rows(study_dirs: Sequence[str]) -> list[dict[str, Any]]:
     """One record per (study folder, method) with its config, dense val acc and sweep rows."""
     rows = []
     for d in study_dirs:
-        path = os.path.join(d, "summary.json")
+        path = os.path.join(d, run_folder.STUDY_SUMMARY_FILE)
         if not os.path.isfile(path):
-            raise ValueError(f"study_dirs: {d!r} has no summary.json (not a finished study "
-                             f"folder of `python -m experiments.study`)")
-        summary = _runs.read_json(path)
+            raise run_folder.NotARunError(
+                f"{d} has no {run_folder.STUDY_SUMMARY_FILE}: not a finished study folder of "
+                f"`python -m experiments.study`")
+        summary = run_folder.read_json(path)
         for method, rec in summary["methods"].items():
             rows.append({"study": os.path.basename(os.path.normpath(d)), "method": method,
                          "config": rec["config"], "dense_val": rec.get("dense_val_acc"),
@@ -56,12 +58,12 @@ def val_at(row: dict[str, Any], sparsity: float, scope: str,
            bn_recal: bool = False) -> float | None:
     """Validation accuracy of ``row`` one-shot pruned at ``sparsity`` (with ``bn_recal``: the
     BatchNorm re-calibrated row; None where the sweep has no such row)."""
-    return _rows(row, scope, bn_recal).get(round(sparsity, 6), {}).get("val_acc")
+    return oneshot_rows(row, scope, bn_recal).get(round(sparsity, 6), {}).get("val_acc")
 
 
 def nm_val_at(row: dict[str, Any], pattern: str, bn_recal: bool = False) -> float | None:
     """Validation accuracy of ``row`` one-shot pruned to the N:M ``pattern`` (None if absent)."""
-    return _nm_rows(row, bn_recal).get(pattern, {}).get("val_acc")
+    return nm_rows(row, bn_recal).get(pattern, {}).get("val_acc")
 
 
 def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: str,
@@ -92,36 +94,37 @@ def table(rows: Sequence[dict[str, Any]], sparsities: Sequence[float], scope: st
         recal_vals = ([val_at(r, p, scope, bn_recal=True) for p in recal]
                       + [nm_val_at(r, p, bn_recal=True) for p in nm_recal])
         cells = ([r["study"], r["method"]] + [json.dumps(r["config"].get(f)) for f in fields]
-                 + [_pct(v, 1) for v in [r["dense_val"], *vals, *drops, *nm_vals, *recal_vals]]
+                 + [pct(v, 1) for v in [r["dense_val"], *vals, *drops, *nm_vals, *recal_vals]]
                  + ["—" if r["train_time"] is None else f"{r['train_time']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m experiments.tuning_table",
+                        description=__doc__.split("\n")[0])
     ap.add_argument("study_dirs", nargs="+", help="folders written by experiments.study")
     ap.add_argument("--sparsities", nargs="+", type=float, default=[90.0, 95.0],
                     metavar="PERCENT", help="pruning levels to show (percent)")
     ap.add_argument("--nm", nargs="+", default=[], metavar="N:M",
                     help="N:M patterns to show (e.g. 2:4 1:4)")
-    ap.add_argument("--scope", default="kernels", choices=_runs.SCOPES)
+    ap.add_argument("--scope", default="kernels", choices=LEAF_SCOPES)
     ap.add_argument("--bn-recal", action="store_true",
                     help="also show validation accuracy with BatchNorm re-calibrated")
     ap.add_argument("--out", help="also write the table to this Markdown file")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     bad = [p for p in args.sparsities if not 0 <= p < 100]
     if bad:
         ap.error(f"--sparsities must be percentages in [0, 100), got {bad}")
-    try:
+    with user_errors(ap, args.debug):
         patterns = check_patterns(args.nm, "--nm")
         rows = load_rows(args.study_dirs)
-    except ValueError as e:
-        ap.error(str(e))
-    text = table(rows, [p / 100 for p in args.sparsities], args.scope, args.bn_recal, patterns)
+        text = table(rows, [p / 100 for p in args.sparsities], args.scope, args.bn_recal,
+                     patterns)
     print(text, end="")
     if args.out:
-        _runs.write_text(args.out, text)
+        run_folder.write_text(args.out, text)
     return 0
 
 

@@ -1,34 +1,57 @@
-"""sfw-jax: pruning-aware training with Stochastic Frank-Wolfe in JAX/Optax."""
+"""sfw-jax: pruning-aware training with Stochastic Frank-Wolfe in JAX/Optax.
 
-from sfw_jax.constraint_schedule import delayed_lmo, scheduled_sfw, tightening_phases
-from sfw_jax.constraints import (
-    KINDS,
-    MODES,
-    Constraint,
-    KSparsePolytope,
-    KSupportNormBall,
-    LpBall,
-    NMSparsePolytope,
-    Unconstrained,
-    check_constraints_match,
-    contains_all,
-    expected_init_norms,
-    is_constraint,
-    make_constraints,
-    make_feasible,
-    sparsity_k,
-)
-from sfw_jax.lmo import k_sparse_lmo, k_support_lmo, lp_ball_lmo
-from sfw_jax.nm import nm_sparse_lmo
-from sfw_jax.pruning import nm_mask
-from sfw_jax.sfw import SFWState, sfw
+The pipeline, one subpackage per stage:
+
+* :mod:`sfw_jax.fw`: the Frank-Wolfe core (constraint sets and their registry, oracles, top-k,
+  the ``sfw`` transformation, constraint schedules, the native CPU kernel);
+* :mod:`sfw_jax.pruning`: masks, applying them, sparsity counts, BatchNorm re-calibration,
+  weight statistics;
+* :mod:`sfw_jax.training`: config and presets, models, datasets, optimizers, the train loop and
+  its run folder, the ``sfw-train`` command line.
+
+This module exports the library API of the first two; training is imported from its modules
+(``from sfw_jax.training.config import TrainConfig``).
+"""
+
+from sfw_jax import _aliases
+from sfw_jax.fw.constraint_schedule import delayed_lmo, scheduled_sfw, tightening_phases
+from sfw_jax.fw.constraints import (INIT_NORM_RULES, MODES, check_constraints_match,
+                                    contains_all, expected_init_norms, make_constraints,
+                                    make_feasible)
+from sfw_jax.fw.lmo import k_sparse_lmo, k_support_lmo, lp_ball_lmo
+from sfw_jax.fw.nm import nm_sparse_lmo
+from sfw_jax.fw.registry import KINDS, BuildOptions, register_constraint
+from sfw_jax.fw.sets import (Constraint, KSparsePolytope, KSupportNormBall, LpBall,
+                             NMSparsePolytope, Unconstrained, is_constraint, sparsity_k)
+from sfw_jax.fw.sfw import RESCALES, SFWState, sfw
+from sfw_jax.pruning import (apply_mask, keep_masked, magnitude_mask, masks_for_sweep, nm_mask,
+                             random_mask, sparsity_summary)
+from sfw_jax.selectors import LEAF_SCOPES, is_kernel, leaf_scope
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "KINDS", "MODES", "Constraint", "KSparsePolytope", "KSupportNormBall", "LpBall",
-    "NMSparsePolytope", "Unconstrained", "SFWState", "check_constraints_match", "contains_all",
-    "expected_init_norms", "is_constraint", "k_sparse_lmo", "k_support_lmo", "lp_ball_lmo",
-    "make_constraints", "make_feasible", "nm_mask", "nm_sparse_lmo", "sfw", "sparsity_k",
-    "delayed_lmo", "scheduled_sfw", "tightening_phases",
+    # Frank-Wolfe: sets, their kinds, construction, the transformation
+    "Constraint", "KSparsePolytope", "KSupportNormBall", "LpBall", "NMSparsePolytope",
+    "Unconstrained", "is_constraint", "sparsity_k", "KINDS", "BuildOptions",
+    "register_constraint", "MODES", "INIT_NORM_RULES", "make_constraints",
+    "expected_init_norms", "make_feasible", "contains_all", "check_constraints_match",
+    "k_sparse_lmo", "k_support_lmo", "lp_ball_lmo", "nm_sparse_lmo", "RESCALES", "SFWState",
+    "sfw", "scheduled_sfw", "delayed_lmo", "tightening_phases",
+    # pruning
+    "magnitude_mask", "random_mask", "nm_mask", "masks_for_sweep", "apply_mask", "keep_masked",
+    "sparsity_summary",
+    # leaf selectors
+    "LEAF_SCOPES", "is_kernel", "leaf_scope",
 ]
+
+_aliases.install()
+
+
+def __getattr__(name: str):
+    """``sfw_jax.config`` and the other moved modules (:mod:`sfw_jax._aliases`) on first use."""
+    target = _aliases.target(f"{__name__}.{name}")
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    return importlib.import_module(target)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfw_jax import augment
+from sfw_jax.training import augment
 
 
 def _images(n=16, h=6, w=5, c=3, dtype=np.uint8, seed=0):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfw_jax.batchnorm import recalibrate_batch_norm
+from sfw_jax.pruning.batchnorm import recalibrate_batch_norm
 
 
 class DenseBN(nn.Module):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfw_jax.checkpoint import Checkpointer, has_checkpoint
+from sfw_jax.training.checkpoint import Checkpointer, has_checkpoint
 
 
 def _state(seed: int):

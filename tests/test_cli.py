@@ -1,12 +1,13 @@
-"""``python -m experiments.train``: flag errors before any work, presets and overrides, a run."""
+"""The `sfw-train` command line (sfw_jax.training.cli): flag errors before any work, presets and overrides, a run."""
 
 import json
 import os
 
 import pytest
 
-from experiments import train as cli
-from sfw_jax import config as config_lib
+from sfw_jax.training import cli
+from sfw_jax.training import config as config_lib
+from sfw_jax.training import presets
 
 
 def _error(capsys, argv) -> str:
@@ -55,7 +56,7 @@ def test_resume_without_checkpoint_is_an_error(capsys, tmp_path):
 
 def test_preset_values_and_explicit_overrides(capsys):
     cfg = _printed_config(capsys, ["--preset", "paper-vgg16-cifar10"])
-    expected = {**config_lib.TrainConfig().to_dict(), **config_lib.PRESETS["paper-vgg16-cifar10"]}
+    expected = {**config_lib.TrainConfig().to_dict(), **presets.PRESETS["paper-vgg16-cifar10"]}
     assert cfg == json.loads(json.dumps(expected))
     assert (cfg["arch"], cfg["epochs"], cfg["lr"], cfg["k"], cfg["tau"]) == ("vgg16", 180, 1.0,
                                                                            10, 15.0)

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import sfw_jax as S
-from sfw_jax import config as config_lib
-from sfw_jax import optimizers as opt_lib
-from sfw_jax.constraint_schedule import (check_phases, delayed_lmo, full_support, phase_index,
+from sfw_jax.training import config as config_lib
+from sfw_jax.training import optimizers as opt_lib
+from sfw_jax.fw.constraint_schedule import (check_phases, delayed_lmo, full_support, phase_index,
                                          scheduled_sfw, step_at, tightening_phases)
-from sfw_jax.sfw import RESCALES
 
 SHAPES = {"w": (6, 5), "b": (17,), "c": (2, 3, 4)}
 
@@ -149,7 +148,8 @@ def _within_rounding(new, old, cons):
 
 def test_composes_with_partition_and_inject_hyperparams():
     """Inside ``optax.partition`` (the SGD leaf sees MaskedNode) and with
-    ``inject_hyperparams``: the constrained leaves follow the plain wrapper bitwise."""
+    ``inject_hyperparams``: the leaves follow the wrapper with ``unconstrained=sgd`` bitwise;
+    without a transformation for the Unconstrained leaf the wrapper refuses it."""
     phases = [(0, _cons(radius=1.0)), (2, _cons(k_frac=0.05, radius=0.3))]
     cons_b = {**phases[0][1], "b": S.Unconstrained()}
     sub = [(s, {**c, "b": S.Unconstrained()}) for s, c in phases]
@@ -157,19 +157,21 @@ def test_composes_with_partition_and_inject_hyperparams():
     inj = optax.inject_hyperparams(scheduled_sfw, static_args=("phases", "rescale"))
     tx = optax.partition({"sfw": inj(learning_rate=0.5, phases=sub), "sgd": optax.sgd(0.1)},
                          labels)
-    plain = scheduled_sfw(0.5, sub)
+    plain = scheduled_sfw(0.5, sub, unconstrained=optax.sgd(0.1))
     params = S.make_feasible(_params(), cons_b)
     s, sp, pp = tx.init(params), plain.init(params), params
     for t in range(4):
         g = _grads(1, t)
         u, s = jax.jit(tx.update)(g, s, params)
         up, sp = jax.jit(plain.update)(g, sp, pp)
-        for name in ("w", "c"):
+        for name in ("w", "b", "c"):
             np.testing.assert_array_equal(np.asarray(u[name]), np.asarray(up[name]))
         np.testing.assert_allclose(np.asarray(u["b"]), -0.1 * np.asarray(g["b"]), rtol=1e-6)
         params, pp = optax.apply_updates(params, u), optax.apply_updates(pp, up)
     assert S.contains_all({k: params[k] for k in ("w", "c")},
                           {k: phases[1][1][k] for k in ("w", "c")})
+    with pytest.raises(ValueError, match="leaf 'b' is Unconstrained"):
+        scheduled_sfw(0.5, sub).init(params)
 
 
 def test_phase_index_and_bad_phases():

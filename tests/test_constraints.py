@@ -1,16 +1,20 @@
 """Constraint objects, make_constraints, expected_init_norms and input validation."""
 
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import sfw_jax as S
-from sfw_jax.constraints import KSparsePolytope, LpBall, sparsity_k
-from sfw_jax.topk import METHODS
+from sfw_jax.fw import gauges, registry
+from sfw_jax.fw.sets import KSparsePolytope, LpBall, sparsity_k
+from sfw_jax.fw.topk import METHODS
+from sfw_jax.training import config as config_lib
 
 PARAMS = {
     "conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.zeros(4)},
@@ -66,7 +70,7 @@ def test_lp_ball_diameter_is_realized_by_two_points():
             a[0] = 2.0
         else:
             a = np.full(n, 2.0 * n ** (-1 / p if not math.isinf(p) else 0))
-        assert float(S.lmo.lp_norm(jnp.asarray(a), p)) == pytest.approx(2.0, rel=1e-6)
+        assert float(gauges.lp_norm(jnp.asarray(a), p)) == pytest.approx(2.0, rel=1e-6)
         assert 2 * np.linalg.norm(a) == pytest.approx(ball.diameter, rel=1e-6)
     kp = S.KSparsePolytope(4, 1.5)
     v = np.asarray(kp.lmo(jnp.arange(1.0, 10.0)))
@@ -240,3 +244,70 @@ def test_two_phase_lmo_equals_lmo(method, shape):
     for c in (KSparsePolytope(k, 0.7, method), LpBall(2.0, 1.5)):
         two_phase = jax.jit(lambda g, c=c: c.lmo_vertex(g, c.lmo_select(g)))(g)
         np.testing.assert_array_equal(np.asarray(two_phase), np.asarray(jax.jit(c.lmo)(g)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Box(S.Constraint):
+    """A toy set for the registry test: the box [lo, lo + width]^n (not centred at 0)."""
+
+    lo: float
+    width: float
+    n: int
+
+    @property
+    def radius(self) -> float:          # contains(): gauge(x) <= radius
+        return 1.0
+
+    @property
+    def diameter(self) -> float:
+        return self.width * math.sqrt(self.n)
+
+    def lmo(self, g):
+        return jnp.where(g > 0, self.lo, self.lo + self.width).astype(g.dtype)
+
+    def gauge(self, x):
+        return jnp.max(jnp.abs(x - (self.lo + self.width / 2))) / (self.width / 2)
+
+
+@pytest.fixture
+def box_kind():
+    """Registers the kind 'test_box' (radius r: the box [0, 2r]^n) and removes it afterwards."""
+    def build(shape, opts, radius, diameter):
+        n = int(np.prod(shape))
+        width = 2 * radius if diameter is None else diameter / math.sqrt(n)
+        return _Box(0.0, width, n)
+
+    S.register_constraint("test_box", build)
+    yield "test_box"
+    registry._REGISTRY.pop("test_box")
+
+
+def test_a_registered_kind_works_in_make_constraints_sfw_and_config(box_kind):
+    """One class and one registration line: make_constraints builds it per leaf (sizes from
+    mode/value, the fallback elsewhere), sfw trains it (with the classic step 2 / (t + 2) the
+    iterate reaches argmin ||x - t||^2 over the box, t clipped to it, here a vertex), and
+    TrainConfig accepts the name."""
+    assert box_kind in S.KINDS and "k_sparse" in S.KINDS
+    params = {"w": jnp.full((4, 3), 0.5), "b": jnp.ones((3,))}
+    cons = S.make_constraints(params, box_kind, mode="radius", value=0.5, where=S.is_kernel)
+    assert cons["w"] == _Box(0.0, 1.0, 12) and cons["b"] == S.Unconstrained()
+    assert S.make_constraints(params, box_kind, mode="diameter", value=2.0)["b"] == _Box(
+        0.0, 2.0 / math.sqrt(3), 3)
+    target = jnp.where(jnp.arange(12).reshape(4, 3) % 3 == 0, 2.0, -1.0)
+    loss = lambda p: jnp.sum((p["w"] - target) ** 2) + jnp.sum(p["b"] ** 2)  # noqa: E731
+    tx = S.sfw(lambda t: 2.0 / (t + 2.0), cons, momentum=0.0, rescale=None,
+               unconstrained=optax.sgd(0.1))
+    state, p = tx.init(params), params
+    for _ in range(100):
+        u, state = tx.update(jax.grad(loss)(p), state, p)
+        p = optax.apply_updates(p, u)
+        assert bool(cons["w"].contains(p["w"]))
+    np.testing.assert_allclose(np.asarray(p["w"]), np.clip(np.asarray(target), 0.0, 1.0),
+                               atol=1e-3)
+    assert float(jnp.abs(p["b"]).max()) < 1e-6           # SGD: b = 0.8^100 from b = 1
+    cfg = config_lib.validate(config_lib.TrainConfig(constraint=box_kind, tau=0.5))
+    assert cfg.constraint == box_kind
+    with pytest.raises(ValueError, match="constraint kind 'test_box' is already registered"):
+        S.register_constraint(box_kind, lambda *a: None)
+    with pytest.raises(ValueError, match=r"kind must be one of \(.*'test_box'.*\), got 'box'"):
+        S.make_constraints(params, "box")

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sfw_jax import data
-from sfw_jax.data import DataFormatError, DatasetUnavailableError, Split, load_dataset
-from sfw_jax.datasets import image_table
-from sfw_jax.datasets.splits import carve_validation, channel_stats
+from sfw_jax.training import datasets as data
+from sfw_jax.training.datasets import DataFormatError, DatasetUnavailableError, Split, load_dataset
+from sfw_jax.training.datasets import image_table
+from sfw_jax.training.datasets.splits import carve_validation, channel_stats
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 
@@ -354,30 +354,32 @@ def test_imagefolder_corrupt_jpeg(tmp_path):
         load_dataset("imagefolder", data_dir=tmp_path, use_cache=False)
 
 
+def _load_fails(fmt: str, data_dir, error: type, match: str) -> None:
+    """``load_dataset(fmt, data_dir=...)`` raises ``error`` with a message matching ``match``."""
+    with pytest.raises(error, match=match):
+        load_dataset(fmt, data_dir=data_dir, use_cache=False)
+
+
 def test_imagefolder_layout_errors(tmp_path):
     _make_imagefolder(tmp_path / "a")
     import shutil
 
     shutil.rmtree(tmp_path / "a" / "test")
-    with pytest.raises(DataFormatError, match=r"no 'test' folder found; expected an image-folder tree"):
-        load_dataset("imagefolder", data_dir=tmp_path / "a", use_cache=False)
+    _load_fails("imagefolder", tmp_path / "a", DataFormatError, r"no 'test' folder found; expected an image-folder tree")
     # test class unknown to train
     _make_imagefolder(tmp_path / "b")
     (tmp_path / "b" / "test" / "dog").mkdir()
     (tmp_path / "b" / "test" / "dog" / "1.png").write_bytes(_png_bytes(np.zeros((6, 5, 3), np.uint8)))
-    with pytest.raises(DataFormatError, match=r"split 'test' has class folder\(s\) \['dog'\] that train/ lacks"):
-        load_dataset("imagefolder", data_dir=tmp_path / "b", use_cache=False)
+    _load_fails("imagefolder", tmp_path / "b", DataFormatError, r"split 'test' has class folder\(s\) \['dog'\] that train/ lacks")
     # images of different size
     _make_imagefolder(tmp_path / "c")
     (tmp_path / "c" / "test" / "cat" / "big.png").write_bytes(_png_bytes(np.zeros((9, 9, 3), np.uint8)))
-    with pytest.raises(DataFormatError, match=r"test/cat/big.png: image is 9x9 .* expected equal sizes \(pass image_size"):
-        load_dataset("imagefolder", data_dir=tmp_path / "c", use_cache=False)
+    _load_fails("imagefolder", tmp_path / "c", DataFormatError, r"test/cat/big.png: image is 9x9 .* expected equal sizes \(pass image_size")
     # images directly in the split folder
     (tmp_path / "d" / "train").mkdir(parents=True)
     (tmp_path / "d" / "train" / "1.png").write_bytes(_png_bytes(np.zeros((2, 2, 3), np.uint8)))
     (tmp_path / "d" / "test").mkdir()
-    with pytest.raises(DataFormatError, match=r"images lie directly in the split folder"):
-        load_dataset("imagefolder", data_dir=tmp_path / "d", use_cache=False)
+    _load_fails("imagefolder", tmp_path / "d", DataFormatError, r"images lie directly in the split folder")
 
 
 # ----------------------------------------------------------------------------- Tiny-ImageNet
@@ -409,15 +411,12 @@ def test_tiny_imagenet_resized_and_cached(tmp_path):
 def test_tiny_imagenet_errors(tmp_path):
     _make_tiny_imagenet(tmp_path / "t")
     (tmp_path / "t" / "val" / "images" / "val_3.JPEG").unlink()
-    with pytest.raises(FileNotFoundError, match=r"val_3.JPEG: listed in val/val_annotations.txt but missing"):
-        load_dataset("tiny-imagenet", data_dir=tmp_path / "t", use_cache=False)
+    _load_fails("tiny-imagenet", tmp_path / "t", FileNotFoundError, r"val_3.JPEG: listed in val/val_annotations.txt but missing")
     _make_tiny_imagenet(tmp_path / "u")
     (tmp_path / "u" / "val" / "images" / "extra.JPEG").write_bytes(_png_bytes(np.zeros((8, 8, 3), np.uint8)))
-    with pytest.raises(DataFormatError, match=r"extra.JPEG: image has no line in val/val_annotations.txt"):
-        load_dataset("tiny-imagenet", data_dir=tmp_path / "u", use_cache=False)
+    _load_fails("tiny-imagenet", tmp_path / "u", DataFormatError, r"extra.JPEG: image has no line in val/val_annotations.txt")
     (tmp_path / "v").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"wnids.txt: missing class list; expected Tiny-ImageNet layout"):
-        load_dataset("tiny-imagenet", data_dir=tmp_path / "v", use_cache=False)
+    _load_fails("tiny-imagenet", tmp_path / "v", FileNotFoundError, r"wnids.txt: missing class list; expected Tiny-ImageNet layout")
 
 
 # ----------------------------------------------------------------------------- digits, names

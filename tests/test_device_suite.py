@@ -14,9 +14,12 @@ import jax
 import pytest
 
 from benchmarks import device_suite as ds
-from sfw_jax import config as config_lib
-from sfw_jax import schedules
-from sfw_jax.topk import METHODS
+from benchmarks.suite import plans, sections
+from benchmarks.suite import study as suite_study
+from sfw_jax.training import config as config_lib
+from sfw_jax.training import presets
+from sfw_jax.training import schedules
+from sfw_jax.fw.topk import METHODS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,24 +37,24 @@ def ci_report(tmp_path_factory):
          "--data", str(tmp / "absent.tar.gz")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    with open(out / ds.REPORT_JSON) as f:
+    with open(out / plans.REPORT_JSON) as f:
         return json.load(f), out
 
 
 def test_every_section_ok_and_files_fit(ci_report):
     rep, out = ci_report
-    assert list(rep["sections"]) == list(ds.SECTIONS)
+    assert list(rep["sections"]) == list(plans.SECTIONS)
     for name, sec in rep["sections"].items():
         assert sec["status"] == "ok", (name, sec.get("error"))
         assert sec["seconds"] > 0
     files = sorted(os.listdir(out))
-    assert files == sorted([ds.REPORT_JSON, ds.REPORT_MD, ds.PLOT_FILE, ds.TESTS_LOG])
-    assert len(files) <= ds.MAX_FILES
-    assert all(0 < os.path.getsize(out / f) < ds.MAX_FILE_BYTES for f in files)
+    assert files == sorted([plans.REPORT_JSON, plans.REPORT_MD, plans.PLOT_FILE, plans.TESTS_LOG])
+    assert len(files) <= plans.MAX_FILES
+    assert all(0 < os.path.getsize(out / f) < plans.MAX_FILE_BYTES for f in files)
     assert rep["files"] == files
     assert rep["finished"] is not None and rep["plan"] == "ci"
-    md = (out / ds.REPORT_MD).read_text()
-    for name in ds.SECTIONS:
+    md = (out / plans.REPORT_MD).read_text()
+    for name in plans.SECTIONS:
         assert f"## {name}" in md
         assert f"| {name} | ok |" in md
 
@@ -65,7 +68,7 @@ def test_env_and_tests_sections(ci_report):
     tests = rep["sections"]["tests"]
     assert (tests["passed"], tests["failed"], tests["errors"]) == (2, 0, 0)
     assert tests["failing"] == [] and tests["returncode"] == 0 and not tests["timed_out"]
-    log = (out / ds.TESTS_LOG).read_text()
+    log = (out / plans.TESTS_LOG).read_text()
     assert "test_counts_pass_exact PASSED" in log and "2 passed" in log
 
 
@@ -102,16 +105,16 @@ def test_study_accuracy_levels_epochs_and_schedule(ci_report):
     assert st["data"]["source"] == "synthetic"
     assert (st["data"]["train"], st["data"]["test"]) == (80, 40)
     assert 1 <= st["epochs"] <= st["max_epochs"] == 2
-    levels = {f"{p:g}" for p in ds.SPARSITY_PERCENTS}
+    levels = {f"{p:g}" for p in plans.SPARSITY_PERCENTS}
     acc = st["accuracy"]
-    assert set(acc) == {"sfw_ksparse", "sgd", f"sgd_retrain_{ds.RETRAIN_EPOCHS}ep"}
+    assert set(acc) == {"sfw_ksparse", "sgd", f"sgd_retrain_{plans.RETRAIN_EPOCHS}ep"}
     for m in ("sfw_ksparse", "sgd"):
         assert set(acc[m]) == levels
         assert all(0.0 <= a <= 1.0 for a in acc[m].values())
         assert acc[m]["0"] == st["dense_test_acc"][m]        # pruning 0 % changes nothing
         assert set(st["accuracy_by_scope"]["all"][m]) == levels
-    assert set(acc[f"sgd_retrain_{ds.RETRAIN_EPOCHS}ep"]) == {f"{p:g}" for p in
-                                                             ds.RETRAIN_PERCENTS}
+    assert set(acc[f"sgd_retrain_{plans.RETRAIN_EPOCHS}ep"]) == {f"{p:g}" for p in
+                                                             plans.RETRAIN_PERCENTS}
     for r in st["retrain"]["records"]:
         assert r["final_sparsity"] == pytest.approx(r["sparsity"], abs=1e-3)
     for m, p in st["probe"].items():
@@ -131,16 +134,16 @@ def test_failing_section_recorded_as_error_others_kept(tmp_path, monkeypatch):
         raise RuntimeError("injected failure")
 
     monkeypatch.setitem(ds.SECTION_FUNCS, "tests", boom)
-    rep = ds.run_suite(str(tmp_path), ds.PLANS["ci"], sections=["topk", "env", "tests"])
+    rep = ds.run_suite(str(tmp_path), plans.PLANS["ci"], sections=["topk", "env", "tests"])
     secs = rep["sections"]
     assert list(secs) == ["env", "tests", "topk"]                # the suite's order
     assert secs["env"]["status"] == "ok" and secs["topk"]["status"] == "ok"
     assert secs["tests"]["status"] == "error"
     assert secs["tests"]["error"].startswith("RuntimeError: injected failure")
     assert set(secs["topk"]["ms"]["float32"]["2048"]) >= set(METHODS)
-    with open(tmp_path / ds.REPORT_JSON) as f:
+    with open(tmp_path / plans.REPORT_JSON) as f:
         assert json.load(f) == rep
-    assert "| tests | error | " in (tmp_path / ds.REPORT_MD).read_text()
+    assert "| tests | error | " in (tmp_path / plans.REPORT_MD).read_text()
 
 
 def test_killed_section_leaves_earlier_ones_on_disk(tmp_path, monkeypatch):
@@ -149,8 +152,8 @@ def test_killed_section_leaves_earlier_ones_on_disk(tmp_path, monkeypatch):
 
     monkeypatch.setitem(ds.SECTION_FUNCS, "update", killed)
     with pytest.raises(KeyboardInterrupt):
-        ds.run_suite(str(tmp_path), ds.PLANS["ci"], sections=["env", "update", "train_step"])
-    with open(tmp_path / ds.REPORT_JSON) as f:
+        ds.run_suite(str(tmp_path), plans.PLANS["ci"], sections=["env", "update", "train_step"])
+    with open(tmp_path / plans.REPORT_JSON) as f:
         rep = json.load(f)
     assert rep["sections"]["env"]["status"] == "ok"
     assert rep["sections"]["update"]["status"] == "error"
@@ -163,25 +166,25 @@ def test_fit_epochs():
         return True
 
     t = {"sfw": 2.0, "sgd": 1.0}
-    assert ds.fit_epochs(9.0, t, both, 100) == 4                 # 3 more epochs: 9 s
-    assert ds.fit_epochs(8.9, t, both, 100) == 3
-    assert ds.fit_epochs(1e6, t, both, 7) == 7                   # capped
-    assert ds.fit_epochs(-3.0, t, both, 100) == 1                # nothing fits: the probe epoch
+    assert suite_study.fit_epochs(9.0, t, both, 100) == 4                 # 3 more epochs: 9 s
+    assert suite_study.fit_epochs(8.9, t, both, 100) == 3
+    assert suite_study.fit_epochs(1e6, t, both, 7) == 7                   # capped
+    assert suite_study.fit_epochs(-3.0, t, both, 100) == 1                # nothing fits: the probe epoch
     # a run that cannot resume trains all E epochs again
-    assert ds.fit_epochs(9.0, t, lambda m, e: m == "sgd", 100) == 3     # 2 * 3 + 1 * 2 = 8
-    assert ds.fit_epochs(1.5, t, lambda m, e: False, 100) == 1
+    assert suite_study.fit_epochs(9.0, t, lambda m, e: m == "sgd", 100) == 3     # 2 * 3 + 1 * 2 = 8
+    assert suite_study.fit_epochs(1.5, t, lambda m, e: False, 100) == 1
 
 
 def test_resume_is_exact_follows_the_schedule():
-    sgd = config_lib.from_preset(ds.SGD_PRESET)                  # 'step': lr / 10 at E//3, 2E//3
-    got = [ds.resume_is_exact(sgd, 4, e) for e in range(1, 10)]
+    sgd = presets.from_preset(plans.SGD_PRESET)                  # 'step': lr / 10 at E//3, 2E//3
+    got = [suite_study.resume_is_exact(sgd, 4, e) for e in range(1, 10)]
     # epoch 1 is a milestone for E in {2, ..., 5}, as for the probe's 4 epochs
     assert got == [True, True, True, True, True, False, False, False, False]
     cos = sgd.replace(lr_schedule="cosine")
-    assert [ds.resume_is_exact(cos, 4, e) for e in range(1, 7)] == [True, False, False, True,
+    assert [suite_study.resume_is_exact(cos, 4, e) for e in range(1, 7)] == [True, False, False, True,
                                                                     False, False]
-    sfw = config_lib.from_preset(ds.SFW_PRESET)
-    assert [ds.resume_is_exact(sfw, ds.PROBE_EPOCHS, e) for e in (1, 3, 6)] == [True, True, False]
+    sfw = presets.from_preset(plans.SFW_PRESET)
+    assert [suite_study.resume_is_exact(sfw, plans.PROBE_EPOCHS, e) for e in (1, 3, 6)] == [True, True, False]
 
 
 def test_parse_pytest_lines():
@@ -191,15 +194,15 @@ def test_parse_pytest_lines():
              "tests/b.py::test_w PASSED                [ 40%]",
              "tests/b.py::test_w ERROR                 [ 40%]",   # teardown error
              "collected 5 items", "FAILED tests/a.py::test_y[1-2] - assert 1 == 2"]
-    res = ds.parse_pytest_lines(lines)
+    res = sections.parse_pytest_lines(lines)
     assert (res["passed"], res["failed"], res["errors"], res["skipped"]) == (1, 1, 1, 1)
     assert res["failing"] == ["tests/a.py::test_y[1-2]", "tests/b.py::test_w"]
 
 
 def test_synthetic_archive_loads_as_image_folder(tmp_path):
-    from sfw_jax.data import load_dataset
+    from sfw_jax.training.datasets import load_dataset
 
-    path = ds.write_synthetic_archive(str(tmp_path / "s.tar.gz"), 3, 2)
+    path = suite_study.write_synthetic_archive(str(tmp_path / "s.tar.gz"), 3, 2)
     d = load_dataset("cifar10", data_dir=path, val_fraction=0.0, use_cache=False)
     assert d.train.images.shape == (30, 32, 32, 3) and d.test.images.shape == (20, 32, 32, 3)
     assert sorted(set(d.train.labels.tolist())) == list(range(10))
@@ -222,13 +225,13 @@ def test_op_counts_called_per_method_until_the_deadline(monkeypatch):
     fake = types.ModuleType("benchmarks.op_count")
     fake.op_counts = op_counts
     monkeypatch.setitem(sys.modules, "benchmarks.op_count", fake)
-    out = ds._op_counts(["sort", "radix", "search"], time.time() + 600)
+    out = sections._op_counts(["sort", "radix", "search"], time.time() + 600)
     assert calls == [["sort"], ["radix"], ["search"]]
     assert out["counts"] == {"sort": {"sort": {"sfw": 7, "sgd": 3}},
                              "search": {"search": {"sfw": 7, "sgd": 3}}}
     assert out["status"] == "error" and "radix: RuntimeError: cannot count" in out["error"]
-    late = ds._op_counts(["sort"], time.time() - 1)
+    late = sections._op_counts(["sort"], time.time() - 1)
     assert (late["status"], late["counts"], late["skipped"]) == ("ok", {}, ["sort"])
     monkeypatch.setitem(sys.modules, "benchmarks.op_count", None)      # import fails
-    absent = ds._op_counts(["sort"], time.time() + 600)
+    absent = sections._op_counts(["sort"], time.time() + 600)
     assert absent["status"] == "skipped" and "does not import" in absent["reason"]

@@ -13,15 +13,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from sfw_jax import distributed as dist
+from sfw_jax.training import distributed as dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent("""
     import json
     import jax, numpy as np
-    from sfw_jax import train as train_lib
-    from sfw_jax.config import TrainConfig, validate
+    from sfw_jax.training import loop as train_lib
+    from sfw_jax.training.config import TrainConfig, validate
     from tests.test_train import small_config, tiny_dataset
 
     assert len(jax.devices()) == 4, jax.devices()

@@ -51,7 +51,7 @@ def test_unbiased_running_var_matches_pytorch_average():
 
 
 def test_bn_sizes_are_batch_times_spatial():
-    from sfw_jax.models import get_model
+    from sfw_jax.training.models import get_model
     import jax.numpy as jnp
     model = get_model("resnet18", 10, width=0.25)
     x = jnp.zeros((4, 32, 32, 3))

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.optimize import linprog
 
-from sfw_jax import lmo
-from sfw_jax.topk import METHODS
+from sfw_jax.fw import gauges, lmo, projections
+from sfw_jax.fw.topk import METHODS
 
 TOPK_METHODS = [m for m in METHODS if m != "auto"] + ["auto"]
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
@@ -248,7 +248,7 @@ def test_k_support_norm_is_dual_of_top_k_l2(x, data):
     x = np.asarray(x, np.float32).astype(np.float64)
     n = len(x)
     k = data.draw(st.integers(1, n))
-    nrm = float(lmo.k_support_norm(jnp.asarray(x, jnp.float32), k))
+    nrm = float(gauges.k_support_norm(jnp.asarray(x, jnp.float32), k))
     if k == 1:
         assert nrm == pytest.approx(np.abs(x).sum(), rel=1e-5, abs=1e-6)
     if k == n:
@@ -273,7 +273,7 @@ def test_k_support_norm_is_dual_of_top_k_l2(x, data):
 def test_project_k_sparse_is_euclidean_projection(x, data, r):
     x = np.asarray(x, np.float32).astype(np.float64)
     k = data.draw(st.integers(1, len(x)))
-    p = np.asarray(lmo.project_k_sparse(jnp.asarray(x), k, r), np.float64)
+    p = np.asarray(projections.project_k_sparse(jnp.asarray(x), k, r), np.float64)
     assert np.abs(p).max() <= r * (1 + 1e-5) + 1e-6
     assert np.abs(p).sum() <= k * r * (1 + 1e-5) + 1e-5
     # variational inequality: <x - p, y - p> <= 0 for all y in the set (vertices suffice)
@@ -288,7 +288,7 @@ def test_project_k_sparse_is_euclidean_projection(x, data, r):
 @given(x=vectors, r=st.floats(0.1, 3.0))
 def test_project_l1_ball_is_euclidean_projection(x, r):
     x = np.asarray(x, np.float32).astype(np.float64)
-    p = np.asarray(lmo.project_l1_ball(jnp.asarray(x), r), np.float64)
+    p = np.asarray(projections.project_l1_ball(jnp.asarray(x), r), np.float64)
     assert np.abs(p).sum() <= r * (1 + 1e-5) + 1e-6
     for i in range(len(x)):
         for s in (-1.0, 1.0):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfw_jax.models import (MLP, MODELS, VGG16, VGG16_CFG, ResNet18, SimpleCNN, get_model,
+from sfw_jax.training.models import (MLP, MODELS, VGG16, VGG16_CFG, ResNet18, SimpleCNN, get_model,
                             torch_bias_init)
 
 # rbg keys: far cheaper to compile per parameter shape than threefry on a busy CPU.
@@ -468,7 +468,7 @@ def test_bad_input_rank():
 
 
 def test_simple_cnn_gap_head_averages_the_last_conv_features():
-    from sfw_jax.models import layers
+    from sfw_jax.training.models import layers
     model = SimpleCNN(10, width=0.5, use_bn=True, head="gap")
     x = jax.random.normal(KEY, (2, 12, 12, 3))
     v = model.init(KEY, x)

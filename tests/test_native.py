@@ -8,7 +8,6 @@ the float64 sums of the same terms to float32 accuracy.
 from __future__ import annotations
 
 import functools
-import importlib
 import platform
 import shutil
 import warnings
@@ -21,11 +20,13 @@ import optax
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from sfw_jax import make_constraints, native, sfw, topk
-from sfw_jax.constraints import KSparsePolytope, LpBall, NMSparsePolytope
+from sfw_jax import make_constraints, sfw
+from sfw_jax.fw import native
+from sfw_jax.fw import sfw as sfw_mod
+from sfw_jax.fw import topk
+from sfw_jax.fw.constraints import KSparsePolytope, LpBall, NMSparsePolytope
 from tests.test_topk import reference_mask
 
-sfw_mod = importlib.import_module("sfw_jax.sfw")
 
 if platform.machine().lower() not in ("x86_64", "amd64"):
     pytest.skip(f"the native kernel is x86-64 only; this machine is {platform.machine()}",
@@ -319,8 +320,8 @@ def test_build_without_compiler_names_the_problem(monkeypatch, tmp_path):
 
 
 def test_training_with_cpu_kernel_follows_the_xla_run():
-    from sfw_jax import train as train_lib
-    from sfw_jax.constraints import contains_all
+    from sfw_jax.training import loop as train_lib
+    from sfw_jax.fw.constraints import contains_all
     from tests.test_train import small_config, tiny_dataset
     ds = tiny_dataset()
     runs = [train_lib.train(small_config(epochs=2, cpu_kernel=flag), ds) for flag in (False, True)]
@@ -333,14 +334,15 @@ def test_training_with_cpu_kernel_follows_the_xla_run():
 
 
 def test_cpu_kernel_config_is_validated():
-    from sfw_jax import config as config_lib
+    from sfw_jax.training import config as config_lib
+    from sfw_jax.training import presets
     with pytest.raises(ValueError, match="cpu_kernel must be None, True or False, got 'yes'"):
-        config_lib.validate(config_lib.from_preset("quickstart-digits", cpu_kernel="yes"))
+        config_lib.validate(presets.from_preset("quickstart-digits", cpu_kernel="yes"))
     assert config_lib.TrainConfig().cpu_kernel is None
-    assert config_lib.from_preset("paper-resnet18-cifar10").cpu_kernel is None
-    # the presets whose runs produced committed results ran the XLA path
+    assert presets.from_preset("paper-resnet18-cifar10").cpu_kernel is None
+    # the presets whose runs must reproduce bitwise pin the XLA path
     for name in ("quickstart-digits", "cpu-simplecnn-cifar10"):
-        assert config_lib.from_preset(name).cpu_kernel is False
+        assert presets.from_preset(name).cpu_kernel is False
 
 
 def test_fast_gradient_with_cpu_kernel_follows_the_xla_path():

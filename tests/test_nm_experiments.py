@@ -15,17 +15,19 @@ import numpy as np
 import pytest
 
 import sfw_jax as S
-from experiments import _runs
+from experiments import _loaded_run
 from experiments import prune_sweep as ps
 from experiments import retrain as rt
 from experiments import study as study_lib
-from experiments import train as train_cli
+from experiments import study_runner
 from experiments import tuning_table
 from experiments.study_presets import DIGITS_SMOKE, get_study_preset
-from sfw_jax import config as config_lib
-from sfw_jax import optimizers as opt_lib
-from sfw_jax.nm import nm_eligible
+from sfw_jax.training import cli
+from sfw_jax.training import config as config_lib
+from sfw_jax.training import optimizers as opt_lib
+from sfw_jax.fw.nm import nm_eligible
 from sfw_jax.pruning import apply_mask, nm_mask
+from sfw_jax.training import run_folder
 from tests.conftest import forbid_calls
 
 # ---------------------------------------------------------------- config and CLI
@@ -55,13 +57,13 @@ def test_parse_nm_and_config_validation():
 
 def _cli_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exc:
-        train_cli.main(argv)
+        cli.main(argv)
     assert exc.value.code == 2
     return capsys.readouterr().err
 
 
 def test_train_cli_nm(capsys):
-    assert train_cli.main(["--constraint", "nm_sparse", "--nm", "2:4", "--print-config"]) == 0
+    assert cli.main(["--constraint", "nm_sparse", "--nm", "2:4", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert (cfg["constraint"], cfg["nm"]) == ("nm_sparse", "2:4")
     assert "nm must be an N:M pattern 'N:M' with integers 1 <= N <= M, e.g. '2:4', got '4:2'" \
@@ -135,7 +137,7 @@ NM_SMOKE = dataclasses.replace(
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("nmstudy") / "digits")
-    return out, study_lib.run_study(NM_SMOKE, out, progress=False)
+    return out, study_runner.run_study(NM_SMOKE, out, progress=False)
 
 
 def _grouped_size(params, m: int) -> int:
@@ -149,7 +151,7 @@ def test_sweep_rows_are_exact_nm_prunings(study):
         assert [(r["scope"], r["pattern"], r["bn_recal"], r["target_sparsity"]) for r in rows] == [
             ("kernels", "unstructured", False, 0.0), ("kernels", "unstructured", False, 0.5),
             ("kernels", "2:4", False, 0.5), ("kernels", "1:4", False, 0.75)]
-        run = _runs.load_trained(os.path.join(out, "runs", method))
+        run = _loaded_run.load_trained(os.path.join(out, "runs", method))
         kernels = sum(x.size for x in jax.tree.leaves(run.params) if x.ndim >= 2)
         grouped = _grouped_size(run.params, 4)
         assert 0 < grouped < kernels                         # conv1 (1 input channel) has no groups
@@ -170,7 +172,7 @@ def test_sfw_nm_iterate_stays_in_the_polytope(study):
     """The SFW N:M run's final kernels lie in their N:M polytopes, on the boundary of some group;
     the BatchNorm parameters (no groups) were trained by SGD rather than frozen."""
     out, _ = study
-    run = _runs.load_trained(os.path.join(out, "runs", "sfw_nm24"))
+    run = _loaded_run.load_trained(os.path.join(out, "runs", "sfw_nm24"))
     cons = opt_lib.build_constraints(run.config, run.params)
     flat_c = jax.tree.leaves(cons, is_leaf=S.is_constraint)
     kinds = [type(c).__name__ for c in flat_c]
@@ -220,9 +222,9 @@ def test_second_invocation_redoes_nothing(study, monkeypatch):
     out, first = study
     import sfw_jax.pruning as pruning
 
-    forbid_calls(monkeypatch, (study_lib.train_lib, "train"), (study_lib.retrain_lib, "retrain"),
+    forbid_calls(monkeypatch, (study_runner.loop, "train"), (study_runner.retrain_lib, "retrain"),
                  (pruning, "nm_mask"), (pruning, "masks_for_sweep"))
-    again = study_lib.run_study(NM_SMOKE, out, progress=False)
+    again = study_runner.run_study(NM_SMOKE, out, progress=False)
     for m in NM_SMOKE.methods:
         assert again["methods"][m]["sweep"] == first["methods"][m]["sweep"]
         assert again["methods"][m]["retrain"] == first["methods"][m]["retrain"]
@@ -245,7 +247,7 @@ def test_command_lines(study, tmp_path, capsys):
     assert rt.main([run_dir, "--nm", "1:4", "--epochs", "1", "--out", json_path,
                     "--no-progress"]) == 0
     assert "   1:4  one-shot" in capsys.readouterr().out
-    (rec,) = _runs.read_json(json_path)["records"]
+    (rec,) = run_folder.read_json(json_path)["records"]
     assert (rec["pattern"], rec["sparsity"]) == ("1:4", 0.75)
     for main, argv, message in [
             (ps.main, [run_dir, "--nm", "5:4"], "--nm must be an N:M pattern 'N:M' with "
@@ -270,7 +272,7 @@ def test_command_lines(study, tmp_path, capsys):
 
 def test_retrain_arguments(study):
     out, _ = study
-    run = _runs.load_trained(os.path.join(out, "runs", "sgd"))
+    run = _loaded_run.load_trained(os.path.join(out, "runs", "sgd"))
     with pytest.raises(ValueError, match="give exactly one of sparsity and nm, got sparsity=None"):
         rt.retrain(run, progress=False)
     with pytest.raises(ValueError, match="give exactly one of sparsity and nm, got sparsity=0.5"):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from benchmarks.op_count import entry_counts
-from sfw_jax import topk
+from sfw_jax.fw import topk
 
 
 def _compiled(f, *args) -> str:

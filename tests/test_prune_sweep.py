@@ -1,27 +1,24 @@
-"""experiments.prune_sweep and experiments._runs on a tiny finished digits run (SGD, BatchNorm)."""
+"""experiments.prune_sweep and the run loading it relies on, on a tiny finished digits run (SGD, BatchNorm)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from experiments import _runs
+from experiments import _loaded_run
+from experiments import _bn_recal
 from experiments import prune_sweep as ps
+from sfw_jax.training import run_folder
+from sfw_jax.selectors import leaf_scope
 
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_digits_run_factory) -> str:
-    return tiny_digits_run_factory("sweep", epochs=1)
-
-
-@pytest.fixture(scope="module")
-def run(run_dir) -> _runs.LoadedRun:
-    return _runs.load_trained(run_dir)
+RUN_EPOCHS = 1          # of the conftest fixtures run_dir / run
 
 
 def _sizes(params, scope):
@@ -39,13 +36,29 @@ def test_load_trained_restores_final_weights(run):
 
 
 def test_load_trained_errors(tmp_path, run_dir):
-    with pytest.raises(FileNotFoundError, match="out_dir"):
-        _runs.load_trained(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="missing' is not a folder"):
+        _loaded_run.load_trained(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="config.json"):
-        _runs.load_trained(str(tmp_path))
+        _loaded_run.load_trained(str(tmp_path))
     (tmp_path / "config.json").write_text(open(os.path.join(run_dir, "config.json")).read())
     with pytest.raises(FileNotFoundError, match="did not finish"):
-        _runs.load_trained(str(tmp_path))
+        _loaded_run.load_trained(str(tmp_path))
+
+
+def test_a_run_without_checkpoint(tmp_path, run_dir, run, capsys):
+    """Without its checkpoint a run folder is an error for a caller that needs the weights; with
+    ``need_weights=False`` it loads (a note says so), knows from shapes that the model has
+    BatchNorm, and reading the weights names the missing checkpoint."""
+    bare = str(tmp_path / "bare")
+    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns(run_folder.CHECKPOINT_DIR))
+    with pytest.raises(run_folder.NotARunError, match="bare holds no checkpoint"):
+        _loaded_run.load_trained(bare, run.dataset)
+    loaded = _loaded_run.load_trained(bare, run.dataset, need_weights=False)
+    assert f"note: {bare} has no checkpoint" in capsys.readouterr().err
+    assert loaded.has_batch_norm and run.has_batch_norm
+    assert loaded.final == run.final and loaded.history == run.history
+    with pytest.raises(run_folder.NotARunError, match="bare holds no checkpoint"):
+        loaded.params
 
 
 def test_dense_level_equals_run_accuracy_and_sparsity_is_exact(run):
@@ -89,9 +102,9 @@ def test_bn_recal_changes_batch_stats_only(run):
     params_before = jax.tree.map(np.array, run.params)
     stats_before = jax.tree.map(np.array, run.batch_stats)
     pruned = apply_mask(run.params, magnitude_mask(run.params, 0.9))
-    batches = _runs.recal_images(run.train_split, 3, 32, seed=0)
+    batches = _bn_recal.recal_images(run.train_split, 3, 32, seed=0)
     assert batches.shape == (3, 32, 8, 8, 1) and batches.dtype == np.uint8
-    new = _runs.recalibrated_batch_stats(run, pruned, batches)
+    new = _bn_recal.recalibrated_batch_stats(run, pruned, batches)
     assert jax.tree.structure(new) == jax.tree.structure(run.batch_stats)
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), new,
                                          stats_before))
@@ -128,7 +141,7 @@ def test_bn_recal_changes_batch_stats_only(run):
 def test_sweep_resumes_from_cache(run, tmp_path, monkeypatch):
     cache = str(tmp_path / "sweep.json")
     first = ps.sweep(run, [0.0, 0.9], scopes=("kernels",), cache_path=cache, progress=False)
-    assert _runs.read_json(cache)["rows"] == first
+    assert run_folder.read_json(cache)["rows"] == first
     calls = []
     real = run.evaluator.__class__.__call__
     monkeypatch.setattr(run.evaluator.__class__, "__call__",
@@ -144,7 +157,7 @@ def test_sweep_resumes_from_cache(run, tmp_path, monkeypatch):
     calls.clear()
     one = ps.sweep(run, [0.9], scopes=("kernels",), cache_path=cache, progress=False)
     assert one == [first[1]] and calls == []
-    assert _runs.read_json(cache)["rows"] == [first[1], first[0], more[1]]
+    assert run_folder.read_json(cache)["rows"] == [first[1], first[0], more[1]]
 
 
 def test_cli_writes_csv_and_json(run_dir, tmp_path, capsys):
@@ -155,7 +168,7 @@ def test_cli_writes_csv_and_json(run_dir, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["target_sparsity"] for r in rows] == ["0.0", "0.9"]
     assert list(rows[0]) == list(ps.CSV_FIELDS)
-    data = _runs.read_json(str(tmp_path / "s.json"))
+    data = run_folder.read_json(str(tmp_path / "s.json"))
     assert [r["target_sparsity"] for r in data["rows"]] == [0.0, 0.9]
     assert "dense test acc" in capsys.readouterr().out
 
@@ -172,10 +185,14 @@ def test_cli_bad_args(run_dir, argv, message, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_cli_unfinished_run(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_cli_folder_that_is_not_a_run(tmp_path, capsys):
+    """One line naming the folder and what is missing, exit status 2, no traceback."""
+    with pytest.raises(SystemExit) as e:
         ps.main([str(tmp_path)])
-    assert "not a finished run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err == (f"python -m experiments.prune_sweep: error: {tmp_path} has no config.json: "
+                   f"not a training run folder\n")
 
 
 def test_argument_errors(run):
@@ -188,7 +205,20 @@ def test_argument_errors(run):
     with pytest.raises(ValueError, match="recal_batches must be an int >= 1"):
         ps.sweep(run, [0.5], recal_batches=0, progress=False)
     with pytest.raises(ValueError, match="scope must be one of"):
-        _runs.scope_include("layer")
+        leaf_scope("layer")
     assert ps.percents_to_fractions([90, 0, 99.5]) == [0.0, 0.9, 0.995]
     assert ps.SPARSITIES[:3] == (0.0, 0.1, 0.2) and ps.SPARSITIES[-1] == 0.99
     assert len(ps.SPARSITIES) == 19
+
+
+def test_a_run_without_a_validation_split_has_no_nan(run):
+    """val_acc / val_loss are None (JSON null, an empty CSV cell) where the run has no
+    validation split, and the printed table says n/a instead of nan%."""
+    empty = run.dataset.val.take(np.arange(0))
+    no_val = dataclasses.replace(run, dataset=dataclasses.replace(run.dataset, val=empty))
+    rows = ps.sweep(no_val, [0.0, 0.9], scopes=("kernels",), progress=False)
+    assert all(r["val_acc"] is None and r["val_loss"] is None for r in rows)
+    assert all(0 < r["test_acc"] <= 1 for r in rows)
+    text = ps.format_rows(rows)
+    assert "nan" not in text and text.splitlines()[1].split()[-2:] == [
+        "n/a", f"{100 * rows[0]['test_acc']:.2f}%"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import sfw_jax
-from sfw_jax.models import get_model
+from sfw_jax.training.models import get_model
 
 
 def _torch_shape(shape):

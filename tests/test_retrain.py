@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import optax
 import pytest
 
-from experiments import _runs
 from experiments import retrain as rt
+from sfw_jax.pruning import apply_mask
+from sfw_jax.training import run_folder
 
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_digits_run_factory) -> str:
-    return tiny_digits_run_factory("retrain", epochs=2)
-
-
-@pytest.fixture(scope="module")
-def run(run_dir) -> _runs.LoadedRun:
-    return _runs.load_trained(run_dir)
+RUN_EPOCHS = 2          # of the conftest fixtures run_dir / run
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +75,7 @@ def test_retrain_many_is_resumable(run, tmp_path, monkeypatch):
     assert again == first
     with pytest.raises(AssertionError, match="retrained again"):  # other settings: new work
         rt.retrain_many(run, [0.5], out_path=out, progress=False, epochs=1, lr=0.02)
-    assert _runs.read_json(out)["records"] == first
+    assert run_folder.read_json(out)["records"] == first
 
 
 def test_default_epochs():
@@ -110,7 +104,7 @@ def test_cli(run_dir, tmp_path, capsys):
     out = str(tmp_path / "r.json")
     assert rt.main([run_dir, "--sparsities", "80", "--epochs", "1", "--out", out,
                     "--no-progress"]) == 0
-    recs = _runs.read_json(out)["records"]
+    recs = run_folder.read_json(out)["records"]
     assert [r["sparsity"] for r in recs] == [0.8] and recs[0]["epochs"] == 1
     assert "retrained" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
@@ -120,3 +114,34 @@ def test_cli(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         rt.main([run_dir, "--epochs", "0"])
     assert "--epochs must be an int >= 1" in capsys.readouterr().err
+
+
+def test_one_compiled_step_for_every_mask_and_the_result_of_a_baked_in_mask(run, result,
+                                                                            monkeypatch):
+    """The mask is an argument of the jitted step (in keep_masked's state): two levels that
+    share a step cache compile it once, and the shared step gives bitwise the result of a
+    fresh one. A step with the mask baked in as constants (a keep_masked that closes over it,
+    as before) trains to the same accuracy; XLA fuses that step differently around the
+    constants, so its float rounding differs in the last bits (~1e-7 after 2 epochs)."""
+    cache = {}
+    again = rt.retrain(run, 0.9, epochs=2, lr=0.05, progress=False, step_cache=cache)
+    rt.retrain(run, 0.5, epochs=2, lr=0.05, progress=False, step_cache=cache)
+    (step,) = cache.values()
+    assert step._cache_size() == 1
+    for a, b in zip(jax.tree.leaves((again.params, again.batch_stats)),
+                    jax.tree.leaves((result.params, result.batch_stats))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert again.record == {**result.record, "wall_time": again.record["wall_time"],
+                            "history": again.record["history"]}
+
+    def baked_keep_masked(mask):
+        return optax.GradientTransformation(
+            lambda params: optax.EmptyState(), lambda u, s, params=None: (apply_mask(u, mask), s))
+
+    monkeypatch.setattr(rt, "keep_masked", baked_keep_masked)
+    baked = rt.retrain(run, 0.9, epochs=2, lr=0.05, progress=False)
+    for a, b in zip(jax.tree.leaves((baked.params, baked.batch_stats)),
+                    jax.tree.leaves((result.params, result.batch_stats))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert baked.record["test_acc"] == result.record["test_acc"]
+    assert baked.record["n_pruned"] == result.record["n_pruned"]

@@ -5,7 +5,7 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sfw_jax import schedules
+from sfw_jax.training import schedules
 
 
 def test_constant_is_constant():

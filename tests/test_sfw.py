@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import sfw_jax as S
-from sfw_jax import topk
+from sfw_jax.fw import topk
 
 SHAPES = {"w": (4, 6), "b": (6,), "v": (3, 2, 2)}
 
@@ -187,21 +187,65 @@ def test_partition_routes_unconstrained_leaves_to_sgd():
     g = jax.tree.map(jnp.asarray, grads[0])
     u, state = jax.jit(tx.update)(g, state, jp)
     np.testing.assert_allclose(np.asarray(u["b"]), -0.1 * np.asarray(g["b"]), rtol=1e-12)
-    sfw_alone = S.sfw(0.5, cons)
+    sfw_alone = S.sfw(0.5, cons, unconstrained=optax.identity())
     u_ref, _ = sfw_alone.update(g, sfw_alone.init(jp), jp)
     np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(u_ref["w"]), rtol=1e-12)
     assert S.contains_all(optax.apply_updates(jp, u), cons)
 
 
-def test_unconstrained_leaves_pass_through():
+def test_unconstrained_leaves_need_a_transformation():
+    """f = sum(b^2) on a bias b = 1 with K-sparse kernels (``where=is_kernel``): sfw never adds
+    the raw gradient to b (which would give b = 3, 9, 27): without ``unconstrained`` it names the
+    leaf; with ``unconstrained=optax.sgd(0.1)`` b decreases as SGD's b <- b - 0.1 * 2b;
+    ``optax.identity()`` passes the incoming update through (for a chain that pre-transforms)."""
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones((4,))}
+    cons = S.make_constraints(params, "k_sparse", k=2, mode="radius", value=1.0,
+                              where=S.is_kernel)
+    assert isinstance(cons["b"], S.Unconstrained) and isinstance(cons["w"], S.KSparsePolytope)
+    loss = lambda p: jnp.sum(p["b"] ** 2) + jnp.sum(p["w"])  # noqa: E731
+    tx = S.sfw(0.5, cons)
+    with pytest.raises(ValueError, match=r"leaf 'b' is Unconstrained\(\).*unconstrained=.*"
+                                         r"optax.partition"):
+        tx.init(params)
+    live_state = S.sfw(0.5, cons, unconstrained=optax.identity()).init(params)
+    with pytest.raises(ValueError, match="sfw update: leaf 'b' is Unconstrained"):
+        tx.update(jax.grad(loss)(params), live_state.inner_states["sfw"].inner_state, params)
+
+    tx = S.sfw(0.5, cons, unconstrained=optax.sgd(0.1))
+    state, p, bs = tx.init(params), params, []
+    for _ in range(3):
+        u, state = jax.jit(tx.update)(jax.grad(loss)(p), state, p)
+        p = optax.apply_updates(p, u)
+        bs.append(float(p["b"][0]))
+    np.testing.assert_allclose(bs, [0.8, 0.64, 0.512], rtol=1e-6)
+    assert S.contains_all(p, cons)
+
+    tx = S.sfw(0.5, cons, unconstrained=optax.identity())
+    g = jax.grad(loss)(params)
+    u, _ = tx.update(g, tx.init(params), params)
+    np.testing.assert_array_equal(np.asarray(u["b"]), np.asarray(g["b"]))
+    with pytest.raises(ValueError, match="unconstrained must be an optax.GradientTransformation"):
+        S.sfw(0.5, cons, unconstrained=0.1)
+
+
+def test_unconstrained_matches_an_explicit_partition():
+    """``sfw(..., unconstrained=sgd)`` is bitwise the documented partition of the two."""
     params, _, _, _, grads = _problem(4, "l2")
     jp = jax.tree.map(jnp.asarray, params)
     cons = S.make_constraints(jp, "l2", mode="radius", value=2.0,
                               where=lambda path, leaf: path[0] != "b")
-    tx = S.sfw(0.5, cons)
-    g = jax.tree.map(jnp.asarray, grads[0])
-    u, _ = tx.update(g, tx.init(jp), jp)
-    np.testing.assert_array_equal(np.asarray(u["b"]), np.asarray(g["b"]))
+    routed = S.sfw(0.5, cons, unconstrained=optax.sgd(0.1, momentum=0.9))
+    labels = {"w": "sfw", "v": "sfw", "b": "sgd"}
+    explicit = optax.partition({"sfw": S.sfw(0.5, cons), "sgd": optax.sgd(0.1, momentum=0.9)},
+                               labels)
+    s1, s2, p1, p2 = routed.init(jp), explicit.init(jp), jp, jp
+    for g in grads[:3]:
+        g = jax.tree.map(jnp.asarray, g)
+        u1, s1 = routed.update(g, s1, p1)
+        u2, s2 = explicit.update(g, s2, p2)
+        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    for k in SHAPES:
+        np.testing.assert_array_equal(np.asarray(p1[k]), np.asarray(p2[k]))
 
 
 def test_apply_if_finite_skips_non_finite_steps():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import sfw_jax as S
-from sfw_jax.sfw_init import default_min_scale, one_sfw_step, sfw_init
+from sfw_jax.training.sfw_init import default_min_scale, one_sfw_step, sfw_init
 
 
 def _problem(seed, n_batches=80, batch=64):

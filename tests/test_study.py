@@ -5,16 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import _runs, plots
+from experiments import plots
 from experiments import study as study_lib
+from experiments import study_runner
 from experiments.study_presets import (DIGITS_SMOKE, STUDY_PRESETS, get_study_preset,
                                        study_preset_names)
-from sfw_jax import config as config_lib
+from sfw_jax.training import config as config_lib
+from sfw_jax.training import run_folder
 from tests.conftest import forbid_calls
 
 METHODS = ["sfw_ksparse", "sgd"]
@@ -34,7 +38,7 @@ def _check_png(path: str) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("study") / "digits")
-    summary = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    summary = study_runner.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
     return out, summary
 
 
@@ -44,7 +48,7 @@ def test_runs_sweeps_and_retraining(study):
     for m in METHODS:
         res = summary["methods"][m]
         run_dir = os.path.join(out, "runs", m)
-        assert _runs.is_finished(run_dir)
+        assert run_folder.is_finished(run_dir)
         assert res["this_invocation"]["train"]["status"] == "trained"
         saved = config_lib.load_json(os.path.join(run_dir, "config.json"))
         assert saved.to_dict() == res["config"]
@@ -117,7 +121,7 @@ def test_outputs_exist(study):
     with open(os.path.join(out, "summary.json")) as f:
         saved = json.load(f)
     assert saved["study"] == "digits-smoke" and list(saved["methods"]) == METHODS
-    configs = _runs.read_json(os.path.join(out, "configs.json"))
+    configs = run_folder.read_json(os.path.join(out, "configs.json"))
     assert set(configs) == set(METHODS)
     assert configs["sgd"]["weight_decay"] == 5e-4
 
@@ -126,27 +130,45 @@ def test_second_invocation_redoes_nothing(study, monkeypatch):
     out, first = study
     import sfw_jax.pruning as pruning
 
-    forbid_calls(monkeypatch, (study_lib.train_lib, "train"), (study_lib.retrain_lib, "retrain"),
+    forbid_calls(monkeypatch, (study_runner.loop, "train"), (study_runner.retrain_lib, "retrain"),
                  (pruning, "masks_for_sweep"))
-    again = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    again = study_runner.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
     for m in METHODS:
         assert again["methods"][m]["this_invocation"]["train"]["status"] == "skipped"
         assert again["methods"][m]["sweep"] == first["methods"][m]["sweep"]
         assert again["methods"][m]["retrain"] == first["methods"][m]["retrain"]
 
 
+def test_reports_rebuild_from_cached_results_without_checkpoints(study, tmp_path, capsys):
+    """A study folder whose runs have no checkpoints (as committed results) rebuilds the same
+    summary from the cached sweep, retraining and weight statistics."""
+    out, first = study
+    bare = str(tmp_path / "digits")
+    shutil.copytree(out, bare, ignore=shutil.ignore_patterns(run_folder.CHECKPOINT_DIR))
+    again = study_runner.run_study(DIGITS_SMOKE, bare, methods=METHODS, progress=False)
+    assert capsys.readouterr().err.count("has no checkpoint; only its cached results") == 2
+    as_json = lambda x: json.loads(json.dumps(x))  # noqa: E731
+    for m in METHODS:
+        for key in ("sweep", "retrain", "weights", "final", "history"):
+            assert as_json(again["methods"][m][key]) == as_json(first["methods"][m][key]), (m, key)
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")     # when each report was made
+    for name in ("weights_above.md", "table.md"):
+        with open(os.path.join(out, name)) as a, open(os.path.join(bare, name)) as b:
+            assert stamp.sub("", a.read()) == stamp.sub("", b.read()), name
+
+
 def test_unfinished_run_is_resumed(study, monkeypatch):
     out, first = study
     calls = []
-    real = study_lib.train_lib.train
+    real = study_runner.loop.train
 
     def spy(cfg, dataset=None, **kw):
         calls.append((os.path.basename(cfg.out_dir), cfg.resume))
         return real(cfg, dataset, **kw)
 
-    monkeypatch.setattr(study_lib.train_lib, "train", spy)
+    monkeypatch.setattr(study_runner.loop, "train", spy)
     os.remove(os.path.join(out, "runs", "sgd", "final.json"))
-    again = study_lib.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
+    again = study_runner.run_study(DIGITS_SMOKE, out, methods=METHODS, progress=False)
     assert calls == [("sgd", True)]
     assert again["methods"]["sgd"]["this_invocation"]["train"]["status"] == "resumed"
     # resumed after its last epoch: same weights, so the same accuracy
@@ -158,7 +180,7 @@ def test_stale_run_folder_is_reported(study):
     changed = dataclasses.replace(DIGITS_SMOKE, methods={
         **DIGITS_SMOKE.methods, "sgd": {**DIGITS_SMOKE.methods["sgd"], "lr": 0.02}})
     with pytest.raises(ValueError, match="different config.*lr: saved 0.05 vs now 0.02"):
-        study_lib.run_study(changed, out, methods=["sgd"], progress=False)
+        study_runner.run_study(changed, out, methods=["sgd"], progress=False)
 
 
 def test_presets_and_method_errors():
@@ -194,7 +216,7 @@ def test_presets_and_method_errors():
     with pytest.raises(ValueError, match="preset must be one of"):
         get_study_preset("mnist")
     with pytest.raises(ValueError, match="methods must be a non-empty list from"):
-        study_lib.check_methods(DIGITS_SMOKE, ["adam"])
+        study_runner.check_methods(DIGITS_SMOKE, ["adam"])
     with pytest.raises(ValueError, match="method must be one of"):
         DIGITS_SMOKE.method_config("adam")
     # the optional SFW + init row: a config with sfw_init=True once TrainConfig has the field
@@ -204,7 +226,7 @@ def test_presets_and_method_errors():
         with pytest.raises(ValueError, match="method 'sfw_init'.*sfw_init"):
             DIGITS_SMOKE.method_config("sfw_init")
     with pytest.raises(ValueError, match="scopes must include the preset's main scope"):
-        study_lib.run_study(DIGITS_SMOKE, "unused", scopes=["all"], progress=False)
+        study_runner.run_study(DIGITS_SMOKE, "unused", scopes=["all"], progress=False)
 
 
 def test_set_overrides_win_over_method_values():
@@ -273,8 +295,8 @@ def test_plots_from_plain_data(tmp_path, monkeypatch):
         plots.plot_accuracy_vs_sparsity(str(tmp_path / "x.png"), {"A": ([0], [0.9])},
                                         recalibrated={"B": ([0.9], [])})
     mags = {"w": np.concatenate([np.zeros(10), 10.0 ** np.linspace(-6, 0, 990)])}
-    from sfw_jax import weight_stats
-    hist = weight_stats.magnitude_histogram(mags, list(study_lib.HIST_EDGES))
+    from sfw_jax.pruning import weight_stats
+    hist = weight_stats.magnitude_histogram(mags, list(study_runner.HIST_EDGES))
     cdf = weight_stats.magnitude_cdf(mags)
     _check_png(plots.plot_weight_distribution(str(tmp_path / "w.png"), hist, cdf, title="A"))
     _check_png(plots.plot_cdf_comparison(str(tmp_path / "c.png"), {"A": cdf, "B": cdf}))

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, HealthCheck
 
-from sfw_jax import topk
-from sfw_jax.topk import top_k_mask
+from sfw_jax.fw import topk
+from sfw_jax.fw.topk import top_k_mask
 
 METHODS = topk.METHODS
 EXACT_METHODS = tuple(m for m in METHODS if m != "auto")

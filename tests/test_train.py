@@ -11,11 +11,11 @@ import optax
 import pytest
 
 from sfw_jax import contains_all, make_feasible
-from sfw_jax import optimizers as opt_lib
-from sfw_jax import train as train_lib
-from sfw_jax.checkpoint import Checkpointer
-from sfw_jax.config import TrainConfig, validate
-from sfw_jax.data import Dataset, DatasetInfo, Split
+from sfw_jax.training import optimizers as opt_lib
+from sfw_jax.training import loop as train_lib
+from sfw_jax.training.checkpoint import Checkpointer
+from sfw_jax.training.config import TrainConfig, validate
+from sfw_jax.training.datasets import Dataset, DatasetInfo, Split
 
 MLP = dict(arch="mlp", model_kwargs={"hidden": (32,)})
 
@@ -261,11 +261,11 @@ def test_sfw_init_runs_in_training_and_rescales_params(tmp_path):
     """--sfw-init: the learned scales change the initial params, stay >= their minimum, the
     params stay feasible, and the run records the init's cost."""
     import json as _json
-    from sfw_jax import config as _config
-    from sfw_jax.constraints import contains_all
-    cfg = _config.from_preset("quickstart-digits", epochs=1, init_norm_samples=2,
-                              sfw_init=True, sfw_init_steps=8, sfw_init_lr=0.05,
-                              progress=False, keep_checkpoints=0, out_dir=str(tmp_path / "run"))
+    from sfw_jax.fw.constraints import contains_all
+    from sfw_jax.training.presets import from_preset
+    cfg = from_preset("quickstart-digits", epochs=1, init_norm_samples=2,
+                      sfw_init=True, sfw_init_steps=8, sfw_init_lr=0.05,
+                      progress=False, keep_checkpoints=0, out_dir=str(tmp_path / "run"))
     res = train_lib.train(cfg)
     info = _json.loads((tmp_path / "run" / "sfw_init.json").read_text())
     assert info["steps"] == 8 and info["seconds"] > 0
@@ -276,6 +276,7 @@ def test_sfw_init_runs_in_training_and_rescales_params(tmp_path):
 
 
 def test_sfw_init_with_sgd_is_a_conflict():
-    from sfw_jax import config as _config
+    from sfw_jax.training import config as _config
+    from sfw_jax.training.presets import from_preset
     with pytest.raises(ValueError, match="sfw_init"):
-        _config.validate(_config.from_preset("quickstart-digits", optimizer="sgd", sfw_init=True))
+        _config.validate(from_preset("quickstart-digits", optimizer="sgd", sfw_init=True))

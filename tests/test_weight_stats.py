@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfw_jax.weight_stats import (DEFAULT_THRESHOLDS, count_above_thresholds,
+from sfw_jax.pruning.weight_stats import (DEFAULT_THRESHOLDS, count_above_thresholds,
                                   magnitude_cdf, magnitude_histogram)
 
 

@@ -1,0 +1,60 @@
+"""BatchNorm re-calibration of a loaded run's pruned weights (an extra beyond the paper):
+the training images it uses and the re-estimated running statistics."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments._loaded_run import LoadedRun
+from sfw_jax.pruning.batchnorm import recalibrate_batch_norm
+from sfw_jax.training.datasets import Split
+from sfw_jax.training.steps import preprocess
+
+PyTree = Any
+
+
+@functools.lru_cache(maxsize=8)
+def _train_mode_apply(model: Any) -> Any:
+    """``model.apply`` in training mode, one object per (hashable) Flax module, so that the jit
+    cache of the statistics pass, keyed by it, is hit at every sparsity level."""
+    return functools.partial(model.apply, train=True)
+
+
+def recal_images(split: Split, num_batches: int, batch_size: int, seed: int) -> np.ndarray:
+    """``num_batches * batch_size`` training images (fewer if the split is smaller) drawn
+    without replacement in a seeded order, as uint8 ``[num_batches, batch_size, H, W, C]``
+    (the last partial batch is dropped)."""
+    n = len(split)
+    order = np.random.default_rng(seed).permutation(n)
+    bs = min(batch_size, n)
+    nb = max(1, min(num_batches, n // bs))
+    return split.images[order[: nb * bs]].reshape(nb, bs, *split.images.shape[1:])
+
+
+def recalibrated_batch_stats(run: LoadedRun, params: PyTree, batches: np.ndarray, *,
+                             jit: bool = True) -> PyTree:
+    """BatchNorm running statistics re-estimated for ``params``.
+
+    :func:`sfw_jax.pruning.batchnorm.recalibrate_batch_norm` (cumulative average of per-batch
+    statistics, training-mode forward passes, no gradient step) over ``batches`` (uint8
+    ``[B, bs, H, W, C]`` from :func:`recal_images`, normalised like training inputs, no
+    augmentation). Returns ``run.batch_stats`` unchanged when the model has no BatchNorm.
+    ``jit``: compile the forward pass (once per model and batch shape: the model's
+    training-mode apply function is one object per model); ``False`` runs the passes op by op.
+    """
+    if not jax.tree.leaves(run.batch_stats):
+        return run.batch_stats
+    if np.ndim(batches) != 5 or len(batches) == 0:
+        raise ValueError(f"batches must be a non-empty uint8 array [B, bs, H, W, C], got "
+                         f"shape {np.shape(batches)}")
+    mean, std = np.asarray(run.dataset.info.mean), np.asarray(run.dataset.info.std)
+    inputs = (preprocess(jnp.asarray(b), mean, std) for b in batches)
+    out = recalibrate_batch_norm(_train_mode_apply(run.model),
+                                 {"params": params, "batch_stats": run.batch_stats}, inputs,
+                                 jit=jit)
+    return out["batch_stats"]

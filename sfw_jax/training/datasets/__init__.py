@@ -1,0 +1,21 @@
+"""Dataset loading: TFDS, local files (IDX, CIFAR pickles, image folders, Tiny-ImageNet), digits.
+
+See ``load_dataset`` for how a source is chosen and ``iterate_batches`` for host batching.
+"""
+
+from sfw_jax.training.datasets.batching import epoch_permutation, iterate_batches, num_batches
+from sfw_jax.training.datasets.errors import DataFormatError, DatasetUnavailableError
+from sfw_jax.training.datasets.loader import load_dataset
+from sfw_jax.training.datasets.types import Dataset, DatasetInfo, Split
+
+__all__ = [
+    "DataFormatError",
+    "Dataset",
+    "DatasetInfo",
+    "DatasetUnavailableError",
+    "Split",
+    "epoch_permutation",
+    "iterate_batches",
+    "load_dataset",
+    "num_batches",
+]

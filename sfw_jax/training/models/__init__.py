@@ -1,0 +1,51 @@
+"""Flax linen models for SFW experiments: ``SimpleCNN``, ``MLP``, ``ResNet18``, ``VGG16``.
+
+All models take NHWC images (``MLP``: any (N, ...) batch), are called as
+``model.apply(variables, x, train=...)`` and return (N, num_classes) logits in ``dtype``.
+Models with BatchNorm keep running statistics in the ``batch_stats`` collection; pass
+``mutable=['batch_stats']`` when ``train=True``. Parameters are float32 and initialised like
+PyTorch's defaults (see ``sfw_jax.models.layers``).
+
+``get_model(name, num_classes, **kw)`` builds a model by name; ``MODELS`` maps names to classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+
+from sfw_jax.training.models.layers import torch_bias_init, torch_kernel_init
+from sfw_jax.training.models.resnet import BasicBlock, ResNet, ResNet18
+from sfw_jax.training.models.simple import MLP, SimpleCNN
+from sfw_jax.training.models.vgg import VGG16, VGG16_CFG
+
+MODELS: dict[str, type[nn.Module]] = {
+    "simple_cnn": SimpleCNN,
+    "mlp": MLP,
+    "resnet18": ResNet18,
+    "vgg16": VGG16,
+}
+
+
+def get_model(name: str, num_classes: int, **kw: Any) -> nn.Module:
+    """Model ``MODELS[name](num_classes=num_classes, **kw)``.
+
+    ``kw`` are the model's other attributes (e.g. ``width``, ``use_bn``, ``dtype``, ``hidden``).
+    Raises ValueError for an unknown ``name``, an invalid ``num_classes`` or an unknown keyword.
+    """
+    if name not in MODELS:
+        raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}")
+    cls = MODELS[name]
+    allowed = sorted(f for f in cls.__dataclass_fields__ if f not in ("num_classes", "parent", "name"))
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"kw for model {name!r} must be among {allowed}, got unknown {unknown}")
+    return cls(num_classes=num_classes, **kw)
+
+
+__all__ = [
+    "MODELS", "get_model", "SimpleCNN", "MLP", "ResNet", "ResNet18", "BasicBlock", "VGG16",
+    "VGG16_CFG", "torch_kernel_init", "torch_bias_init",
+]

@@ -1,0 +1,176 @@
+"""The jitted steps of training and evaluation, and the train state they update.
+
+* :class:`TrainState`: everything that changes during training (a pytree, checkpointed whole);
+* :func:`make_train_step`: one optimizer step on a batch gathered on the devices from the whole
+  training split by index (optionally augmented), with the mean softmax cross-entropy loss;
+* :func:`make_eval_step` and :class:`Evaluator`: loss and accuracy of a split in fixed-size
+  padded batches (one compilation per split size).
+
+Data parallel over the ``'data'`` axis of a 1-D mesh (:mod:`sfw_jax.training.distributed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sfw_jax.training import augment as augment_lib
+from sfw_jax.training import distributed as dist
+from sfw_jax.training.datasets import DatasetInfo, Split
+
+PyTree = Any
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training (a pytree; saved whole in checkpoints).
+
+    params: model parameters (float32). batch_stats: BatchNorm running stats ({} if none).
+    opt_state: optimizer state (``inject_hyperparams`` state). step: int32 global step count.
+    rng: PRNG key; the augmentation key of step t is ``fold_in(rng, t)``.
+    """
+
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+    step: jax.Array
+    rng: jax.Array
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of (B, C) logits and (B,) int labels, in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels).mean()
+
+
+def variables(params: PyTree, batch_stats: PyTree) -> dict:
+    """Flax variables of a model with (or without: ``{}``) BatchNorm statistics."""
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def preprocess(images: jax.Array, mean: np.ndarray, std: np.ndarray) -> jax.Array:
+    """uint8 images -> normalised float32 model inputs (:func:`sfw_jax.training.augment.normalize`)."""
+    return augment_lib.normalize(images, mean, std)
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, *, mean: np.ndarray,
+                    std: np.ndarray, augment: bool, mesh: Mesh,
+                    donate: bool = True) -> Callable:
+    """Jitted ``step(state, images, labels, perm, i) -> (state, metrics)``.
+
+    ``images`` uint8 [N, H, W, C] and ``labels`` int32 [N] are the whole training split
+    (replicated); ``perm`` int32 [S, B] holds the epoch's batch indices (batch axis sharded over
+    'data'); step ``i`` trains on ``images[perm[i]]``. With ``augment``: random crop (pad 4) and
+    horizontal flip with key ``fold_in(state.rng, state.step)``. ``metrics``: ``loss`` (batch
+    mean, float32) and ``correct`` (int32 count). ``state`` is donated.
+    """
+    batch_sharding = dist.data_sharding(mesh)
+    repl = dist.replicated(mesh)
+
+    def step(state: TrainState, images, labels, perm, i):
+        idx = jax.lax.dynamic_index_in_dim(perm, i, axis=0, keepdims=False)
+        x = jax.lax.with_sharding_constraint(jnp.take(images, idx, axis=0), batch_sharding)
+        y = jax.lax.with_sharding_constraint(jnp.take(labels, idx, axis=0), batch_sharding)
+        if augment:
+            x = augment_lib.random_crop_flip(jax.random.fold_in(state.rng, state.step), x, pad=4)
+        x = preprocess(x, mean, std)
+        has_bs = bool(jax.tree.leaves(state.batch_stats))
+
+        def loss_fn(params):
+            if has_bs:
+                logits, updates = model.apply(variables(params, state.batch_stats), x,
+                                              train=True, mutable=["batch_stats"])
+                new_bs = updates["batch_stats"]
+            else:
+                logits = model.apply(variables(params, state.batch_stats), x, train=True)
+                new_bs = state.batch_stats
+            return cross_entropy_loss(logits, y), (logits, new_bs)
+
+        (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
+        new_state = state.replace(params=params, batch_stats=new_bs, opt_state=opt_state,
+                                  step=state.step + 1)
+        return new_state, {"loss": loss, "correct": correct}
+
+    perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
+    return jax.jit(step, in_shardings=(repl, repl, repl, perm_sharding, repl),
+                   out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(model: Any, *, mean: np.ndarray, std: np.ndarray, mesh: Mesh) -> Callable:
+    """Jitted ``eval_step(params, batch_stats, x, y, w) -> (loss_sum, correct_sum)``.
+
+    ``x`` uint8 [B, H, W, C], ``y`` int32 [B], ``w`` float32 [B] (0 for padding), batch axis
+    sharded over 'data'; float32 sums weighted by ``w``. Inference mode (BatchNorm running stats).
+    """
+    batch = dist.data_sharding(mesh)
+    repl = dist.replicated(mesh)
+
+    def eval_step(params, batch_stats, x, y, w):
+        logits = model.apply(variables(params, batch_stats), preprocess(x, mean, std),
+                             train=False).astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        return jnp.sum(losses * w), jnp.sum(correct * w)
+
+    return jax.jit(eval_step, in_shardings=(repl, repl, batch, batch, batch),
+                   out_shardings=(repl, repl))
+
+
+@dataclasses.dataclass
+class DeviceSplit:
+    """A split on the devices as fixed-size padded batches ``(x, y, w)`` (batch axis sharded)."""
+
+    batches: list[tuple[jax.Array, jax.Array, jax.Array]]
+    size: int
+
+
+class Evaluator:
+    """Evaluates (params, batch_stats) on splits copied to the mesh once.
+
+    Every batch has ``batch_size`` examples (rounded up to a multiple of the device count) so the
+    eval step compiles once; the last batch is padded with weight-0 examples, so every example
+    counts exactly once.
+    """
+
+    def __init__(self, model: Any, info: DatasetInfo, mesh: Mesh, batch_size: int):
+        n_dev = mesh.devices.size
+        self.mesh = mesh
+        self.batch_size = int(math.ceil(batch_size / n_dev) * n_dev)
+        self._step = make_eval_step(model, mean=np.asarray(info.mean), std=np.asarray(info.std),
+                                    mesh=mesh)
+
+    def put(self, split: Split) -> DeviceSplit:
+        """Copy ``split`` to the devices as padded, sharded batches."""
+        n, eb = len(split), self.batch_size
+        sharding = dist.data_sharding(self.mesh)
+        batches = []
+        for start in range(0, n, eb):
+            stop = min(start + eb, n)
+            pad = eb - (stop - start)
+            x = np.concatenate([split.images[start:stop],
+                                np.zeros((pad, *split.images.shape[1:]), np.uint8)])
+            y = np.concatenate([split.labels[start:stop], np.zeros(pad, np.int32)])
+            w = np.concatenate([np.ones(stop - start, np.float32), np.zeros(pad, np.float32)])
+            batches.append(tuple(jax.device_put(a, sharding) for a in (x, y, w)))
+        return DeviceSplit(batches, n)
+
+    def __call__(self, params: PyTree, batch_stats: PyTree,
+                 split: DeviceSplit | Split) -> dict[str, float]:
+        """``{'loss': mean cross-entropy, 'accuracy': fraction correct}`` over the split."""
+        if isinstance(split, Split):
+            split = self.put(split)
+        if split.size == 0:
+            return {"loss": float("nan"), "accuracy": float("nan")}
+        sums = [self._step(params, batch_stats, x, y, w) for x, y, w in split.batches]
+        loss_sum, correct_sum = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0)
+        return {"loss": float(loss_sum / split.size), "accuracy": float(correct_sum / split.size)}
