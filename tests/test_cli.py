@@ -22,6 +22,28 @@ def _printed_config(capsys, argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def test_packaging_installs_the_library_and_its_command_only():
+    """pyproject.toml installs ``sfw_jax`` (not ``experiments``, which runs from a checkout) and
+    the ``sfw-train`` script, whose target is this command line."""
+    import importlib
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        text = f.read()
+
+    def section(name: str) -> list[str]:
+        body = text.split(f"[{name}]\n", 1)[1].split("\n[", 1)[0]
+        return [ln.strip() for ln in body.splitlines() if ln.strip()]
+
+    assert section("tool.setuptools.packages.find") == ['include = ["sfw_jax*"]']
+    scripts = dict(re.fullmatch(r'([\w-]+) = "(.+)"', ln).groups()
+                   for ln in section("project.scripts"))
+    assert set(scripts) == {"sfw-train"}
+    module, name = scripts["sfw-train"].split(":")
+    assert getattr(importlib.import_module(module), name) is cli.main
+
+
 def test_unknown_flag_and_abbreviation_are_errors(capsys):
     assert "unrecognized arguments: --bogus" in _error(capsys, ["--bogus", "1"])
     assert "unrecognized arguments: --epo" in _error(capsys, ["--epo", "3"])

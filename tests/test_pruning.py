@@ -367,3 +367,28 @@ def test_keep_masked_keeps_pruned_weights_zero_through_momentum_and_decay():
     assert (np.asarray(unmasked[-1]["w"])[~m] != 0.0).any()
     with pytest.raises(ValueError, match="mask"):
         keep_masked({"w": mask["w"]}).init(params)
+
+
+def test_pruning_api_at_the_top_level_and_keep_masked_takes_extra_args():
+    """``import sfw_jax`` gives the pruning half; ``keep_masked`` is a
+    GradientTransformationExtraArgs, so it composes with ``sfw`` (which reads ``params``) and
+    with extra arguments such as optax's ``value``."""
+    import sfw_jax
+    import sfw_jax.pruning as pruning
+
+    for name in ("magnitude_mask", "apply_mask", "keep_masked", "masks_for_sweep",
+                 "sparsity_summary", "nm_mask", "random_mask"):
+        assert getattr(sfw_jax, name) is getattr(pruning, name) and name in sfw_jax.__all__
+    params = {"w": jnp.asarray([[3.0, -0.1], [0.2, -4.0]]), "b": jnp.asarray([1.0, 2.0])}
+    mask = magnitude_mask(params, 0.5)
+    tx = keep_masked(mask)
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+    g = jax.tree.map(jnp.ones_like, params)
+    u, _ = tx.update(g, tx.init(params), params, value=jnp.float32(1.0))
+    np.testing.assert_array_equal(np.asarray(u["w"]), [[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(np.asarray(u["b"]), [1.0, 1.0])
+    cons = sfw_jax.make_constraints(params, "l2", mode="radius", value=10.0)
+    chain = optax.chain(sfw_jax.sfw(0.5, cons), keep_masked(mask))
+    u, _ = chain.update(g, chain.init(params), params, value=jnp.float32(1.0))
+    assert (np.asarray(u["w"])[~np.asarray(mask["w"])] == 0.0).all()
+    assert (np.asarray(u["w"])[np.asarray(mask["w"])] != 0.0).all()
