@@ -8,7 +8,7 @@ For each size n, times a jit-compiled ``top_k_mask(|g|, K, method=m)`` with
 cast to ``--dtype`` (bfloat16 has 256 values per octave, so thousands of entries tie with the
 k-th: the search must pin a value instead of gathering a few candidates), and reports the
 median over ``--reps`` calls and how many entries equal the k-th value (``ties``). Every
-method of ``sfw_jax.topk.METHODS`` by default; ``'auto_path'`` is the method ``'auto'`` runs on
+method of ``sfw_jax.fw.topk.METHODS`` by default; ``'auto_path'`` is the method ``'auto'`` runs on
 this backend. ``'sort'`` (``lax.top_k``) is skipped above ``--sort-max`` entries (it takes
 ~0.4 s at n = 2.36M on the 2-core CPU). The JSON record (last line with ``--json``) maps each
 size to {"k", "ties", "auto_path", method: median ms}.

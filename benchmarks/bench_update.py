@@ -8,7 +8,7 @@ opt_state, for
   * SFW ``default``: ``sfw_jax.sfw(lr=0.1, make_constraints(params, 'k_sparse', k=10,
     k_frac=0.05, value=15.0, mode='initialization'), momentum=0.9, rescale='gradient')`` on all
     62 tensors (as the reference), top-k path ``--method``, every other argument at its default:
-    on the CPU the native kernel of ``sfw_jax.native`` where it builds (``cpu_kernel=None``),
+    on the CPU the native kernel of ``sfw_jax.fw.native`` where it builds (``cpu_kernel=None``),
     elsewhere the XLA path; the record's ``default_path`` says which ran;
   * SFW ``xla``: the same with ``cpu_kernel=False`` and ``batch_select=False`` (the XLA path, one
     top-k selection per leaf);

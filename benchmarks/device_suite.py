@@ -17,7 +17,7 @@ when the command dies reads ``error`` ("did not finish").
    timeout, on the suite's backend: passed / failed / errors / skipped counts and the failing
    test ids (the subprocess does not preallocate accelerator memory); its output goes to
    ``DIR/tests.log``.
-3. ``topk``: ``benchmarks.bench_topk.time_size`` for every method of ``sfw_jax.topk.METHODS``
+3. ``topk``: ``benchmarks.bench_topk.time_size`` for every method of ``sfw_jax.fw.topk.METHODS``
    (read at run time), K = 5 %, float32 and bfloat16, at the ResNet-18 tensor sizes from 36,864
    to 2,359,296 entries: median ms.
 4. ``update``: ``benchmarks.bench_update.bench`` (SFW update vs ``optax.sgd(momentum=0.9)`` on
@@ -28,7 +28,7 @@ when the command dies reads ``error`` ("did not finish").
    'auto'), fp32 and bf16: SFW and SGD ms, ratio = sfw_ms / sgd_ms, images/s.
 6. ``study``: ResNet-18 on the CIFAR-10 JPEG archive (``--data``) with the configs of the presets
    ``paper-resnet18-cifar10`` (SFW K-sparse) and ``paper-resnet18-cifar10-sgd`` (SGD) of
-   ``sfw_jax.config``. Each method first trains one epoch of a run started with
+   ``sfw_jax.training.config``. Each method first trains one epoch of a run started with
    ``PROBE_EPOCHS`` epochs (stopped by a callback after its checkpoint); that epoch's time minus
    its compilation time (``jax.monitoring``) is the epoch time. Then both methods get the same
    number of epochs E, the most that fits the budget left after the post-training work

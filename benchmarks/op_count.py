@@ -8,7 +8,7 @@ ResNet-18 for CIFAR, 62 tensors, every tensor K-sparse with k = 10, k_frac = 5 %
 
   * ``sfw_default``: ``sfw(...)`` with its defaults (on the CPU the native kernel where it builds);
   * ``sfw_<method>_per_leaf`` / ``sfw_<method>_batched``: the XLA path (``cpu_kernel=False``)
-    with ``batch_select=False`` / ``True``, for each top-k method of ``sfw_jax.topk.METHODS``
+    with ``batch_select=False`` / ``True``, for each top-k method of ``sfw_jax.fw.topk.METHODS``
     (``'auto'`` resolved for the backend);
   * ``sgd``: ``optax.sgd(0.1, momentum=0.9)``;
 

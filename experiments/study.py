@@ -7,7 +7,7 @@ overrides a ``TrainConfig`` field of every method).
 
 For each method of the preset (SFW K-sparse, SFW L2, SGD, optionally SFW + init):
 
-1. train it dense (``sfw_jax.train.train``) into ``<out>/runs/<method>/``; a run whose
+1. train it dense (``sfw_jax.training.loop.train``) into ``<out>/runs/<method>/``; a run whose
    ``final.json`` exists is not redone, one with checkpoints but no ``final.json`` is resumed;
 2. prune it one-shot at every sparsity (``experiments.prune_sweep``; scopes 'kernels' and the
    reference's 'all'; optionally the main scope also with BatchNorm re-calibration) and to

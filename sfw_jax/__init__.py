@@ -13,7 +13,6 @@ This module exports the library API of the first two; training is imported from 
 (``from sfw_jax.training.config import TrainConfig``).
 """
 
-from sfw_jax import _aliases
 from sfw_jax.fw.constraint_schedule import delayed_lmo, scheduled_sfw, tightening_phases
 from sfw_jax.fw.constraints import (INIT_NORM_RULES, MODES, check_constraints_match,
                                     contains_all, expected_init_norms, make_constraints,
@@ -45,13 +44,4 @@ __all__ = [
     "LEAF_SCOPES", "is_kernel", "leaf_scope",
 ]
 
-_aliases.install()
 
-
-def __getattr__(name: str):
-    """``sfw_jax.config`` and the other moved modules (:mod:`sfw_jax._aliases`) on first use."""
-    target = _aliases.target(f"{__name__}.{name}")
-    if target is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-    return importlib.import_module(target)

@@ -1,4 +1,4 @@
-"""Tests for sfw_jax.data: every source format, validation carve-out, statistics, batching.
+"""Tests for sfw_jax.training.datasets: every source format, validation carve-out, statistics, batching.
 
 Local formats are written as tiny files to tmp_path and read back value by value (PNG is
 lossless, so decoded pixels must equal what was written).

@@ -1,4 +1,4 @@
-"""Tests for sfw_jax.models: parameter counts, shapes, BatchNorm, dtypes, PyTorch-like init.
+"""Tests for sfw_jax.training.models: parameter counts, shapes, BatchNorm, dtypes, PyTorch-like init.
 
 Full-size models are only traced with ``jax.eval_shape``; forward/grad tests use tiny widths and
 tiny inputs.

@@ -1,4 +1,4 @@
-"""The native CPU kernel (``sfw_jax.native``, ``sfw(..., cpu_kernel=True)``) against the XLA path.
+"""The native CPU kernel (``sfw_jax.fw.native``, ``sfw(..., cpu_kernel=True)``) against the XLA path.
 
 Its momentum must be bitwise the XLA path's, its selection the exact top-k of ``|m|`` (ties by
 lower index, denormals as zero: the NumPy reference of ``test_topk``), and its two squared norms

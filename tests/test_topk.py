@@ -1,4 +1,4 @@
-"""Exactness of every top-k path of ``sfw_jax.topk.top_k_mask`` against a NumPy reference.
+"""Exactness of every top-k path of ``sfw_jax.fw.topk.top_k_mask`` against a NumPy reference.
 
 Reference: the k largest values with ties broken by lower flat index, i.e. the first k of a stable
 argsort on (-value, index). Values are compared as the backend compares float32: -0.0 == +0.0 and,

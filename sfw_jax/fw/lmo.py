@@ -57,7 +57,7 @@ def k_sparse_lmo(g: jax.Array, k: int, radius: Scalar, *, method: str = "auto") 
       g: direction, any shape and float dtype.
       k: static int in [1, g.size].
       radius: r > 0.
-      method: top-k selection path of :func:`sfw_jax.topk.top_k_mask` ('auto', 'sort', ...).
+      method: top-k selection path of :func:`sfw_jax.fw.topk.top_k_mask` ('auto', 'sort', ...).
     Returns:
       v with the shape and dtype of g.
     """

@@ -137,7 +137,7 @@ def sfw_select_f32(g: jax.Array, m_prev: jax.Array, x: jax.Array, count: jax.Arr
 
     Shapes: ``g, m_prev, x`` any common shape with n entries, ``1 <= k <= n`` static; ``m`` has
     that shape, ``t`` float32 and ``cut`` int32 scalars in the format of
-    :func:`sfw_jax.topk.top_k_threshold` (``absolute=True``), ``sq_m, sq_d`` float32 scalars.
+    :func:`sfw_jax.fw.topk.top_k_threshold` (``absolute=True``), ``sq_m, sq_d`` float32 scalars.
     """
     ensure_registered()
     f32 = jnp.float32

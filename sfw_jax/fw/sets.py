@@ -118,7 +118,7 @@ class Constraint:
 @dataclasses.dataclass(frozen=True)
 class _TopKSet(Constraint):
     """Shared fields of the sets whose LMO selects the k largest |g_i|: ``k``, ``radius`` and the
-    exact top-k path ``method`` (:func:`sfw_jax.topk.top_k_mask`)."""
+    exact top-k path ``method`` (:func:`sfw_jax.fw.topk.top_k_mask`)."""
 
     k: int
     radius: float
@@ -147,7 +147,7 @@ class _TopKSet(Constraint):
 class KSparsePolytope(_TopKSet):
     """P_K(r) = {x : ||x||_inf <= r, ||x||_1 <= K r}; LMO: -r sign(g) on the K largest |g_i|.
 
-    ``method`` selects the exact top-k path (:func:`sfw_jax.topk.top_k_mask`).
+    ``method`` selects the exact top-k path (:func:`sfw_jax.fw.topk.top_k_mask`).
     """
 
     @classmethod
@@ -166,9 +166,9 @@ class KSparsePolytope(_TopKSet):
 
     def lmo_select(self, g: jax.Array):
         """The top-k threshold ``(t, cut)`` of ``|g|`` on the counting paths (see
-        :func:`sfw_jax.topk.top_k_threshold`); the vertex itself on the 'sort' path.
+        :func:`sfw_jax.fw.topk.top_k_threshold`); the vertex itself on the 'sort' path.
         ``method='auto'`` is resolved for ``jax.default_backend()`` when this is traced
-        (:func:`sfw_jax.topk.resolve_method`): to trace for another backend, name the method."""
+        (:func:`sfw_jax.fw.topk.resolve_method`): to trace for another backend, name the method."""
         k = min(self.k, g.size)
         path = _topk.resolve_method(g.size, self.method)
         if k == g.size or path == "sort":

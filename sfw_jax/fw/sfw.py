@@ -201,7 +201,7 @@ def uses_cpu_kernel(cpu_kernel: Optional[bool] = None) -> bool:
 
 def _select_group(c: Constraint, m: jax.Array) -> Optional[tuple]:
     """The key of the leaves whose selections one ``vmap`` computes together: K-sparse leaves
-    with K < n on a threshold path (:data:`sfw_jax.topk.THRESHOLD_METHODS`), keyed by
+    with K < n on a threshold path (:data:`sfw_jax.fw.topk.THRESHOLD_METHODS`), keyed by
     ``(shape, dtype, K, path)``; None for the others."""
     if not isinstance(c, KSparsePolytope):
         return None
@@ -251,7 +251,7 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         compression-aware SFW code: ``factor = ||m|| / (0.5 * diameter)``), 'diameter' or
         'none' (None is accepted for 'none').
       cpu_kernel: on the CPU, compute m, the top-k selection and the two norms of every float32
-        K-sparse leaf with K < n by one call to the native kernel of :mod:`sfw_jax.native`
+        K-sparse leaf with K < n by one call to the native kernel of :mod:`sfw_jax.fw.native`
         (built on first use with the system C++ compiler; x86-64). Same m and selection as the
         XLA path; the norms are summed in another order, so eta may differ in its last bits.
         Other platforms, and other leaves, use the XLA path. None (default): the kernel when

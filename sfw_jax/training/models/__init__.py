@@ -4,7 +4,7 @@ All models take NHWC images (``MLP``: any (N, ...) batch), are called as
 ``model.apply(variables, x, train=...)`` and return (N, num_classes) logits in ``dtype``.
 Models with BatchNorm keep running statistics in the ``batch_stats`` collection; pass
 ``mutable=['batch_stats']`` when ``train=True``. Parameters are float32 and initialised like
-PyTorch's defaults (see ``sfw_jax.models.layers``).
+PyTorch's defaults (see ``sfw_jax.training.models.layers``).
 
 ``get_model(name, num_classes, **kw)`` builds a model by name; ``MODELS`` maps names to classes.
 """
