@@ -67,8 +67,9 @@ def test_conflicting_flags(capsys):
     assert "--constraint, --tau: only meaningful with --optimizer sfw" in err
     assert "weight_decay=0.1 conflicts with optimizer='sfw'" in _error(
         capsys, ["--weight-decay", "0.1"])
-    assert "--process-id needs --distributed" in _error(capsys, ["--process-id", "1"])
-    assert "--resume needs --out-dir" in _error(capsys, ["--resume"])
+    assert ("coordinator_address/num_processes/process_id are only used with distributed=True"
+            in _error(capsys, ["--process-id", "1"]))
+    assert "resume must be False when out_dir is None" in _error(capsys, ["--resume"])
 
 
 def test_resume_without_checkpoint_is_an_error(capsys, tmp_path):

@@ -71,6 +71,6 @@ def test_leaf_step_matches_sfw():
 
 def test_rescale_names_are_defined_once():
     assert "fast_gradient" in RESCALES
-    assert config_lib.RESCALES is RESCALES and "none" in RESCALES
+    assert config_lib.OPTIONS["rescale"].choices is RESCALES and "none" in RESCALES
     with pytest.raises(ValueError, match="rescale must be one of"):
         S.sfw(0.1, CONS, rescale="fast")

@@ -25,7 +25,7 @@ from experiments.study_presets import DIGITS_SMOKE, get_study_preset
 from sfw_jax.training import cli
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import optimizers as opt_lib
-from sfw_jax.fw.nm import nm_eligible
+from sfw_jax.fw.nm import nm_eligible, parse_nm
 from sfw_jax.pruning import apply_mask, nm_mask
 from sfw_jax.training import run_folder
 from tests.conftest import forbid_calls
@@ -34,11 +34,11 @@ from tests.conftest import forbid_calls
 
 
 def test_parse_nm_and_config_validation():
-    assert config_lib.parse_nm("2:4") == (2, 4) and config_lib.parse_nm("1:1") == (1, 1)
+    assert parse_nm("2:4") == (2, 4) and parse_nm("1:1") == (1, 1)
     for bad in ("5:4", "0:4", "2/4", "2:4:8", "a:4", "", 2, None, "-1:4"):
         with pytest.raises(ValueError, match=r"nm must be an N:M pattern 'N:M' with integers "
                                              r"1 <= N <= M, e.g. '2:4', got " + repr(bad)[:3]):
-            config_lib.parse_nm(bad)
+            parse_nm(bad)
     cfg = config_lib.validate(config_lib.TrainConfig(constraint="nm_sparse", nm="1:4"))
     assert (cfg.constraint, cfg.nm) == ("nm_sparse", "1:4")
     with pytest.raises(ValueError, match=r"nm must be an N:M pattern such as '2:4' with "
@@ -48,7 +48,7 @@ def test_parse_nm_and_config_validation():
         config_lib.validate(config_lib.TrainConfig(constraint="l2", nm="2:4"))
     with pytest.raises(ValueError, match=r"nm must be an N:M pattern .*got '8:4'"):
         config_lib.validate(config_lib.TrainConfig(constraint="nm_sparse", nm="8:4"))
-    assert "nm_sparse" in config_lib.CONSTRAINTS and "nm_sparse" in S.KINDS
+    assert "nm_sparse" in config_lib.OPTIONS["constraint"].choices and "nm_sparse" in S.KINDS
     # the leaves without groups are trained by SGD, so weight decay is allowed with every scope
     cfg = config_lib.validate(config_lib.TrainConfig(constraint="nm_sparse", nm="2:4",
                                                      weight_decay=5e-4))

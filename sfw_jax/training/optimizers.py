@@ -24,7 +24,7 @@ A schedule scales every learning rate by the same factor ``lr_e / lr_0``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +36,19 @@ from sfw_jax.fw.nm import parse_nm
 from sfw_jax.fw.sets import is_constraint
 from sfw_jax.fw.sfw import sfw
 from sfw_jax.selectors import leaf_scope
-from sfw_jax.training.config import TrainConfig, has_constraint_schedule
+
+if TYPE_CHECKING:  # the config's choices are read from here: no import of it at run time
+    from sfw_jax.training.config import TrainConfig
 
 PyTree = Any
+OPTIMIZER_DEFAULTS = {
+    "sfw": {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": "dynamic_change"},
+    "sgd": {"lr": 0.1, "weight_decay": 5e-4, "lr_schedule": "step"},
+}
+"""Per optimizer, the values of the config fields left None (``lr``: SFW's is a step-size
+factor)."""
+OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
+"""The ``optimizer`` choices of a config (:func:`build_optimizer`)."""
 SFW_LABEL = "sfw"
 SGD_LABEL = "sgd"
 
@@ -86,7 +96,7 @@ def build_constraint_phases(cfg: TrainConfig, params: PyTree, init_norms: PyTree
     ValueError when a schedule is set and ``total_steps`` is None, or when the steps are too
     few for its phases.
     """
-    if not has_constraint_schedule(cfg):
+    if not cfg.schedule.has_constraint_schedule:
         return [(0, build_constraints(cfg, params, init_norms))]
     if total_steps is None:
         raise ValueError("total_steps must be the number of training steps (steps per epoch x "

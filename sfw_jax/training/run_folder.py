@@ -28,6 +28,8 @@ import os
 import tempfile
 from typing import Any, Mapping, Sequence
 
+from sfw_jax.training.config import options_where
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_FILE = "final.json"
@@ -41,12 +43,10 @@ STUDY_RUNS_DIR = "runs"
 STUDY_CONFIGS_FILE = "configs.json"
 STUDY_SUMMARY_FILE = "summary.json"
 
-RESUME_MAY_DIFFER = ("resume", "epochs", "progress", "log_every", "keep_checkpoints",
-                     "num_devices", "distributed", "coordinator_address", "num_processes",
-                     "process_id", "eval_batch_size", "out_dir", "data_dir", "cpu_kernel")
+RESUME_MAY_DIFFER = options_where("resume_may_differ")
 """Config fields that may differ between a run folder's ``config.json`` and the config that
-continues it (how the run is executed, not what it computes: e.g. the device count and
-``cpu_kernel`` change summation orders only)."""
+continues it: those declared ``resume_may_differ`` (how the run is executed, not what it
+computes: e.g. the device count and ``cpu_kernel`` change summation orders only)."""
 
 
 class NotARunError(FileNotFoundError):
