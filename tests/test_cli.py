@@ -217,3 +217,14 @@ def test_study_set_reaches_the_new_options(capsys):
                         "--set", "delay_lmo=2"])
     assert exc.value.code == 2
     assert "delay_lmo must be a fraction in (0, 1) or None, got 2" in capsys.readouterr().err
+
+
+def test_lp_order_flag(capsys):
+    """--lp-order P sets the order of --constraint lp; below 1 or with SGD it is refused."""
+    assert _printed_config(capsys, [])["lp_order"] == 2.0
+    cfg = _printed_config(capsys, ["--constraint", "lp", "--lp-order", "1.5"])
+    assert (cfg["constraint"], cfg["lp_order"]) == ("lp", 1.5)
+    assert "lp_order must be a finite number >= 1.0, got 0.5" in _error(
+        capsys, ["--constraint", "lp", "--lp-order", "0.5"])
+    assert "--lp-order: only meaningful with --optimizer sfw" in _error(
+        capsys, ["--optimizer", "sgd", "--lp-order", "3"])

@@ -108,6 +108,22 @@ def test_kernels_only_partition_routes_bias_and_bn_to_sgd():
         {"learning_rate": 0.05, "rest_learning_rate": 0.005})
 
 
+def test_lp_order_gives_constraint_lp_its_order():
+    """``lp_order`` is the p of ``constraint='lp'``: each leaf gets the L_p ball of the
+    configured L2 diameter, and an SFW step from a feasible point stays inside it."""
+    params = {"w": jnp.full((6, 5), 0.01), "b": jnp.zeros(5)}
+    grads = {"w": jax.random.normal(jax.random.PRNGKey(0), (6, 5)), "b": jnp.ones(5)}
+    cfg = validate(TrainConfig(constraint="lp", lp_order=3.0, mode="diameter", tau=2.0))
+    c = opt_lib.build_constraints(cfg, params)
+    assert (c["w"].p, c["w"].n, c["b"].p) == (3.0, 30, 3.0)
+    assert c["w"].diameter == pytest.approx(2.0)
+    tx = opt_lib.build_optimizer(cfg, c)
+    upd, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, upd)
+    assert contains_all(new, c)
+    assert opt_lib.build_constraints(cfg.replace(lp_order=2.0), params)["w"].p == 2.0
+
+
 def test_sgd_optimizer_matches_pytorch_sgd_formula():
     cfg = validate(TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3))
     p = {"w": jnp.array([1.0, -2.0])}

@@ -77,7 +77,8 @@ def build_constraints(cfg: TrainConfig, params: PyTree,
         n, m = parse_nm(cfg.nm)
         nm = {"n": n, "m": m}
     return make_constraints(params, cfg.constraint, k=cfg.k, k_frac=cfg.k_frac, value=cfg.tau,
-                            mode=cfg.mode, init_norms=init_norms, where=where, **nm)
+                            mode=cfg.mode, init_norms=init_norms, where=where, p=cfg.lp_order,
+                            **nm)
 
 
 def build_constraint_phases(cfg: TrainConfig, params: PyTree, init_norms: PyTree | None = None,

@@ -41,6 +41,9 @@ class OptimConfig:
     nm: str | None = option(None, metavar="N:M", sfw_only=True,
                             help="pattern of constraint nm_sparse, e.g. 2:4 (N nonzeros in "
                                  "every M consecutive input features of each kernel)")
+    lp_order: float = option(2.0, lo=1.0, metavar="P", sfw_only=True,
+                             help="order p of constraint lp, the ball {||x||_p <= r} (p = 1, 2 "
+                                  "and inf are l1, l2 and linf)")
     tau: float = option(15.0, lo=0.0, lo_open=True, sfw_only=True,
                         help="constraint size: diameter factor ('initialization'), radius or "
                              "diameter")
