@@ -1,7 +1,7 @@
 """Study grids for ``python -m experiments.study --preset NAME`` (section 5 of Lu et al., 2022).
 
 A :class:`StudyPreset` is one architecture + dataset: a base ``TrainConfig`` (a config preset of
-``sfw_jax.training.config.PRESETS`` plus overrides) and the methods trained on it, each a set of
+``sfw_jax.training.presets.PRESETS`` plus overrides) and the methods trained on it, each a set of
 ``TrainConfig`` overrides:
 
 * ``sfw_ksparse``: SFW with K-sparse polytope constraints (the paper's method);
@@ -65,7 +65,7 @@ class StudyPreset:
 
     Attributes:
       name, description: identification.
-      base_preset: a ``sfw_jax.training.config.PRESETS`` name (or None) for the base config.
+      base_preset: a ``sfw_jax.training.presets.PRESETS`` name (or None) for the base config.
       base: ``TrainConfig`` overrides applied on top of ``base_preset``.
       methods: method name -> ``TrainConfig`` overrides (the default method list, in order).
       optional_methods: methods available via ``--methods`` but not run by default.

@@ -1,4 +1,4 @@
-"""Tests for sfw_jax.augment: exact crop/flip semantics, shapes, dtypes, jit."""
+"""Tests for sfw_jax.training.augment: exact crop/flip semantics, shapes, dtypes, jit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for sfw_jax.batchnorm.recalibrate_batch_norm on toy Flax models."""
+"""Tests for sfw_jax.pruning.batchnorm.recalibrate_batch_norm on toy Flax models."""
 
 import functools
 

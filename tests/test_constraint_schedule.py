@@ -1,4 +1,4 @@
-"""Constraint schedules (``sfw_jax.constraint_schedule``): feasibility across changes of the set
+"""Constraint schedules (``sfw_jax.fw.constraint_schedule``): feasibility across changes of the set
 (K and radius shrinking and growing, other kinds), bitwise agreement with ``sfw()`` inside a
 phase, composition with optax, the builders and the config-level phases."""
 
@@ -243,7 +243,7 @@ def test_tightening_phases_and_step_at():
 
 
 # ---------------------------------------------------------------------------------------------
-# Config-level phases (sfw_jax.optimizers)
+# Config-level phases (sfw_jax.training.optimizers)
 # ---------------------------------------------------------------------------------------------
 
 def _cfg(**kw):

@@ -1,4 +1,4 @@
-"""Tests for sfw_jax.weight_stats: threshold counts, log histograms, CDFs."""
+"""Tests for sfw_jax.pruning.weight_stats: threshold counts, log histograms, CDFs."""
 
 import json
 

@@ -2,7 +2,8 @@
 checkout also ``python -m experiments.train``).
 
 Options are the fields of :class:`sfw_jax.training.config.TrainConfig` (flag ``--k-frac`` =
-field ``k_frac``): the flags are generated from the fields' declarations (type, choices, help). Values are resolved in this order: ``TrainConfig`` defaults < ``--preset
+field ``k_frac``); the flags are generated from the fields' declarations (type, choices, help,
+grouped by concern). Values are resolved in this order: ``TrainConfig`` defaults < ``--preset
 NAME`` < flags given on the command line. Errors (unknown flags, bad values, conflicts such as an
 SFW-only flag with ``--optimizer sgd``, ``--resume`` without a checkpoint, a batch size not
 divisible by the device count, missing or corrupt data) are one line with exit status 2, the

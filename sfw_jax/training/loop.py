@@ -192,7 +192,7 @@ def init_train_state(cfg: TrainConfig, model: Any, info: DatasetInfo,
 
 def apply_sfw_init(cfg: TrainConfig, model: Any, state: TrainState, constraints: PyTree,
                    train_split: Split, info: DatasetInfo) -> tuple[TrainState, dict]:
-    """SFW-Init (:func:`sfw_jax.sfw_init.sfw_init`) on the initial params of ``state``.
+    """SFW-Init (:func:`sfw_jax.training.sfw_init.sfw_init`) on the initial params of ``state``.
 
     The loss runs the model in training mode (batch statistics) and drops the updated running
     statistics, so BatchNorm state is left unchanged. Batches are ``cfg.batch_size`` normalized
@@ -232,7 +232,8 @@ def apply_sfw_init(cfg: TrainConfig, model: Any, state: TrainState, constraints:
 
 WEIGHT_THRESHOLDS = DEFAULT_THRESHOLDS
 """|w| thresholds of the per-epoch weight-magnitude counts: 10, 1, 0.1, ..., 1e-10 (those of
-``sfw_jax.weight_stats``; counted here on device so no epoch copies the weights to the host)."""
+``sfw_jax.pruning.weight_stats``; counted here on device so no epoch copies the weights to the
+host)."""
 
 
 @jax.jit

@@ -2,7 +2,7 @@
 
 A *table* lists, per split, the file names and labels of the images of a folder-based
 dataset (image folders, Tiny-ImageNet) and knows how to read a file's bytes. Decoded arrays
-are cached (see ``sfw_jax.datasets.cache``) keyed by the source fingerprint and decoding
+are cached (see ``sfw_jax.training.datasets.cache``) keyed by the source fingerprint and decoding
 options, so a second load only reads one ``.npz``.
 """
 
