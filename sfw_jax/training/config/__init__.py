@@ -1,7 +1,8 @@
 """``TrainConfig``: every option of a training run, declared by concern, and its validation.
 
 The options are declared once, as fields of six small frozen dataclasses, one per concern,
-each in its module with the checks of its own fields (its ``validate``):
+each in its (private) module ``_<concern>.py`` with the checks of its own fields (its
+``validate``); they are exported here:
 
 * ``cfg.data``: :class:`DataConfig`, the dataset, where it is, its split and augmentation;
 * ``cfg.model``: :class:`ModelConfig`, the architecture, its attributes, compute precision;
@@ -46,12 +47,12 @@ from typing import Any, Mapping
 
 from sfw_jax.fw.registry import KINDS
 from sfw_jax.training.config._option import Option, bad, declared_options, option
-from sfw_jax.training.config.data import DataConfig
-from sfw_jax.training.config.devices import DeviceConfig
-from sfw_jax.training.config.loop import LoopConfig
-from sfw_jax.training.config.model import PRECISIONS, ModelConfig
-from sfw_jax.training.config.optim import OptimConfig
-from sfw_jax.training.config.schedule import CONSTRAINT_SCHEDULE_FIELDS, ScheduleConfig
+from sfw_jax.training.config._data import DataConfig
+from sfw_jax.training.config._devices import DeviceConfig
+from sfw_jax.training.config._loop import LoopConfig
+from sfw_jax.training.config._model import PRECISIONS, ModelConfig
+from sfw_jax.training.config._optim import OptimConfig
+from sfw_jax.training.config._schedule import CONSTRAINT_SCHEDULE_FIELDS, ScheduleConfig
 from sfw_jax.training.optimizers import OPTIMIZER_DEFAULTS
 
 __all__ = [
