@@ -11,7 +11,7 @@ import argparse
 import contextlib
 from typing import Iterator, NoReturn
 
-from sfw_jax.training.datasets.errors import DatasetUnavailableError
+from sfw_jax.training.datasets._errors import DatasetUnavailableError
 
 USER_ERRORS = (ValueError, OSError, DatasetUnavailableError)
 """What a user's input raises: bad values (ValueError, and DataFormatError, a ValueError),

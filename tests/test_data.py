@@ -22,8 +22,8 @@ from PIL import Image
 
 from sfw_jax.training import datasets as data
 from sfw_jax.training.datasets import DataFormatError, DatasetUnavailableError, Split, load_dataset
-from sfw_jax.training.datasets import image_table
-from sfw_jax.training.datasets.splits import carve_validation, channel_stats
+from sfw_jax.training.datasets import _image_table as image_table
+from sfw_jax.training.datasets._splits import carve_validation, channel_stats
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 

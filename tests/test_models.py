@@ -468,7 +468,7 @@ def test_bad_input_rank():
 
 
 def test_simple_cnn_gap_head_averages_the_last_conv_features():
-    from sfw_jax.training.models import layers
+    from sfw_jax.training.models import _layers as layers
     model = SimpleCNN(10, width=0.5, use_bn=True, head="gap")
     x = jax.random.normal(KEY, (2, 12, 12, 3))
     v = model.init(KEY, x)

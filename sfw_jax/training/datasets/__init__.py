@@ -3,10 +3,10 @@
 See ``load_dataset`` for how a source is chosen and ``iterate_batches`` for host batching.
 """
 
-from sfw_jax.training.datasets.batching import epoch_permutation, iterate_batches, num_batches
-from sfw_jax.training.datasets.errors import DataFormatError, DatasetUnavailableError
-from sfw_jax.training.datasets.loader import load_dataset
-from sfw_jax.training.datasets.types import Dataset, DatasetInfo, Split
+from sfw_jax.training.datasets._batching import epoch_permutation, iterate_batches, num_batches
+from sfw_jax.training.datasets._errors import DataFormatError, DatasetUnavailableError
+from sfw_jax.training.datasets._loader import load_dataset
+from sfw_jax.training.datasets._types import Dataset, DatasetInfo, Split
 
 __all__ = [
     "DataFormatError",

@@ -4,7 +4,7 @@ All models take NHWC images (``MLP``: any (N, ...) batch), are called as
 ``model.apply(variables, x, train=...)`` and return (N, num_classes) logits in ``dtype``.
 Models with BatchNorm keep running statistics in the ``batch_stats`` collection; pass
 ``mutable=['batch_stats']`` when ``train=True``. Parameters are float32 and initialised like
-PyTorch's defaults (see ``sfw_jax.training.models.layers``).
+PyTorch's defaults (see ``sfw_jax.training.models._layers``).
 
 ``get_model(name, num_classes, **kw)`` builds a model by name; ``MODELS`` maps names to classes.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import flax.linen as nn
 
-from sfw_jax.training.models.layers import torch_bias_init, torch_kernel_init
-from sfw_jax.training.models.resnet import BasicBlock, ResNet, ResNet18
-from sfw_jax.training.models.simple import MLP, SimpleCNN
-from sfw_jax.training.models.vgg import VGG16, VGG16_CFG
+from sfw_jax.training.models._layers import torch_bias_init, torch_kernel_init
+from sfw_jax.training.models._resnet import BasicBlock, ResNet, ResNet18
+from sfw_jax.training.models._simple import MLP, SimpleCNN
+from sfw_jax.training.models._vgg import VGG16, VGG16_CFG
 
 MODELS: dict[str, type[nn.Module]] = {
     "simple_cnn": SimpleCNN,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sfw_jax.training.datasets.errors import DataFormatError
-from sfw_jax.training.datasets.types import RawDataset, Split
+from sfw_jax.training.datasets._errors import DataFormatError
+from sfw_jax.training.datasets._types import RawDataset, Split
 
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"

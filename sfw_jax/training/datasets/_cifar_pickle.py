@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from sfw_jax.training.datasets.errors import DataFormatError
-from sfw_jax.training.datasets.types import RawDataset, Split
+from sfw_jax.training.datasets._errors import DataFormatError
+from sfw_jax.training.datasets._types import RawDataset, Split
 
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_LAYOUT = (

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sfw_jax.training.datasets.decode import IMAGE_SUFFIXES
-from sfw_jax.training.datasets.errors import DataFormatError
-from sfw_jax.training.datasets.image_table import DecodeOptions, ImageTable, data_root, load_table
-from sfw_jax.training.datasets.types import RawDataset
+from sfw_jax.training.datasets._decode import IMAGE_SUFFIXES
+from sfw_jax.training.datasets._errors import DataFormatError
+from sfw_jax.training.datasets._image_table import DecodeOptions, ImageTable, data_root, load_table
+from sfw_jax.training.datasets._types import RawDataset
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")

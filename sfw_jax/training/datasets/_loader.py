@@ -5,18 +5,18 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
-from sfw_jax.training.datasets.cifar_pickle import cifar_variant, load_cifar_python
-from sfw_jax.training.datasets.detect import detect_format, format_alias
-from sfw_jax.training.datasets.digits import load_digits_dataset
-from sfw_jax.training.datasets.errors import LOCAL_FORMATS_HELP, DataFormatError, DatasetUnavailableError
-from sfw_jax.training.datasets.idx import load_idx
-from sfw_jax.training.datasets.image_table import DecodeOptions
-from sfw_jax.training.datasets.imagefolder import load_imagefolder
-from sfw_jax.training.datasets.resize import resize_images
-from sfw_jax.training.datasets.splits import carve_validation, channel_stats, check_val_fraction
-from sfw_jax.training.datasets.tfds_source import load_tfds
-from sfw_jax.training.datasets.tiny_imagenet import load_tiny_imagenet
-from sfw_jax.training.datasets.types import Dataset, DatasetInfo, RawDataset, Split
+from sfw_jax.training.datasets._cifar_pickle import cifar_variant, load_cifar_python
+from sfw_jax.training.datasets._detect import detect_format, format_alias
+from sfw_jax.training.datasets._digits import load_digits_dataset
+from sfw_jax.training.datasets._errors import LOCAL_FORMATS_HELP, DataFormatError, DatasetUnavailableError
+from sfw_jax.training.datasets._idx import load_idx
+from sfw_jax.training.datasets._image_table import DecodeOptions
+from sfw_jax.training.datasets._imagefolder import load_imagefolder
+from sfw_jax.training.datasets._resize import resize_images
+from sfw_jax.training.datasets._splits import carve_validation, channel_stats, check_val_fraction
+from sfw_jax.training.datasets._tfds_source import load_tfds
+from sfw_jax.training.datasets._tiny_imagenet import load_tiny_imagenet
+from sfw_jax.training.datasets._types import Dataset, DatasetInfo, RawDataset, Split
 
 _FILE_FORMATS = ("imagefolder", "tiny-imagenet")  # decoded from image files (resized on decode)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sfw_jax.training.datasets.types import RawDataset, Split
+from sfw_jax.training.datasets._types import RawDataset, Split
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0

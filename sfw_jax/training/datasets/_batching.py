@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from sfw_jax.training.datasets.types import Split
+from sfw_jax.training.datasets._types import Split
 
 
 def num_batches(split_or_size: Split | int, batch_size: int, *, drop_last: bool = True) -> int:

@@ -2,7 +2,7 @@
 
 A *table* lists, per split, the file names and labels of the images of a folder-based
 dataset (image folders, Tiny-ImageNet) and knows how to read a file's bytes. Decoded arrays
-are cached (see ``sfw_jax.training.datasets.cache``) keyed by the source fingerprint and decoding
+are cached (see ``sfw_jax.training.datasets._cache``) keyed by the source fingerprint and decoding
 options, so a second load only reads one ``.npz``.
 """
 
@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from sfw_jax.training.datasets import cache as cache_lib
-from sfw_jax.training.datasets.decode import decode_images
-from sfw_jax.training.datasets.types import Split
+from sfw_jax.training.datasets import _cache as cache_lib
+from sfw_jax.training.datasets._decode import decode_images
+from sfw_jax.training.datasets._types import Split
 
 
 @dataclass(frozen=True)

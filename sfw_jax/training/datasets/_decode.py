@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from sfw_jax._progress import progress_bar
-from sfw_jax.training.datasets.errors import DataFormatError
+from sfw_jax.training.datasets._errors import DataFormatError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _CHUNK = 512

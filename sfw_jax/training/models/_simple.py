@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sfw_jax.training.models import layers
+from sfw_jax.training.models import _layers as layers
 
 
 HEADS = ("fc", "gap")

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sfw_jax.training.datasets.errors import LOCAL_FORMATS_HELP, DatasetUnavailableError
-from sfw_jax.training.datasets.types import RawDataset, Split
+from sfw_jax.training.datasets._errors import LOCAL_FORMATS_HELP, DatasetUnavailableError
+from sfw_jax.training.datasets._types import RawDataset, Split
 
 _READ_CHUNK = 1024
 

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from sfw_jax.training.datasets.types import Split
+from sfw_jax.training.datasets._types import Split
 
 
 def check_val_fraction(val_fraction: float) -> float:

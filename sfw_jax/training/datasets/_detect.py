@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sfw_jax.training.datasets.cifar_pickle import cifar_variant
-from sfw_jax.training.datasets.errors import LOCAL_FORMATS_HELP, DataFormatError
-from sfw_jax.training.datasets.idx import looks_like_idx
-from sfw_jax.training.datasets.imagefolder import is_archive, looks_like_imagefolder
-from sfw_jax.training.datasets.tiny_imagenet import looks_like_tiny_imagenet
+from sfw_jax.training.datasets._cifar_pickle import cifar_variant
+from sfw_jax.training.datasets._errors import LOCAL_FORMATS_HELP, DataFormatError
+from sfw_jax.training.datasets._idx import looks_like_idx
+from sfw_jax.training.datasets._imagefolder import is_archive, looks_like_imagefolder
+from sfw_jax.training.datasets._tiny_imagenet import looks_like_tiny_imagenet
 
 LOCAL_FORMATS = ("idx", "cifar-python", "imagefolder", "tiny-imagenet")
 _ALIASES = {
