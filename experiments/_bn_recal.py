@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments._loaded_run import LoadedRun
-from sfw_jax.pruning.batchnorm import recalibrate_batch_norm
+from sfw_jax.pruning import recalibrate_batch_norm
 from sfw_jax.training.datasets import Split
 from sfw_jax.training.steps import preprocess
 
@@ -40,7 +40,7 @@ def recalibrated_batch_stats(run: LoadedRun, params: PyTree, batches: np.ndarray
                              jit: bool = True) -> PyTree:
     """BatchNorm running statistics re-estimated for ``params``.
 
-    :func:`sfw_jax.pruning.batchnorm.recalibrate_batch_norm` (cumulative average of per-batch
+    :func:`sfw_jax.pruning.recalibrate_batch_norm` (cumulative average of per-batch
     statistics, training-mode forward passes, no gradient step) over ``batches`` (uint8
     ``[B, bs, H, W, C]`` from :func:`recal_images`, normalised like training inputs, no
     augmentation). Returns ``run.batch_stats`` unchanged when the model has no BatchNorm.

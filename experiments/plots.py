@@ -10,7 +10,7 @@
 * :func:`plot_nm_accuracy`: accuracy of every method dense and one-shot pruned to each N:M
   pattern (grouped bars), with pruned + retrained networks marked by crosses.
 
-Inputs are plain data (lists / the dicts of ``sfw_jax.pruning.weight_stats``), so figures can be
+Inputs are plain data (lists / the dicts of ``sfw_jax.pruning`` weight statistics), so figures can be
 re-drawn from a study's ``summary.json`` without the checkpoints.
 """
 
@@ -117,8 +117,8 @@ def plot_weight_distribution(path: str, hist: Mapping, cdf: Mapping, *, title: s
 
     Args:
       path: PNG file to write.
-      hist: output of ``sfw_jax.pruning.weight_stats.magnitude_histogram(..., log=True)``.
-      cdf: output of ``sfw_jax.pruning.weight_stats.magnitude_cdf``.
+      hist: output of ``sfw_jax.pruning.magnitude_histogram(..., log=True)``.
+      cdf: output of ``sfw_jax.pruning.magnitude_cdf``.
       title: figure title (e.g. the method name).
       scope: which entry of ``hist``/``cdf`` to draw (``'global'``).
     """

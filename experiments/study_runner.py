@@ -20,7 +20,7 @@ from experiments import retrain as retrain_lib
 from experiments._loaded_run import load_run_dataset, load_trained, same_data
 from experiments.study_presets import StudyPreset
 from experiments.study_report import write_reports
-from sfw_jax.pruning import weight_stats
+from sfw_jax import pruning
 from sfw_jax.selectors import leaf_scope
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import loop, run_folder
@@ -76,10 +76,10 @@ def weight_statistics(params: Any, scope: str) -> dict:
     (:data:`sfw_jax.LEAF_SCOPES`)."""
     inc = leaf_scope(scope)
     return {"scope": scope,
-            "above": weight_stats.count_above_thresholds(params, include=inc),
-            "hist": weight_stats.magnitude_histogram(params, list(HIST_EDGES), log=True,
+            "above": pruning.count_above_thresholds(params, include=inc),
+            "hist": pruning.magnitude_histogram(params, list(HIST_EDGES), log=True,
                                                      include=inc),
-            "cdf": weight_stats.magnitude_cdf(params, include=inc)}
+            "cdf": pruning.magnitude_cdf(params, include=inc)}
 
 
 def _strip_per_leaf(stats: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Tests for sfw_jax.pruning.batchnorm.recalibrate_batch_norm on toy Flax models."""
+"""Tests for sfw_jax.pruning.recalibrate_batch_norm on toy Flax models."""
 
 import functools
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfw_jax.pruning.batchnorm import recalibrate_batch_norm
+from sfw_jax.pruning import recalibrate_batch_norm
 
 
 class DenseBN(nn.Module):

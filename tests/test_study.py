@@ -295,9 +295,9 @@ def test_plots_from_plain_data(tmp_path, monkeypatch):
         plots.plot_accuracy_vs_sparsity(str(tmp_path / "x.png"), {"A": ([0], [0.9])},
                                         recalibrated={"B": ([0.9], [])})
     mags = {"w": np.concatenate([np.zeros(10), 10.0 ** np.linspace(-6, 0, 990)])}
-    from sfw_jax.pruning import weight_stats
-    hist = weight_stats.magnitude_histogram(mags, list(study_runner.HIST_EDGES))
-    cdf = weight_stats.magnitude_cdf(mags)
+    from sfw_jax.pruning import magnitude_cdf, magnitude_histogram
+    hist = magnitude_histogram(mags, list(study_runner.HIST_EDGES))
+    cdf = magnitude_cdf(mags)
     _check_png(plots.plot_weight_distribution(str(tmp_path / "w.png"), hist, cdf, title="A"))
     _check_png(plots.plot_cdf_comparison(str(tmp_path / "c.png"), {"A": cdf, "B": cdf}))
     with pytest.raises(ValueError, match="oneshot must hold at least one"):

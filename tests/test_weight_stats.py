@@ -1,4 +1,4 @@
-"""Tests for sfw_jax.pruning.weight_stats: threshold counts, log histograms, CDFs."""
+"""Tests for the weight statistics of sfw_jax.pruning: threshold counts, log histograms, CDFs."""
 
 import json
 
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfw_jax.pruning.weight_stats import (DEFAULT_THRESHOLDS, count_above_thresholds,
-                                  magnitude_cdf, magnitude_histogram)
+from sfw_jax.pruning import (DEFAULT_THRESHOLDS, count_above_thresholds, magnitude_cdf,
+                             magnitude_histogram)
 
 
 def small_params():

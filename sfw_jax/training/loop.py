@@ -48,7 +48,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sfw_jax._progress import progress_bar, write_line
 from sfw_jax._tree import flat_paths
 from sfw_jax.fw.constraints import make_feasible
-from sfw_jax.pruning.weight_stats import DEFAULT_THRESHOLDS
+from sfw_jax.pruning import DEFAULT_THRESHOLDS
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import distributed as dist
 from sfw_jax.training import optimizers as opt_lib
@@ -232,7 +232,7 @@ def apply_sfw_init(cfg: TrainConfig, model: Any, state: TrainState, constraints:
 
 WEIGHT_THRESHOLDS = DEFAULT_THRESHOLDS
 """|w| thresholds of the per-epoch weight-magnitude counts: 10, 1, 0.1, ..., 1e-10 (those of
-``sfw_jax.pruning.weight_stats``; counted here on device so no epoch copies the weights to the
+``sfw_jax.pruning.count_above_thresholds``; counted here on device so no epoch copies the weights to the
 host)."""
 
 

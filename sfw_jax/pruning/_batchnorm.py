@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from sfw_jax._tree import PyTree
 
 
 def _reduction_axes(ndim: int, axis: Any) -> tuple[int, ...]:
@@ -71,7 +71,7 @@ def _uses_batch_stats(module: nn.BatchNorm, args: tuple, kwargs: dict) -> bool:
     return not bool(flag) and not module.is_initializing()
 
 
-def batch_norm_statistics(apply_fn: Callable[..., Any], variables: PyTree, batch: Any,
+def _batch_norm_statistics(apply_fn: Callable[..., Any], variables: PyTree, batch: Any,
                           *, collection: str = "batch_stats"
                           ) -> dict[tuple[str, ...], list[tuple[jax.Array, jax.Array]]]:
     """Per-call batch statistics of every training-mode BatchNorm in one forward pass.
@@ -94,7 +94,7 @@ def batch_norm_statistics(apply_fn: Callable[..., Any], variables: PyTree, batch
     return captured
 
 
-_jitted_statistics = jax.jit(batch_norm_statistics, static_argnames=("apply_fn", "collection"))
+_jitted_statistics = jax.jit(_batch_norm_statistics, static_argnames=("apply_fn", "collection"))
 
 
 def recalibrate_batch_norm(apply_fn: Callable[..., Any], variables: PyTree,
@@ -123,7 +123,7 @@ def recalibrate_batch_norm(apply_fn: Callable[..., Any], variables: PyTree,
     if collection not in variables:
         raise ValueError(f"variables must contain the collection {collection!r}, got keys "
                          f"{sorted(variables)}")
-    stats_fn = _jitted_statistics if jit else batch_norm_statistics
+    stats_fn = _jitted_statistics if jit else _batch_norm_statistics
     sums, n_batches = None, 0
     for batch in batches:
         stats = stats_fn(apply_fn, variables, batch, collection=collection)
