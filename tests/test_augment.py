@@ -44,7 +44,7 @@ def test_random_crop_matches_numpy_with_same_draws(dtype):
     images = _images(dtype=dtype)
     key = jax.random.PRNGKey(3)
     out = augment.random_crop(key, jnp.asarray(images), pad=2)
-    offsets = np.asarray(augment.sample_crop_offsets(key, images.shape[0], 2))
+    offsets = np.asarray(augment._sample_crop_offsets(key, images.shape[0], 2))
     assert out.shape == images.shape and out.dtype == images.dtype
     assert offsets.min() >= 0 and offsets.max() <= 4
     np.testing.assert_array_equal(np.asarray(out), _np_crop(images, offsets, 2))
@@ -80,7 +80,7 @@ def test_random_flip_flips_exactly_selected_images():
     images = _images(n=64)
     key = jax.random.PRNGKey(7)
     out = np.asarray(augment.random_flip(key, jnp.asarray(images)))
-    mask = np.asarray(augment.sample_flip_mask(key, 64))
+    mask = np.asarray(augment._sample_flip_mask(key, 64))
     assert 0 < mask.sum() < 64
     for i in range(64):
         expected = images[i, :, ::-1] if mask[i] else images[i]
@@ -93,8 +93,8 @@ def test_random_crop_flip_composes_with_split_keys():
     key = jax.random.PRNGKey(11)
     out = np.asarray(augment.random_crop_flip(key, jnp.asarray(images), pad=1))
     crop_key, flip_key = jax.random.split(key)
-    offsets = np.asarray(augment.sample_crop_offsets(crop_key, images.shape[0], 1))
-    mask = np.asarray(augment.sample_flip_mask(flip_key, images.shape[0]))
+    offsets = np.asarray(augment._sample_crop_offsets(crop_key, images.shape[0], 1))
+    mask = np.asarray(augment._sample_flip_mask(flip_key, images.shape[0]))
     cropped = _np_crop(images, offsets, 1)
     expected = np.where(mask[:, None, None, None], cropped[:, :, ::-1], cropped)
     np.testing.assert_array_equal(out, expected)

@@ -122,7 +122,7 @@ def test_the_command_line_is_generated_from_the_declarations():
     actions = {a.dest: a for a in parser._actions}
     groups = {a.dest: g.title for g in parser._action_groups for a in g._group_actions}
     for name, opt in OPTIONS.items():
-        assert cli.flag(opt) in actions[name].option_strings, name
+        assert cli._flag(opt) in actions[name].option_strings, name
         assert groups[name] == CONCERNS[CONCERN_OF[name]].GROUP
         assert actions[name].help.startswith(opt.help.replace("%", "%%"))
     with open(os.path.join(REPO, "sfw_jax", "training", "cli.py")) as f:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import sfw_jax as S
-from sfw_jax.training.sfw_init import default_min_scale, one_sfw_step, sfw_init
+from sfw_jax.training.sfw_init import _default_min_scale, _one_sfw_step, sfw_init
 
 
 def _problem(seed, n_batches=80, batch=64):
@@ -37,7 +37,7 @@ def _post_step_loss(params, cons, loss_fn, batches):
     losses = []
     for b1, b2 in zip(batches[:-1], batches[1:]):
         g = jax.grad(loss_fn)(params, b1)
-        losses.append(float(loss_fn(one_sfw_step(params, g, cons, 1.0), b2)))
+        losses.append(float(loss_fn(_one_sfw_step(params, g, cons, 1.0), b2)))
     return float(np.mean(losses))
 
 
@@ -59,7 +59,7 @@ def test_scales_respect_minimum_and_gradients_finite():
     def shrink_loss(p, b):
         return loss_fn(p, b) + 50.0 * sum(jnp.sum(w ** 2) for w in jax.tree.leaves(p))
     res = sfw_init(shrink_loss, params, cons, batches[:41], steps=40, adam_lr=0.2)
-    floors = default_min_scale(params)
+    floors = _default_min_scale(params)
     for s, m in zip(jax.tree.leaves(res.scales), jax.tree.leaves(floors)):
         assert float(s) >= m - 1e-7
     assert min(float(s) for s in jax.tree.leaves(res.scales)) < 0.5   # they did move down
@@ -79,7 +79,7 @@ def test_zero_norm_tensor_is_handled():
     def f(s):
         x = jax.tree.map(lambda w, si: w * si, params, s)
         g = jax.grad(loss_fn)(x, batches[0])
-        return loss_fn(one_sfw_step(x, g, cons, 1.0), batches[1])
+        return loss_fn(_one_sfw_step(x, g, cons, 1.0), batches[1])
     grads = jax.grad(f)(jax.tree.map(lambda _: jnp.ones([]), params))
     assert all(np.isfinite(float(g)) for g in jax.tree.leaves(grads))
 

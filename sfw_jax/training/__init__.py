@@ -1,7 +1,11 @@
 """Training: the config and its presets, models, datasets, optimizers, the train loop, its run
 folder and the ``sfw-train`` command line.
 
-* :mod:`~sfw_jax.training.config`: ``TrainConfig`` (every option, validated);
+The API is the modules below, each a namespace whose ``__all__`` lists its public names (every
+other name in them is private); ``datasets``, ``models`` and ``config`` are packages that export
+their API themselves:
+
+* :mod:`~sfw_jax.training.config`: ``TrainConfig`` (every option, by concern, validated);
   :mod:`~sfw_jax.training.presets`: named configs;
 * :mod:`~sfw_jax.training.models`, :mod:`~sfw_jax.training.datasets`,
   :mod:`~sfw_jax.training.augment`: what is trained, on what;
@@ -14,3 +18,8 @@ folder and the ``sfw-train`` command line.
   :mod:`~sfw_jax.training.checkpoint`, :mod:`~sfw_jax.training.distributed`;
 * :mod:`~sfw_jax.training.cli`: ``sfw-train`` (``python -m sfw_jax.training.cli``).
 """
+
+__all__ = [
+    "augment", "checkpoint", "cli", "config", "datasets", "distributed", "loop", "models",
+    "optimizers", "presets", "run_folder", "schedules", "sfw_init", "steps",
+]

@@ -3,13 +3,15 @@
 All functions take a batch ``images`` of shape ``[N, H, W, C]`` (uint8 or float) and keep its
 shape; ``pad`` is a Python int (mark it static under ``jax.jit``, e.g. with
 ``functools.partial``). Randomness comes from a JAX PRNG key ``rng``; the draws are exposed
-(``sample_crop_offsets``, ``sample_flip_mask``) so they can be reproduced.
+(``_sample_crop_offsets``, ``_sample_flip_mask``) so they can be reproduced.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+__all__ = ["normalize", "random_crop", "random_flip", "random_crop_flip"]
 
 
 def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
@@ -48,17 +50,17 @@ def _check_pad(pad: int, fn: str) -> None:
         raise ValueError(f"{fn}: pad must be a Python int >= 0 (static under jit); got {pad!r}")
 
 
-def sample_crop_offsets(rng: jax.Array, num: int, pad: int) -> jax.Array:
+def _sample_crop_offsets(rng: jax.Array, num: int, pad: int) -> jax.Array:
     """Crop offsets ``int32 [num, 2]`` = ``(dy, dx)``, each uniform in ``0..2*pad``.
 
     Offset ``(dy, dx)`` selects rows ``dy:dy+H`` and columns ``dx:dx+W`` of the zero-padded
     image; ``(pad, pad)`` is the identity crop.
     """
-    _check_pad(pad, "sample_crop_offsets")
+    _check_pad(pad, "_sample_crop_offsets")
     return jax.random.randint(rng, (num, 2), 0, 2 * pad + 1, dtype=jnp.int32)
 
 
-def crop_with_offsets(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
+def _crop_with_offsets(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
     """Zero-pad ``images`` by ``pad`` pixels per side and crop each back at ``offsets[i]``.
 
     Args:
@@ -70,11 +72,12 @@ def crop_with_offsets(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Ar
       ``[N, H, W, C]`` with the dtype of ``images``.
     """
     images = jnp.asarray(images)
-    _check_batch(images, "crop_with_offsets")
-    _check_pad(pad, "crop_with_offsets")
+    _check_batch(images, "_crop_with_offsets")
+    _check_pad(pad, "_crop_with_offsets")
     if offsets.shape != (images.shape[0], 2):
         raise ValueError(
-            f"crop_with_offsets: offsets has shape {offsets.shape}, expected ({images.shape[0]}, 2)"
+            f"_crop_with_offsets: offsets has shape {offsets.shape}, expected "
+            f"({images.shape[0]}, 2)"
         )
     if pad == 0:
         return images
@@ -89,33 +92,34 @@ def crop_with_offsets(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Ar
 
 def random_crop(rng: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
     """Random translation: zero-pad by ``pad`` and crop back to ``H x W`` at per-image offsets
-    drawn by ``sample_crop_offsets(rng, N, pad)``. Same shape and dtype as ``images``."""
+    drawn by ``_sample_crop_offsets(rng, N, pad)``. Same shape and dtype as ``images``."""
     images = jnp.asarray(images)
     _check_batch(images, "random_crop")
-    return crop_with_offsets(images, sample_crop_offsets(rng, images.shape[0], pad), pad)
+    _check_pad(pad, "random_crop")
+    return _crop_with_offsets(images, _sample_crop_offsets(rng, images.shape[0], pad), pad)
 
 
-def sample_flip_mask(rng: jax.Array, num: int) -> jax.Array:
+def _sample_flip_mask(rng: jax.Array, num: int) -> jax.Array:
     """Bool ``[num]``: which images ``random_flip`` mirrors (each with probability 0.5)."""
     return jax.random.bernoulli(rng, 0.5, (num,))
 
 
-def flip_with_mask(images: jax.Array, mask: jax.Array) -> jax.Array:
+def _flip_with_mask(images: jax.Array, mask: jax.Array) -> jax.Array:
     """Mirror (left-right) the images where ``mask`` (bool ``[N]``) is True."""
     images = jnp.asarray(images)
-    _check_batch(images, "flip_with_mask")
+    _check_batch(images, "_flip_with_mask")
     if mask.shape != (images.shape[0],):
         raise ValueError(
-            f"flip_with_mask: mask has shape {mask.shape}, expected ({images.shape[0]},)"
+            f"_flip_with_mask: mask has shape {mask.shape}, expected ({images.shape[0]},)"
         )
     return jnp.where(mask[:, None, None, None], images[:, :, ::-1, :], images)
 
 
 def random_flip(rng: jax.Array, images: jax.Array) -> jax.Array:
-    """Horizontal flip of each image with probability 0.5 (mask from ``sample_flip_mask``)."""
+    """Horizontal flip of each image with probability 0.5 (mask from ``_sample_flip_mask``)."""
     images = jnp.asarray(images)
     _check_batch(images, "random_flip")
-    return flip_with_mask(images, sample_flip_mask(rng, images.shape[0]))
+    return _flip_with_mask(images, _sample_flip_mask(rng, images.shape[0]))
 
 
 def random_crop_flip(rng: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:

@@ -19,6 +19,9 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+__all__ = ["STATE", "META", "Checkpointer", "has_checkpoint"]
+
+
 STATE = "state"
 META = "meta"
 

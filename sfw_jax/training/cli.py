@@ -34,6 +34,9 @@ from sfw_jax.training import config as config_lib
 from sfw_jax.training import presets
 from sfw_jax.training.config import CONCERNS, OPTIONS, Option, TrainConfig
 
+__all__ = ["build_parser", "parse_config", "main"]
+
+
 _CONTROL_FLAGS = ("preset", "list_presets", "print_config", "debug")
 
 
@@ -69,7 +72,7 @@ def _word(values: Mapping[str, Any]) -> Callable[[str], Any]:
     return parse
 
 
-def flag(opt: Option) -> str:
+def _flag(opt: Option) -> str:
     """The command-line flag of an option: ``--k-frac`` for ``k_frac`` unless declared."""
     return opt.flag or "--" + opt.name.replace("_", "-")
 
@@ -118,11 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in CONCERNS.values():
         group = p.add_argument_group(cls.GROUP)
         for opt in config_lib.declared_options(cls):
-            group.add_argument(flag(opt), **_argument(opt))
+            group.add_argument(_flag(opt), **_argument(opt))
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     """(config, names of explicitly given options) from a parsed namespace; raises ValueError."""
     given = {k: v for k, v in vars(args).items() if k not in _CONTROL_FLAGS}
     for name, pairs in given.items():
@@ -130,20 +133,20 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
             keys = [k for k, _ in pairs]
             dup = sorted({k for k in keys if keys.count(k) > 1})
             if dup:
-                raise ValueError(f"{flag(OPTIONS[name])} given twice for {dup}")
+                raise ValueError(f"{_flag(OPTIONS[name])} given twice for {dup}")
             given[name] = dict(pairs)
     cfg = presets.from_preset(getattr(args, "preset", None), **given)
     return cfg, set(given)
 
 
-def check_conflicts(cfg: TrainConfig, explicit: set[str]) -> None:
+def _check_conflicts(cfg: TrainConfig, explicit: set[str]) -> None:
     """Explicit flags the config ignores (ValueError naming them): an SFW-only option with
     another optimizer. The values themselves are checked by
     :func:`sfw_jax.training.config.validate`."""
     if cfg.optimizer == "sgd":
         bad = sorted(f for f in explicit if f in config_lib.SFW_ONLY_FIELDS)
         if bad:
-            flags = ", ".join(flag(OPTIONS[f]) for f in bad)
+            flags = ", ".join(_flag(OPTIONS[f]) for f in bad)
             raise ValueError(f"{flags}: only meaningful with --optimizer sfw, but the optimizer "
                              f"is 'sgd'; drop the flag(s) or use --optimizer sfw")
 
@@ -158,8 +161,8 @@ def parse_config(argv: Sequence[str] | None = None,
     if getattr(args, "list_presets", False):
         return None, args
     with user_errors(parser, args.debug):
-        cfg, explicit = config_from_args(args)
-        check_conflicts(cfg, explicit)
+        cfg, explicit = _config_from_args(args)
+        _check_conflicts(cfg, explicit)
         cfg = config_lib.validate(cfg)
     return cfg, args
 

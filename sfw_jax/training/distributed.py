@@ -19,6 +19,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+__all__ = [
+    "DATA_AXIS", "initialize_distributed", "select_devices", "make_mesh", "data_sharding",
+    "replicated", "check_batch_divisible", "replicate", "shard_batch",
+]
+
+
 DATA_AXIS = "data"
 
 

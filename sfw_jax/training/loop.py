@@ -46,7 +46,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sfw_jax._progress import progress_bar, write_line
-from sfw_jax._tree import flat_paths
+from sfw_jax._tree import PyTree, flat_paths
 from sfw_jax.fw.constraints import make_feasible
 from sfw_jax.pruning import DEFAULT_THRESHOLDS
 from sfw_jax.training import config as config_lib
@@ -61,7 +61,13 @@ from sfw_jax.training.models import get_model
 from sfw_jax.training.steps import (Evaluator, TrainState, cross_entropy_loss, make_train_step,
                                     preprocess, variables)
 
-PyTree = Any
+__all__ = [
+    "Callback", "NonFiniteLossError", "TrainResult", "setup_devices",
+    "check_run_preconditions", "training_subset", "build_model", "init_train_state",
+    "apply_sfw_init", "weight_counts", "train",
+]
+
+
 Callback = Callable[[dict, TrainState], None]
 
 
@@ -230,16 +236,16 @@ def apply_sfw_init(cfg: TrainConfig, model: Any, state: TrainState, constraints:
     return state.replace(params=res.params), info_out
 
 
-WEIGHT_THRESHOLDS = DEFAULT_THRESHOLDS
+_WEIGHT_THRESHOLDS = DEFAULT_THRESHOLDS
 """|w| thresholds of the per-epoch weight-magnitude counts: 10, 1, 0.1, ..., 1e-10 (those of
-``sfw_jax.pruning.count_above_thresholds``; counted here on device so no epoch copies the weights to the
-host)."""
+``sfw_jax.pruning.count_above_thresholds``; counted here on device so no epoch copies the
+weights to the host)."""
 
 
 @jax.jit
 def _count_above(params: PyTree) -> jax.Array:
-    """int32 [len(WEIGHT_THRESHOLDS)]: entries of all leaves with |w| > t, per threshold t."""
-    t = jnp.asarray(WEIGHT_THRESHOLDS, jnp.float32)
+    """int32 [len(_WEIGHT_THRESHOLDS)]: entries of all leaves with |w| > t, per threshold t."""
+    t = jnp.asarray(_WEIGHT_THRESHOLDS, jnp.float32)
     return sum(jnp.sum(jnp.abs(x.astype(jnp.float32)).reshape(-1, 1) > t, axis=0,
                        dtype=jnp.int32) for x in jax.tree.leaves(params))
 
@@ -248,7 +254,7 @@ def weight_counts(params: PyTree) -> dict[str, int]:
     """``{"10": n, "1": n, "0.1": n, ..., "1e-10": n}``: how many parameters have |w| above
     each threshold (a sparsity profile; SFW's K-sparse training drives many weights to ~0)."""
     counts = np.asarray(jax.device_get(_count_above(params)))
-    return {f"{t:g}": int(c) for t, c in zip(WEIGHT_THRESHOLDS, counts)}
+    return {f"{t:g}": int(c) for t, c in zip(_WEIGHT_THRESHOLDS, counts)}
 
 
 def _is_main_process() -> bool:

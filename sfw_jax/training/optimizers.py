@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sfw_jax._tree import PyTree
 from sfw_jax.fw import constraint_schedule as schedule_lib
 from sfw_jax.fw.constraints import expected_init_norms, make_constraints
 from sfw_jax.fw.nm import parse_nm
@@ -40,7 +41,13 @@ from sfw_jax.selectors import leaf_scope
 if TYPE_CHECKING:  # the config's choices are read from here: no import of it at run time
     from sfw_jax.training.config import TrainConfig
 
-PyTree = Any
+__all__ = [
+    "OPTIMIZER_DEFAULTS", "OPTIMIZERS", "sgd_with_decay", "build_constraints",
+    "build_constraint_phases", "compute_init_norms", "param_labels", "build_optimizer",
+    "get_learning_rates", "set_learning_rates",
+]
+
+
 OPTIMIZER_DEFAULTS = {
     "sfw": {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": "dynamic_change"},
     "sgd": {"lr": 0.1, "weight_decay": 5e-4, "lr_schedule": "step"},

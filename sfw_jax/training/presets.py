@@ -7,6 +7,9 @@ from typing import Any
 
 from sfw_jax.training.config import TrainConfig
 
+__all__ = ["PRESETS", "preset_names", "from_preset"]
+
+
 # The reference's CIFAR-10 defaults (Lu et al. 2022, published code): SFW on every tensor,
 # K-sparse with k=10 / k_frac=5%, tau=15 'initialization' diameters, lr 1.0 with gradient
 # rescaling, momentum 0.9, batch 128, 180 epochs, 'dynamic_change' schedule fed the last batch's

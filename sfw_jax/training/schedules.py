@@ -30,15 +30,21 @@ import dataclasses
 import math
 from typing import Sequence
 
+__all__ = [
+    "SCHEDULES", "TREND_LOSSES", "ScheduleState", "milestones", "step_lr", "cosine_lr",
+    "dynamic_change_lr", "init_schedule", "next_epoch", "lr_sequence",
+]
+
+
 SCHEDULES = ("constant", "step", "cosine", "dynamic_change")
 TREND_LOSSES = ("epoch_mean", "last_batch")
 """Which loss of an epoch 'dynamic_change' reads: the batch mean, or the last batch's (reference)."""
 
-DECAY_FACTOR = 0.1
-TREND_START_EPOCH = 20
-TREND_EVERY = 5
-TREND_DOWN = 0.7
-TREND_UP = 1.06
+_DECAY_FACTOR = 0.1
+_TREND_START_EPOCH = 20
+_TREND_EVERY = 5
+_TREND_DOWN = 0.7
+_TREND_UP = 1.06
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +78,7 @@ def milestones(total_epochs: int) -> tuple[int, ...]:
 
 def step_lr(base_lr: float, epoch: int, total_epochs: int) -> float:
     """'step' schedule: ``lr0 * 0.1 ** (number of milestones <= epoch)``."""
-    return base_lr * DECAY_FACTOR ** sum(epoch >= m for m in milestones(total_epochs))
+    return base_lr * _DECAY_FACTOR ** sum(epoch >= m for m in milestones(total_epochs))
 
 
 def cosine_lr(base_lr: float, epoch: int, total_epochs: int) -> float:
@@ -86,14 +92,14 @@ def dynamic_change_lr(prev_lr: float, epoch: int, total_epochs: int,
     ``0 .. epoch-1`` (see the module docstring)."""
     lr = prev_lr
     if epoch in milestones(total_epochs):
-        lr *= DECAY_FACTOR
-    if epoch > TREND_START_EPOCH and epoch % TREND_EVERY == 0 and len(losses) >= 11:
+        lr *= _DECAY_FACTOR
+    if epoch > _TREND_START_EPOCH and epoch % _TREND_EVERY == 0 and len(losses) >= 11:
         recent = sum(losses[-6:-1]) / 5.0        # L[e-6 : e-1] when len(L) = e
         longer = sum(losses[-11:-1]) / 10.0      # L[e-11 : e-1]
         if recent > longer:
-            lr *= TREND_DOWN
+            lr *= _TREND_DOWN
         elif recent < longer:
-            lr *= TREND_UP
+            lr *= _TREND_UP
     return lr
 
 

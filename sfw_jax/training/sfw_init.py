@@ -36,6 +36,8 @@ from sfw_jax.fw.sets import is_constraint
 from sfw_jax.fw.sfw import sfw_leaf_step
 from sfw_jax.selectors import is_kernel
 
+__all__ = ["SFWInitResult", "sfw_init"]
+
 
 class SFWInitResult(NamedTuple):
     """params: rescaled and feasible params; scales: pytree of float32 scalars like params;
@@ -47,7 +49,8 @@ class SFWInitResult(NamedTuple):
     seconds: float
 
 
-def one_sfw_step(params: PyTree, grads: PyTree, constraints: PyTree, learning_rate: float) -> PyTree:
+def _one_sfw_step(params: PyTree, grads: PyTree, constraints: PyTree,
+                  learning_rate: float) -> PyTree:
     """x + eta (LMO(g) - x) per leaf with m = g and 'gradient' rescale (unconstrained leaves:
     x - lr g, a plain SGD step)."""
     zero = jnp.zeros([], jnp.int32)
@@ -69,7 +72,7 @@ def _mix(b1: PyTree, b2: PyTree) -> PyTree:
     return jax.tree.map(f, b1, b2)
 
 
-def default_min_scale(params: PyTree, kernel_min: float = 0.01, other_min: float = 0.0) -> PyTree:
+def _default_min_scale(params: PyTree, kernel_min: float = 0.01, other_min: float = 0.0) -> PyTree:
     """``kernel_min`` for the kernels (:func:`sfw_jax.is_kernel`), ``other_min`` for the rest
     (biases, BatchNorm vectors)."""
     return jax.tree_util.tree_map_with_path(
@@ -90,7 +93,7 @@ def sfw_init(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, constr
       learning_rate: the SFW step size of the inner step (SFW's own lr).
       steps: Adam iterations on the scales (390 in the reference).
       adam_lr: Adam learning rate on the scales.
-      min_scale: pytree of floats like params (default :func:`default_min_scale`).
+      min_scale: pytree of floats like params (default :func:`_default_min_scale`).
       clip: each scale's gradient is clipped to [-clip, clip].
       progress: show a progress bar (on a terminal).
     """
@@ -101,7 +104,7 @@ def sfw_init(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, constr
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     check_constraints_match(constraints, params)
     if min_scale is None:
-        min_scale = default_min_scale(params)
+        min_scale = _default_min_scale(params)
     floors = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), min_scale)
     scales = jax.tree.map(lambda _: jnp.ones([], jnp.float32), params)
     tx = optax.chain(optax.clip(clip), optax.adam(adam_lr))
@@ -110,7 +113,7 @@ def sfw_init(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, constr
     def post_step_loss(s, b1, b2):
         x = jax.tree.map(lambda w, si: (w * si).astype(w.dtype), params, s)
         g = jax.grad(loss_fn)(x, b1)
-        return loss_fn(one_sfw_step(x, g, constraints, learning_rate), b2)
+        return loss_fn(_one_sfw_step(x, g, constraints, learning_rate), b2)
 
     @jax.jit
     def update(s, opt_state, b1, b2):

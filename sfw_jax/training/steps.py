@@ -22,11 +22,15 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sfw_jax._tree import PyTree
 from sfw_jax.training import augment as augment_lib
 from sfw_jax.training import distributed as dist
 from sfw_jax.training.datasets import DatasetInfo, Split
 
-PyTree = Any
+__all__ = [
+    "TrainState", "cross_entropy_loss", "variables", "preprocess", "make_train_step",
+    "make_eval_step", "DeviceSplit", "Evaluator",
+]
 
 
 class TrainState(flax.struct.PyTreeNode):
