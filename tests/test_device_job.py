@@ -63,7 +63,7 @@ def test_files_and_summary_keys(sgd_job):
         assert key in s, key
     assert (s["job"], s["preset"], s["status"], s["plan"]) == (
         "r18-sgd", JOBS["r18-sgd"].preset, "ok", "ci")
-    assert s["device"].startswith(jax.devices()[0].device_kind)
+    assert s["device"].startswith(jax.devices()[0].device_kind) and "plot_error" not in s
     assert s["config"]["val_fraction"] == 0.0 and s["config"]["optimizer"] == "sgd"
     assert s["data"]["source"] == "synthetic"
     assert (s["data"]["trained_on"], s["data"]["test"]) == (10 * CI.synthetic_data[0], N_TEST)
@@ -109,7 +109,7 @@ def test_accuracies_are_percent_of_the_test_split(sgd_job):
     assert lw["percent"] == 90
     size = sum(r["size"] for r in lw["layers"])
     pruned = sum(r["pruned"] for r in lw["layers"])
-    assert all(r["sparsity"] == pytest.approx(r["pruned"] / r["size"]) for r in lw["layers"])
+    assert all(r["sparsity"] == r["pruned"] / r["size"] for r in lw["layers"])
     assert pruned == round(0.9 * size) and lw["total"] == pytest.approx(pruned / size)
 
 

@@ -6,8 +6,9 @@ dir, no checkpoints) on the CIFAR-10 archive; after epoch 1 it estimates the who
 (:func:`estimate_seconds`) and stops at once, status ``stopped``, when that exceeds the budget.
 Otherwise, after training: one-shot global magnitude pruning at the reference's levels in the
 study preset's main scope (the conv and dense kernels), with and without BatchNorm
-re-calibration, and to 2:4 (:func:`experiments.prune_sweep.sweep` of the run's final weights); the layerwise sparsity of the
-90 % mask; the training curve; for the retrain jobs SGD retraining under the mask at
+re-calibration, and to 2:4 (:func:`experiments.prune_sweep.sweep` of the run's final
+weights); the layerwise sparsity of the 90 % mask; the training curve (last, so that a plotting
+failure costs no number); for the retrain jobs SGD retraining under the mask at
 :data:`experiments.paper_jobs.RETRAIN_PERCENTS` (:func:`experiments.retrain.retrain`), as many
 epochs per level as the budget left allows (:func:`retrain_epochs`), at least the plan's
 minimum, the levels that no longer fit skipped and listed.
@@ -240,23 +241,18 @@ def _percent(acc: Mapping[str, float]) -> dict[str, float]:
 def _evaluate(job: Job, plan: JobPlan, w: JobWriter, run: Any, preset: Any) -> None:
     """The one-shot sweep (with BatchNorm re-calibration in the main scope and 2:4), the
     layerwise sparsity of the 90 % mask and the training curve."""
-    from experiments import plots
     from experiments import prune_sweep as sweep_lib
     from sfw_jax.pruning import apply_mask, magnitude_mask, sparsity_summary
     from sfw_jax.selectors import leaf_scope
 
     t = time.time()
     main = preset.main_scope
-    plots.plot_training_curve(
-        os.path.join(w.out, CURVE_PLOT), run.history, test_acc=run.final["test_acc"],
-        title=f"{job.name}: {run.config.arch} {run.config.optimizer}, {len(run.history)} "
-              f"epochs ({w.summary['plan']} plan)")
     rows = sweep_lib.sweep(run, [p / 100 for p in SPARSITY_PERCENTS], scopes=[main],
                            bn_recal=True, recal_batches=plan.recal_batches or preset.recal_batches,
                            recal_scopes=[main], nm=[NM_PATTERN], progress=False)
     nm = {bool(r["bn_recal"]): r for r in rows if sweep_lib.row_pattern(r) == NM_PATTERN}
-    w.put(accuracy=_percent(curve(rows, main)), accuracy_bn_recal=_percent(curve(rows, main, True)),
-          scope=main,
+    w.put(accuracy=_percent(curve(rows, main)),
+          accuracy_bn_recal=_percent(curve(rows, main, True)), scope=main,
           nm={"pattern": NM_PATTERN,
               "accuracy": round(100 * nm[False]["test_acc"], 4),
               "accuracy_bn_recal": round(100 * nm[True]["test_acc"], 4) if True in nm else None,
@@ -268,9 +264,18 @@ def _evaluate(job: Job, plan: JobPlan, w: JobWriter, run: Any, preset: Any) -> N
     w.put(layerwise_sparsity={
         "percent": LAYERWISE_PERCENT, "scope": main, "total": summ.sparsity,
         "layers": [{"path": r.path, "shape": list(r.shape), "size": r.size,
-                    "pruned": r.pruned, "sparsity": round(r.sparsity, 6)}
+                    "pruned": r.pruned, "sparsity": r.sparsity}
                    for r in summ.leaves]},
         stage="evaluated")
+    try:    # last: a plotting failure must not cost the numbers
+        from experiments import plots
+
+        plots.plot_training_curve(
+            os.path.join(w.out, CURVE_PLOT), run.history, test_acc=run.final["test_acc"],
+            title=f"{job.name}: {run.config.arch} {run.config.optimizer}, {len(run.history)} "
+                  f"epochs ({w.summary['plan']} plan)")
+    except Exception as e:
+        w.put(plot_error=error_text(e))
 
 
 def _retrain(plan: JobPlan, w: JobWriter, run: Any, preset: Any, deadline: float) -> None:
