@@ -59,18 +59,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
-import shutil
 import sys
 import tempfile
 import time
 from typing import Callable, Sequence
 
-import jax
-
-from benchmarks.suite.plans import DEFAULT_DATA, PLANS, REPORT_JSON, REPORT_MD, SECTIONS, Plan
-from benchmarks.suite.runtime import Suite, error_text, log
+from benchmarks.suite.cli import add_plan_arguments, chosen_plan
+from benchmarks.suite.plans import PLANS, REPORT_JSON, REPORT_MD, SECTIONS, Plan
+from benchmarks.suite.runtime import Suite, compilation_cache, error_text, log
 from benchmarks.suite.sections import (section_env, section_tests, section_topk,
                                        section_train_step, section_update)
 from benchmarks.suite.study import section_study
@@ -127,14 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.device_suite",
                                 description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--out", required=True, help="report folder (at most 8 files land there)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="seconds of work (default: the plan's; 480 for the full plan)")
-    p.add_argument("--rehearse", action="store_true",
-                   help="the same code path at tiny sizes (= --plan rehearse)")
-    p.add_argument("--plan", choices=sorted(PLANS), default=None,
-                   help="sizes: full (default), rehearse, ci")
-    p.add_argument("--data", default=DEFAULT_DATA,
-                   help="CIFAR-10 JPEG image-folder archive of the study")
+    add_plan_arguments(p, PLANS, PLANS["full"].budget_s,
+                       "CIFAR-10 JPEG image-folder archive of the study")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                    help="run only these sections (in the suite's order)")
     return p
@@ -144,21 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    if args.rehearse and args.plan not in (None, "rehearse"):
-        parser.error(f"--rehearse conflicts with --plan {args.plan}")
-    plan = PLANS[args.plan or ("rehearse" if args.rehearse else "full")]
-    if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s > 0):
-        parser.error(f"--budget-s must be a number > 0, got {args.budget_s}")
+    plan = PLANS[chosen_plan(parser, args)]
     # Recompilations of identical programs (the study's resumed runs, the retrained and the
     # sweep's evaluators) are read from this cache instead of compiled again.
-    cache_dir = tempfile.mkdtemp(prefix="device_suite-jax-cache-")
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    try:
+    with compilation_cache("device_suite-jax-cache-"):
         report = run_suite(args.out, plan, budget_s=args.budget_s, sections=args.sections,
                            data=args.data, argv=argv)
-    finally:
-        shutil.rmtree(cache_dir, ignore_errors=True)
     for name, r in report["sections"].items():
         print(f"{name:11s} {r['status']:8s} {r['seconds']} s "
               f"{(r.get('error') or '').splitlines()[0] if r.get('error') else ''}")

@@ -137,3 +137,17 @@ def load_trained(out_dir: str, dataset: Dataset | None = None, *,
                      evaluator=evaluator,
                      final=run_folder.read_json(run_folder.path(out_dir, run_folder.FINAL_FILE)),
                      history=run_folder.read_history(out_dir))
+
+
+def loaded_from_result(result: loop.TrainResult, out_dir: str) -> LoadedRun:
+    """A :class:`LoadedRun` of a run just trained in this process (``result`` of
+    :func:`sfw_jax.training.loop.train` with ``out_dir``), its variables taken from the final
+    train state: a run trained without checkpoints can be pruned and retrained as a loaded
+    one. ``final`` is the run's ``final.json``."""
+    run = LoadedRun(out_dir=out_dir, config=result.config, model=result.model,
+                    dataset=result.dataset, mesh=result.evaluator.mesh,
+                    evaluator=result.evaluator,
+                    final=run_folder.read_json(run_folder.path(out_dir, run_folder.FINAL_FILE)),
+                    history=list(result.history))
+    run.variables = (result.state.params, result.state.batch_stats)   # the cached property
+    return run

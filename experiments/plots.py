@@ -9,6 +9,8 @@
 * :func:`plot_cdf_comparison`: the CDFs of all methods in one panel.
 * :func:`plot_nm_accuracy`: accuracy of every method dense and one-shot pruned to each N:M
   pattern (grouped bars), with pruned + retrained networks marked by crosses.
+* :func:`plot_training_curve`: one run's per-epoch training loss and accuracy, its learning
+  rate, and its final test accuracy.
 
 Inputs are plain data (lists / the dicts of ``sfw_jax.pruning`` weight statistics), so figures can be
 re-drawn from a study's ``summary.json`` without the checkpoints.
@@ -208,5 +210,44 @@ def plot_nm_accuracy(path: str, oneshot: Mapping[str, Mapping[str, float]], *,
     ax.legend(fontsize=8, loc="lower left")
     if title:
         ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_training_curve(path: str, history: Sequence[Mapping], *, test_acc: float | None = None,
+                        title: str = "") -> str:
+    """Per-epoch records of a run (``metrics.jsonl``: ``epoch``, ``train_loss``, ``train_acc``,
+    ``lr``): the training loss (log scale) with the learning rate on a second log axis, and the
+    training accuracy with the final test accuracy as a dotted line; returns ``path``."""
+    if not history:
+        raise ValueError("history must hold at least one epoch record, got none")
+    ep = np.asarray([r["epoch"] for r in history], np.float64)
+    loss = np.asarray([r["train_loss"] for r in history], np.float64)
+    acc = 100 * np.asarray([r["train_acc"] for r in history], np.float64)
+    lr = np.asarray([r["lr"] for r in history], np.float64)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(ep, loss, color=COLORS[0], lw=1.4, label="training loss")
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss (batch mean)")
+    left.grid(alpha=0.3, which="both")
+    twin = left.twinx()
+    twin.plot(ep, lr, color=COLORS[1], lw=1.0, ls="--", label="learning rate")
+    if np.all(lr > 0):
+        twin.set_yscale("log")
+    twin.set_ylabel("learning rate")
+    handles = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    left.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
+    right.plot(ep, acc, color=COLORS[2], lw=1.4, label="training accuracy (augmented)")
+    if test_acc is not None:
+        right.axhline(100 * test_acc, color=COLORS[3], ls=":", lw=1.2,
+                      label=f"final test accuracy {100 * test_acc:.2f} %")
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy (%)")
+    right.set_ylim(0, 100)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, path)

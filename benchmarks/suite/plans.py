@@ -1,4 +1,5 @@
-"""The sizes of a device-suite run (:class:`Plan`, :data:`PLANS`) and the suite's constants."""
+"""The sizes of a device-suite run (:class:`Plan`, :data:`PLANS`) and of a device job
+(:class:`JobPlan`, :data:`JOB_PLANS`), and their constants."""
 
 from __future__ import annotations
 
@@ -132,4 +133,58 @@ PLANS: dict[str, Plan] = {
         budget_s=600.0,
         shares={"env": 10.0, "tests": 60.0, "topk": 120.0, "update": 120.0,
                 "train_step": 120.0}),
+}
+
+
+# -- benchmarks.device_job: one paper-scale job per slot ----------------------------------------
+
+JOB_BUDGET_S = 570.0
+"""Seconds of work of a full job: a 600 s device command less the interpreter's start-up."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobPlan:
+    """Sizes of one ``benchmarks.device_job`` run.
+
+    overrides: ``TrainConfig`` fields set on top of the job's config (model width, data size);
+    epochs: the rehearsal's epochs (None: the preset's, never shortened); test_subset: evaluate
+    on a seeded random subset of this many test images (None: all); synthetic_data: (train,
+    test) images per class of the synthetic archive used when ``--data`` is absent (None:
+    absent data is an error); budget_s: default ``--budget-s``; retrain_min_epochs,
+    retrain_max_epochs: bounds of the retraining epochs per level (None: the job table's
+    minimum, ``experiments.paper_jobs.RETRAIN_MIN_EPOCHS``, and 10 % of the training epochs,
+    ``experiments.retrain.default_epochs``); recal_batches: BatchNorm re-calibration
+    batches (None: the study preset's).
+    """
+
+    name: str
+    overrides: Mapping[str, Any]
+    epochs: int | None
+    test_subset: int | None
+    synthetic_data: tuple[int, int] | None
+    budget_s: float
+    retrain_min_epochs: int | None
+    retrain_max_epochs: int | None
+    recal_batches: int | None
+
+
+JOB_PLANS: dict[str, JobPlan] = {
+    "full": JobPlan(name="full", overrides={}, epochs=None, test_subset=None,
+                    synthetic_data=None, budget_s=JOB_BUDGET_S, retrain_min_epochs=None,
+                    retrain_max_epochs=None, recal_batches=None),
+    # the job's own architecture at 1/16 width (4 to 32 channels: N:M 2:4 groups everywhere
+    # but the first conv), 640 training images, 3 epochs
+    "rehearse": JobPlan(
+        name="rehearse",
+        overrides={"model_kwargs": {"width": 0.0625}, "max_train_samples": 640,
+                   "batch_size": 64, "init_norm_samples": 4, "eval_batch_size": 250},
+        epochs=3, test_subset=500, synthetic_data=(100, 20), budget_s=600.0,
+        retrain_min_epochs=1, retrain_max_epochs=2, recal_batches=4),
+    # a narrow CNN with BatchNorm on 80 synthetic images, 2 epochs (tests/test_device_job.py)
+    "ci": JobPlan(
+        name="ci",
+        overrides={"arch": "simple_cnn", "model_kwargs": {"width": 0.25, "use_bn": True},
+                   "batch_size": 16, "init_norm_samples": 2, "eval_batch_size": 100},
+        epochs=2, test_subset=None, synthetic_data=(8, 4), budget_s=600.0,
+        retrain_min_epochs=1, retrain_max_epochs=1, recal_batches=2),
 }

@@ -42,7 +42,7 @@ def write_ascii(path: str, text: str) -> None:
     os.replace(f.name, path)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
@@ -77,7 +77,7 @@ def _md_topk(r: dict) -> list[str]:
     methods = r.get("methods", [])
     for dtype, rows in (r.get("ms") or {}).items():
         out += [f"{dtype}, median ms (K = 5 %):", ""]
-        out += _table(["n", "K", "ties", "auto path", *methods],
+        out += md_table(["n", "K", "ties", "auto path", *methods],
                       [(n, v.get("k"), v.get("ties"), v.get("auto_path"),
                         *[v.get(m) for m in methods]) for n, v in rows.items()])
         out.append("")
@@ -89,7 +89,7 @@ def _md_topk(r: dict) -> list[str]:
 def _ratio_table(first: str, rows: Mapping[str, dict],
                  extra: Sequence[tuple[str, str]] = ()) -> list[str]:
     cols = [("SFW ms", "sfw_ms"), ("SGD ms", "sgd_ms"), ("SFW / SGD", "ratio"), *extra]
-    return _table([first, *[c for c, _ in cols]],
+    return md_table([first, *[c for c, _ in cols]],
                   [(k, *[v.get(f) for _, f in cols]) for k, v in (rows or {}).items()])
 
 
@@ -130,7 +130,7 @@ def _md_study(r: dict) -> list[str]:
         levels = sorted({float(p) for a in acc.values() for p in a})
         out += ["", f"Test accuracy (%) after one-shot global magnitude pruning, scope "
                     f"`{r.get('scope')}`:", ""]
-        out += _table(["sparsity %", *acc],
+        out += md_table(["sparsity %", *acc],
                       [(f"{p:g}", *[_pct(a.get(f"{p:g}")) for a in acc.values()])
                        for p in levels])
     if r.get("dense_test_acc"):
@@ -150,7 +150,7 @@ def render_markdown(report: dict) -> str:
            f"`{report.get('command')}` at {report.get('started')}, git {report.get('git')}, "
            f"budget {report.get('budget_s')} s, wall {report.get('wall_s')} s, finished: "
            f"{report.get('finished')}.", ""]
-    out += _table(["section", "status", "seconds", "compile s", "error"],
+    out += md_table(["section", "status", "seconds", "compile s", "error"],
                   [(n, r.get("status"), r.get("seconds"), r.get("compile_s"),
                     (r.get("error") or "").split("\n")[0][:200]) for n, r in secs.items()])
     for name, r in secs.items():

@@ -7,10 +7,12 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import traceback
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 
@@ -96,8 +98,22 @@ def git_revision() -> str | None:
         return None
 
 
-def log(msg: str) -> None:
-    print(f"[device_suite {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def log(msg: str, who: str = "device_suite") -> None:
+    print(f"[{who} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def compilation_cache(prefix: str) -> Iterator[str]:
+    """JAX's persistent compilation cache in a fresh temp dir (removed on exit), for programs
+    that take at least 0.5 s to compile: a recompilation of the same program (a resumed run,
+    a second evaluator or train step of the same shapes) is read from it instead."""
+    cache_dir = tempfile.mkdtemp(prefix=prefix)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    try:
+        yield cache_dir
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 def error_text(e: BaseException) -> str:

@@ -46,22 +46,46 @@ def write_synthetic_archive(path: str, train_per_class: int, test_per_class: int
     return path
 
 
-def _study_data(s: Suite) -> tuple[str, dict]:
-    path = s.data or DEFAULT_DATA
+def resolve_data(path: str | None, synthetic: tuple[int, int] | None,
+                 tmp_dir: str) -> tuple[str, dict]:
+    """The archive to train on and a record of it: ``path`` (default :data:`DEFAULT_DATA`;
+    relative paths also tried under the repository root) if it exists; else, with
+    ``synthetic = (train, test)`` images per class, a synthetic archive written to ``tmp_dir``
+    (:func:`write_synthetic_archive`); else FileNotFoundError naming ``--data``."""
+    path = path or DEFAULT_DATA
     if not os.path.isabs(path) and not os.path.exists(path):
         alt = os.path.join(REPO_ROOT, path)
         path = alt if os.path.exists(alt) else path
     if os.path.exists(path):
         return os.path.abspath(path), {"source": "archive", "path": os.path.abspath(path),
                                        "bytes": os.path.getsize(path)}
-    if s.plan.synthetic_data is None:
+    if synthetic is None:
         raise FileNotFoundError(
             f"--data {path!r} does not exist; copy the archive into the checkout first "
             f"(mkdir -p data && cp ../shared/data/cifar10-jpeg.tar.gz data/) and carry 'data'")
-    tr, te = s.plan.synthetic_data
-    syn = write_synthetic_archive(os.path.join(s.tmp, "synthetic-cifar.tar.gz"), tr, te)
+    tr, te = synthetic
+    syn = write_synthetic_archive(os.path.join(tmp_dir, "synthetic-cifar.tar.gz"), tr, te)
     return syn, {"source": "synthetic", "path": syn, "missing": path,
                  "train_per_class": tr, "test_per_class": te}
+
+
+def load_study_dataset(cfg: Any, data_path: str, test_subset: int | None) -> tuple[Any, dict]:
+    """The dataset of ``cfg`` read from ``data_path`` (no decode cache; one decoding thread per
+    CPU core), its test split cut to a seeded random ``test_subset`` images when given; returns
+    (dataset, record with the split sizes, the images trained on and the decode seconds)."""
+    from sfw_jax.training import loop as train_lib
+    from sfw_jax.training.datasets import load_dataset
+
+    t = time.time()
+    ds = load_dataset(cfg.dataset, data_dir=data_path, val_fraction=cfg.val_fraction,
+                      seed=cfg.seed, image_size=cfg.image_size, use_cache=False,
+                      num_workers=os.cpu_count())
+    if test_subset is not None and test_subset < len(ds.test):
+        keep = np.random.default_rng(0).permutation(len(ds.test))[:test_subset]
+        ds = dataclasses.replace(ds, test=ds.test.take(np.sort(keep)))
+    return ds, {"decode_s": round(time.time() - t, 2), "train": len(ds.train),
+                "val": len(ds.val), "test": len(ds.test), "image_shape": ds.info.image_shape,
+                "trained_on": len(train_lib.training_subset(cfg, ds.train))}
 
 
 class _StopAfterFirstEpoch(Exception):
@@ -74,8 +98,28 @@ def _stop_after_first_epoch(record: dict, state: Any) -> None:
     raise _StopAfterFirstEpoch(record)
 
 
+def first_epoch_times(record: Mapping[str, Any], t0: float, now: float,
+                      clock: CompileClock) -> dict:
+    """Times of a run's first epoch from its record (``epoch_time``, ``elapsed``: seconds since
+    the run started, which was at or after ``t0``), seen at ``now``: the epoch's wall time, the
+    compilation that ended inside it (``clock``), ``epoch_s`` = the epoch less that compilation
+    (the steady epoch time), the setup before and after the epoch (``now - t0`` less the epoch)
+    and the compilation in it."""
+    end = t0 + record["elapsed"]
+    compile_s = clock.between(end - record["epoch_time"], end)
+    wall = now - t0
+    return {"first_epoch_s": round(record["epoch_time"], 3),
+            "compile_in_first_epoch_s": round(compile_s, 3),
+            "epoch_s": round(max(record["epoch_time"] - compile_s, 1e-3), 3),
+            "setup_s": round(wall - record["epoch_time"], 3),
+            "compile_in_setup_s": round(clock.between(t0, now) - compile_s, 3),
+            "wall_s": round(wall, 3),
+            "train_loss": record["train_loss"], "train_acc": record["train_acc"]}
+
+
 def probe_epoch(cfg: Any, dataset: Any, clock: CompileClock) -> dict:
-    """Train epoch 1 of ``cfg`` (``cfg.out_dir``, checkpoint kept) and stop: its times."""
+    """Train epoch 1 of ``cfg`` (``cfg.out_dir``, checkpoint kept) and stop: its times
+    (:func:`first_epoch_times`)."""
     from sfw_jax.training import loop as train_lib
 
     t0 = time.time()
@@ -84,19 +128,10 @@ def probe_epoch(cfg: Any, dataset: Any, clock: CompileClock) -> dict:
         train_lib.train(cfg, dataset, callbacks=[_stop_after_first_epoch])
     except _StopAfterFirstEpoch as stop:
         record = stop.record
-    wall = time.time() - t0
     if record is None:
         raise RuntimeError(f"the probe of {cfg.optimizer} finished without reaching the "
                            f"callback (epochs={cfg.epochs})")
-    end = t0 + record["elapsed"]
-    compile_s = clock.between(end - record["epoch_time"], end)
-    setup_compile_s = clock.between(t0, t0 + wall) - compile_s
-    return {"first_epoch_s": round(record["epoch_time"], 3),
-            "compile_in_first_epoch_s": round(compile_s, 3),
-            "epoch_s": round(max(record["epoch_time"] - compile_s, 1e-3), 3),
-            "setup_s": round(wall - record["epoch_time"], 3),
-            "compile_in_setup_s": round(setup_compile_s, 3), "wall_s": round(wall, 3),
-            "train_loss": record["train_loss"], "train_acc": record["train_acc"]}
+    return first_epoch_times(record, t0, time.time(), clock)
 
 
 def resume_is_exact(cfg: Any, probe_epochs: int, epochs: int) -> bool:
@@ -129,15 +164,22 @@ def fit_epochs(avail_s: float, epoch_s: Mapping[str, float],
     return 1
 
 
+def eval_pass_s(epoch_s: float, n_train: int, n_test: int) -> float:
+    """Estimated seconds of one evaluation pass over ``n_test`` images: a third (forward only)
+    of a training epoch of ``epoch_s`` seconds over ``n_train`` images, scaled by
+    ``n_test / n_train``."""
+    return epoch_s * n_test / max(n_train, 1) / 3.0
+
+
 def post_training_estimate(probe: Mapping[str, dict], n_train: int, n_test: int,
                            levels: int, scopes: int, retrain_levels: int) -> float:
     """Seconds of the study after the probes, besides training epochs: per method the final
     call's setup (the probe's, less its compilation: the final call reads the compilation
     cache) and test evaluation, the sweep's evaluations and, for SGD, the retraining (one epoch
-    plus its compilation and two evaluations per level). An evaluation pass over the test split
-    is taken as a third of an SGD epoch scaled by n_test / n_train (forward only)."""
+    plus its compilation and two evaluations per level); evaluations by :func:`eval_pass_s` of
+    the SGD epoch."""
     sgd = probe["sgd"]
-    eval_s = sgd["epoch_s"] * n_test / max(n_train, 1) / 3.0
+    eval_s = eval_pass_s(sgd["epoch_s"], n_train, n_test)
     eval_compile = 0.3 * sgd["compile_in_first_epoch_s"]
     per_method = sum(p["setup_s"] - p["compile_in_setup_s"] + eval_s + eval_compile
                      + levels * scopes * eval_s for p in probe.values())
@@ -146,9 +188,19 @@ def post_training_estimate(probe: Mapping[str, dict], n_train: int, n_test: int,
     return 1.2 * (per_method + retrain) + 5.0
 
 
-def _curve(rows: Sequence[dict], scope: str) -> dict[str, float]:
+def curve(rows: Sequence[dict], scope: str, bn_recal: bool = False) -> dict[str, float]:
+    """``{"<percent>": test accuracy}`` of the unstructured sweep rows of ``scope`` with or
+    without BatchNorm re-calibration (:func:`experiments.prune_sweep.sweep` rows)."""
+    from experiments.prune_sweep import UNSTRUCTURED, row_pattern
+
     return {f"{100 * r['target_sparsity']:g}": r["test_acc"] for r in rows
-            if r["scope"] == scope and not r["bn_recal"]}
+            if r["scope"] == scope and bool(r["bn_recal"]) == bn_recal
+            and row_pattern(r) == UNSTRUCTURED}
+
+
+RETRAIN_FIELDS = ("sparsity", "epochs", "lr", "oneshot_test_acc", "test_acc", "final_sparsity",
+                  "wall_time")
+"""The fields of an :func:`experiments.retrain.retrain` record kept in a report."""
 
 
 def section_study(s: Suite, deadline: float) -> dict:
@@ -160,7 +212,6 @@ def section_study(s: Suite, deadline: float) -> dict:
     from experiments.study_presets import LABELS
     from sfw_jax.training import config as config_lib
     from sfw_jax.training import loop as train_lib
-    from sfw_jax.training.datasets import load_dataset
     from sfw_jax.training.presets import from_preset
 
     preset = get_study_preset(STUDY_PRESET)
@@ -176,7 +227,7 @@ def section_study(s: Suite, deadline: float) -> dict:
                         "seconds": round(time.time() - t_start, 2)})
         log(f"study: {stage}")
 
-    data_path, out["data"] = _study_data(s)
+    data_path, out["data"] = resolve_data(s.data, s.plan.synthetic_data, s.tmp)
     runs_dir = os.path.join(s.tmp, "runs")
     base = dict(data_dir=data_path, keep_checkpoints=1, progress=False,
                 **s.plan.study_overrides)
@@ -189,16 +240,9 @@ def section_study(s: Suite, deadline: float) -> dict:
         raise ValueError(f"presets {SFW_PRESET!r} and {SGD_PRESET!r} load different data")
     max_epochs = min(first.epochs, cfgs["sgd"].epochs, s.plan.study_max_epochs or 10 ** 9)
 
-    t = time.time()
-    ds = load_dataset(first.dataset, data_dir=data_path, val_fraction=first.val_fraction,
-                      seed=first.seed, image_size=first.image_size, use_cache=False)
-    if s.plan.study_test_subset is not None and s.plan.study_test_subset < len(ds.test):
-        keep = np.random.default_rng(0).permutation(len(ds.test))[:s.plan.study_test_subset]
-        ds = dataclasses.replace(ds, test=ds.test.take(np.sort(keep)))
-    out["data"].update(decode_s=round(time.time() - t, 2), train=len(ds.train),
-                       val=len(ds.val), test=len(ds.test), image_shape=ds.info.image_shape)
-    n_train = len(train_lib.training_subset(first, ds.train))
-    out["data"]["trained_on"] = n_train
+    ds, loaded_info = load_study_dataset(first, data_path, s.plan.study_test_subset)
+    out["data"].update(loaded_info)
+    n_train = loaded_info["trained_on"]
     progress("data loaded")
 
     clock = s.clock
@@ -253,7 +297,7 @@ def section_study(s: Suite, deadline: float) -> dict:
     for m, run in loaded.items():
         rows = sweep_lib.sweep(run, fracs, scopes=preset.scopes, progress=False)
         for sc in preset.scopes:
-            by_scope[sc][m] = _curve(rows, sc)
+            by_scope[sc][m] = curve(rows, sc)
         acc[m] = by_scope[preset.main_scope][m]
         out.update(accuracy=acc, accuracy_by_scope=by_scope, scope=preset.main_scope,
                    sweep_s=round(time.time() - t, 2))
@@ -267,9 +311,7 @@ def section_study(s: Suite, deadline: float) -> dict:
         recs = retrain_lib.retrain_many(loaded["sgd"], [p / 100 for p in RETRAIN_PERCENTS],
                                         epochs=RETRAIN_EPOCHS, lr=preset.retrain_lr,
                                         scope=preset.main_scope, progress=False)
-        retrained = [{k: r[k] for k in ("sparsity", "epochs", "lr", "oneshot_test_acc",
-                                         "test_acc", "final_sparsity", "wall_time")}
-                     for r in recs]
+        retrained = [{k: r[k] for k in RETRAIN_FIELDS} for r in recs]
         acc[f"sgd_retrain_{RETRAIN_EPOCHS}ep"] = {f"{100 * r['sparsity']:g}": r["test_acc"]
                                                   for r in recs}
         out["retrain"] = {"status": "ok", "records": retrained,
