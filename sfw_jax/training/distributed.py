@@ -71,6 +71,16 @@ def initialize_distributed(coordinator_address: str | None = None,
     return timeouts
 
 
+def is_initialized() -> bool:
+    """Whether ``jax.distributed.initialize`` has run in this process
+    (``jax.distributed.is_initialized``, jax >= 0.6; its runtime client before)."""
+    check = getattr(jax.distributed, "is_initialized", None)
+    if check is not None:
+        return check()
+    from jax._src import distributed as jax_distributed
+    return jax_distributed.global_state.client is not None
+
+
 def is_multiprocess() -> bool:
     """Whether this JAX program spans several processes (``jax.process_count() > 1``)."""
     return jax.process_count() > 1

@@ -104,7 +104,7 @@ class TrainResult:
 
 def setup_devices(cfg: TrainConfig) -> Mesh:
     """Initialise multi-host JAX when ``cfg.distributed`` (once), then the data-parallel mesh."""
-    if cfg.distributed and not jax.distributed.is_initialized():
+    if cfg.distributed and not dist.is_initialized():
         dist.initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     return dist.make_mesh(dist.select_devices(cfg.num_devices))
 
