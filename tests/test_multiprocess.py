@@ -1,7 +1,7 @@
 """Multi-process training on JAX's distributed runtime: two processes on localhost (CPU backend,
 gloo collectives, one device each) against one process with two devices.
 
-One scenario, run as the user would run it (``python -m experiments.train ... --distributed``):
+One scenario, run as the user would run it (``sfw-train ... --distributed``):
 the two-process run loses process 1 right after the first epoch's checkpoint (it kills itself,
 deterministically, from an epoch callback), process 0 must leave with a one-line error; both
 then resume from that checkpoint and must end with the numbers of the uninterrupted
@@ -37,11 +37,22 @@ EXIT_AFTER_PEER_DEATH_S = 90
 """Bound on how long process 0 may take to leave once process 1 is dead (a few seconds: its
 next collective fails at once; JAX's own heartbeat path would take 60 s and abort instead)."""
 
+# ``sfw-train`` (``cli.main``, what ``python -m experiments.train`` runs) with gloo collectives
+# also set in the config: jax < 0.6 does not read JAX_CPU_COLLECTIVES_IMPLEMENTATION.
+TRAIN = textwrap.dedent("""
+    import sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from sfw_jax.training import cli
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
 # Process 1 dies (SIGKILL) once checkpoint 1 is committed: a deterministic interruption one
 # epoch in, while process 0 is already inside epoch 2's collectives.
 KILLER = textwrap.dedent("""
     import os, signal, sys, time
     import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     from sfw_jax.training import cli, loop
 
     out = sys.argv[sys.argv.index("--out-dir") + 1]
@@ -174,8 +185,7 @@ def test_two_processes_survive_a_death_resume_and_match_one_process_two_devices(
     assert not os.path.exists(os.path.join(two, "final.json"))
 
     # 2. Both resume from checkpoint 1; the uninterrupted reference: one process, two devices.
-    leg2 = _two_processes(tmp_path, "leg2", ["-m", "experiments.train", *ARGS, "--out-dir",
-                                             two, "--resume"])
+    leg2 = _two_processes(tmp_path, "leg2", ["-c", TRAIN, *ARGS, "--out-dir", two, "--resume"])
     assert leg2.wait(LEG_TIMEOUT_S) == [0, 0], leg2.stderr(0)[-2000:] + leg2.stderr(1)[-2000:]
     one = Launch(tmp_path, "ref")
     one.start(["-m", "experiments.train", *ARGS, "--out-dir", ref], _env(2))
@@ -218,7 +228,7 @@ def test_two_processes_survive_a_death_resume_and_match_one_process_two_devices(
 
 
 def test_processes_that_disagree_stop_with_one_line(tmp_path):
-    launch = _two_processes(tmp_path, "differ", ["-m", "experiments.train", *ARGS],
+    launch = _two_processes(tmp_path, "differ", ["-c", TRAIN, *ARGS],
                             extra=((), ("--batch-size", "32")))
     assert launch.wait(LEG_TIMEOUT_S) == [2, 2]
     for i in range(2):
