@@ -1,9 +1,10 @@
 """The distribution as a user gets it: ``python -m build`` (an sdist, then the wheel built from
 it), the wheel installed into a fresh virtualenv and run from a folder outside the clone.
 
-The virtualenv sees this interpreter's site-packages (``--system-site-packages``) for the
-dependencies, so nothing is downloaded but the build backend; the wheel goes in with
-``--no-deps`` and every check asserts that the code it ran came from the wheel.
+The virtualenv sees this interpreter's site-packages for the dependencies (a ``.pth`` file
+naming them: the paths only, so no editable install of this checkout there is activated), and
+nothing is downloaded but the build backend; the wheel goes in with ``--no-deps``, and every
+check asserts that the code it ran came from the wheel.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -49,7 +51,10 @@ def installed(wheel, tmp_path_factory):
     """(venv folder, environment, an empty working folder) with the wheel installed."""
     base = tmp_path_factory.mktemp("user")
     venv = base / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], cwd=base)
+    _run([sys.executable, "-m", "venv", venv], cwd=base)
+    (site,) = venv.glob("lib/python*/site-packages")
+    parent = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    (site / "parent_env.pth").write_text("".join(f"{p}\n" for p in sorted(parent)))
     _run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index",
           wheel], cwd=base)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
