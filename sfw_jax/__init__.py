@@ -29,6 +29,7 @@ from sfw_jax.pruning import (apply_mask, keep_masked, magnitude_mask, masks_for_
                              random_mask, sparsity_summary)
 from sfw_jax.selectors import LEAF_SCOPES, is_kernel, leaf_scope
 
+# The one definition of the version: the package metadata reads it (pyproject.toml, dynamic).
 __version__ = "0.1.0"
 
 __all__ = [
