@@ -46,7 +46,8 @@ import numpy as np
 
 from experiments._bn_recal import recal_images, recalibrated_batch_stats
 from experiments._loaded_run import LoadedRun, load_trained
-from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
+from sfw_jax._cli import (ArgumentParser, add_debug_flag, refuse_distributed_flags,
+                          user_errors)
 from sfw_jax._progress import progress_bar
 from sfw_jax.fw.nm import format_nm, parse_nm
 from sfw_jax.pruning import sparsity_summary
@@ -302,12 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of the commands that work on one finished run: ``RUN_DIR``, ``--nm``,
-    ``--no-progress``, ``--debug``."""
+    ``--no-progress``, ``--debug``; these commands run on one process (the distributed flags of
+    ``sfw-train`` are a one-line error)."""
     p.add_argument("run_dir", help="a finished training run (holds final.json, checkpoints/)")
     p.add_argument("--nm", nargs="+", default=[], metavar="N:M",
                    help="N:M patterns (e.g. 2:4 1:4) of the kernels' input-feature groups")
     p.add_argument("--no-progress", action="store_true")
     add_debug_flag(p)
+    refuse_distributed_flags(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

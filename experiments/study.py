@@ -44,7 +44,8 @@ from experiments.study_presets import (STUDY_PRESETS, StudyPreset, get_study_pre
                                        study_preset_names)
 from experiments.study_report import table_markdown
 from experiments.study_runner import check_methods, run_study
-from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
+from sfw_jax._cli import (DISTRIBUTED_FIELDS, ArgumentParser, add_debug_flag,
+                          one_process_message, refuse_distributed_flags, user_errors)
 from sfw_jax.selectors import LEAF_SCOPES
 from sfw_jax.training import config as config_lib
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tau=7 changes every SFW method's tau); repeatable")
     p.add_argument("--no-progress", action="store_true")
     add_debug_flag(p)
+    refuse_distributed_flags(p)
     return p
 
 
@@ -80,6 +82,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if key not in config_lib.field_names():
             raise ValueError(f"--set {item!r}: {key!r} is not a TrainConfig field; allowed: "
                              f"{config_lib.field_names()}")
+        if key in DISTRIBUTED_FIELDS:
+            raise ValueError(one_process_message("python -m experiments.study", f"--set {key}"))
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:

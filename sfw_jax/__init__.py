@@ -3,7 +3,8 @@
 The pipeline, one subpackage per stage:
 
 * :mod:`sfw_jax.fw`: the Frank-Wolfe core (constraint sets and their registry, oracles, top-k,
-  the ``sfw`` transformation, constraint schedules, the native CPU kernel);
+  the ``sfw`` transformation and its building blocks ``frank_wolfe`` and ``sfw_momentum``,
+  constraint schedules, the native CPU kernel);
 * :mod:`sfw_jax.pruning`: masks, applying them, sparsity counts, BatchNorm re-calibration,
   weight statistics;
 * :mod:`sfw_jax.training`: config and presets, models, datasets, optimizers, the train loop and
@@ -13,6 +14,7 @@ This module exports the library API of the first two; training is imported from 
 (``from sfw_jax.training.config import TrainConfig``).
 """
 
+from sfw_jax.fw.blocks import FrankWolfeState, SFWMomentumState, frank_wolfe, sfw_momentum
 from sfw_jax.fw.constraint_schedule import delayed_lmo, scheduled_sfw, tightening_phases
 from sfw_jax.fw.constraints import (INIT_NORM_RULES, MODES, check_constraints_match,
                                     contains_all, expected_init_norms, make_constraints,
@@ -27,6 +29,7 @@ from sfw_jax.pruning import (apply_mask, keep_masked, magnitude_mask, masks_for_
                              random_mask, sparsity_summary)
 from sfw_jax.selectors import LEAF_SCOPES, is_kernel, leaf_scope
 
+# The one definition of the version: the package metadata reads it (pyproject.toml, dynamic).
 __version__ = "0.1.0"
 
 __all__ = [
@@ -36,7 +39,8 @@ __all__ = [
     "register_constraint", "MODES", "INIT_NORM_RULES", "make_constraints",
     "expected_init_norms", "make_feasible", "contains_all", "check_constraints_match",
     "k_sparse_lmo", "k_support_lmo", "lp_ball_lmo", "nm_sparse_lmo", "RESCALES", "SFWState",
-    "sfw", "scheduled_sfw", "delayed_lmo", "tightening_phases",
+    "sfw", "frank_wolfe", "sfw_momentum", "FrankWolfeState", "SFWMomentumState",
+    "scheduled_sfw", "delayed_lmo", "tightening_phases",
     # pruning
     "magnitude_mask", "random_mask", "nm_mask", "masks_for_sweep", "apply_mask", "keep_masked",
     "sparsity_summary",

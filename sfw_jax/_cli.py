@@ -19,6 +19,10 @@ missing or unreadable files and folders (OSError: FileNotFoundError, NotARunErro
 dataset that cannot be obtained."""
 
 
+DISTRIBUTED_FIELDS = ("distributed", "coordinator_address", "num_processes", "process_id")
+"""The ``TrainConfig`` fields (and ``sfw-train`` flags) of a multi-process launch."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line (no usage block), exit status 2;
     ``allow_abbrev=False`` by default."""
@@ -53,3 +57,23 @@ def user_errors(parser: argparse.ArgumentParser, debug: bool = False) -> Iterato
         if debug:
             raise
         parser.error(one_line(err))
+
+
+def one_process_message(prog: str, what: str) -> str:
+    """The error of a one-process command given a multi-process option ``what``."""
+    return (f"{what}: {prog} runs on one process (all the devices of this host); run it once, "
+            f"without the distributed options (see docs/training.md)")
+
+
+class _OneProcessOnly(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        parser.error(one_process_message(parser.prog, option_string))
+
+
+def refuse_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Make the ``sfw-train`` multi-process flags (``--distributed``, ``--coordinator-address``,
+    ``--num-processes``, ``--process-id``) a one-line error naming the flag: for the commands
+    that run on one process."""
+    for field in DISTRIBUTED_FIELDS:
+        parser.add_argument("--" + field.replace("_", "-"), action=_OneProcessOnly,
+                            nargs=0 if field == "distributed" else None, help=argparse.SUPPRESS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from sfw_jax.training.config import TrainConfig
@@ -50,3 +52,14 @@ def forbid_calls(monkeypatch, *targets) -> None:
 
     for module, name in targets:
         monkeypatch.setattr(module, name, fail)
+
+
+def fresh_native_kernel(monkeypatch, tmp_path) -> None:
+    """Forget this process's build of the native CPU kernel (restored after the test): an empty
+    cache folder and uncached ``ensure_registered`` / ``unavailable_reason``."""
+    from sfw_jax.fw import native
+    monkeypatch.setenv("SFW_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "ensure_registered",
+                        functools.lru_cache(native.ensure_registered.__wrapped__))
+    monkeypatch.setattr(native, "unavailable_reason",
+                        functools.lru_cache(native.unavailable_reason.__wrapped__))

@@ -22,9 +22,10 @@ def _printed_config(capsys, argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_packaging_installs_the_library_and_its_command_only():
-    """pyproject.toml installs ``sfw_jax`` (not ``experiments``, which runs from a checkout) and
-    the ``sfw-train`` script, whose target is this command line."""
+def test_packaging_installs_the_library_and_its_commands():
+    """pyproject.toml installs ``sfw_jax``, the ``python -m experiments.X`` / ``benchmarks.X``
+    command lines the docs call, and the ``sfw-train`` script, whose target is this command
+    line (the wheel itself: tests/test_wheel.py)."""
     import importlib
     import re
 
@@ -34,9 +35,10 @@ def test_packaging_installs_the_library_and_its_command_only():
 
     def section(name: str) -> list[str]:
         body = text.split(f"[{name}]\n", 1)[1].split("\n[", 1)[0]
-        return [ln.strip() for ln in body.splitlines() if ln.strip()]
+        return [ln.strip() for ln in body.splitlines() if ln.strip() and ln[0] != "#"]
 
-    assert section("tool.setuptools.packages.find") == ['include = ["sfw_jax*"]']
+    assert section("tool.setuptools.packages.find") == [
+        'include = ["sfw_jax*", "experiments*", "benchmarks*"]']
     scripts = dict(re.fullmatch(r'([\w-]+) = "(.+)"', ln).groups()
                    for ln in section("project.scripts"))
     assert set(scripts) == {"sfw-train"}

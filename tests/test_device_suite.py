@@ -235,3 +235,11 @@ def test_op_counts_called_per_method_until_the_deadline(monkeypatch):
     monkeypatch.setitem(sys.modules, "benchmarks.op_count", None)      # import fails
     absent = sections._op_counts(["sort"], time.time() + 600)
     assert absent["status"] == "skipped" and "does not import" in absent["reason"]
+
+
+def test_tests_section_skips_outside_a_clone(monkeypatch, tmp_path):
+    """From an installed wheel (no tests/ beside the packages) the section says why it ran no
+    test instead of failing on an empty pytest run."""
+    monkeypatch.setattr(sections, "REPO_ROOT", str(tmp_path))
+    out = sections.section_tests(None, deadline=0.0)
+    assert out["status"] == "skipped" and "from a clone of the repository" in out["reason"]

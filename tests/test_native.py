@@ -7,7 +7,6 @@ the float64 sums of the same terms to float32 accuracy.
 
 from __future__ import annotations
 
-import functools
 import platform
 import shutil
 import warnings
@@ -25,6 +24,7 @@ from sfw_jax.fw import native
 from sfw_jax.fw import sfw as sfw_mod
 from sfw_jax.fw import topk
 from sfw_jax.fw.constraints import KSparsePolytope, LpBall, NMSparsePolytope
+from tests.conftest import fresh_native_kernel
 from tests.test_topk import reference_mask
 
 
@@ -261,18 +261,8 @@ def test_default_is_the_kernel_where_it_builds():
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
-def _fresh_kernel_state(monkeypatch, tmp_path):
-    """Forget this process's build of the kernel (restored after the test): an empty cache
-    folder and uncached ``ensure_registered`` / ``unavailable_reason``."""
-    monkeypatch.setenv("SFW_JAX_CACHE", str(tmp_path))
-    monkeypatch.setattr(native, "ensure_registered",
-                        functools.lru_cache(native.ensure_registered.__wrapped__))
-    monkeypatch.setattr(native, "unavailable_reason",
-                        functools.lru_cache(native.unavailable_reason.__wrapped__))
-
-
 def test_auto_falls_back_to_xla_with_one_notice_when_the_build_fails(monkeypatch, tmp_path):
-    _fresh_kernel_state(monkeypatch, tmp_path)
+    fresh_native_kernel(monkeypatch, tmp_path)
 
     def no_compiler():
         raise native.NativeKernelError("the native kernel needs a C++ compiler: none found\nmore")
@@ -298,7 +288,7 @@ def test_auto_falls_back_to_xla_with_one_notice_when_the_build_fails(monkeypatch
 def test_auto_builds_nothing_off_the_cpu(monkeypatch, tmp_path):
     """With another default backend, cpu_kernel=None resolves to the XLA path without trying
     to build (and without a notice)."""
-    _fresh_kernel_state(monkeypatch, tmp_path)
+    fresh_native_kernel(monkeypatch, tmp_path)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
 
     def must_not_build():

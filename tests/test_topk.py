@@ -250,16 +250,23 @@ def test_all_methods_identical_under_jit_and_vmap():
         np.testing.assert_array_equal(masks[0][i], reference_mask(np.asarray(xs[i]), 150))
 
 
+@pytest.fixture
+def x64():
+    """float64 on for one test (``jax.config``: ``jax.enable_x64`` is jax >= 0.8 only)."""
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
 @pytest.mark.parametrize("method", EXACT_METHODS)
-def test_float64_with_x64(method):
-    with jax.enable_x64(True):
-        rng = np.random.default_rng(3)
-        x = np.concatenate([rng.normal(size=3000), np.full(500, 0.25), [1 + 2 ** -40, 1.0]])
-        xj = jnp.asarray(x, jnp.float64)
-        assert xj.dtype == jnp.float64
-        for k in (1, 2, 700, 3000):
-            got = np.asarray(jax.jit(lambda v, k=k: top_k_mask(v, k, method=method))(xj))
-            np.testing.assert_array_equal(got, reference_mask(x, k))
+def test_float64_with_x64(method, x64):
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=3000), np.full(500, 0.25), [1 + 2 ** -40, 1.0]])
+    xj = jnp.asarray(x, jnp.float64)
+    assert xj.dtype == jnp.float64
+    for k in (1, 2, 700, 3000):
+        got = np.asarray(jax.jit(lambda v, k=k: top_k_mask(v, k, method=method))(xj))
+        np.testing.assert_array_equal(got, reference_mask(x, k))
 
 
 def test_signed_zero_and_subnormals_tie_with_zero_by_index():

@@ -8,7 +8,10 @@
 * :mod:`~sfw_jax.fw.lmo`, :mod:`~sfw_jax.fw.gauges`, :mod:`~sfw_jax.fw.projections`,
   :mod:`~sfw_jax.fw.nm`: linear minimization oracles, gauges and projections as pure functions;
 * :mod:`~sfw_jax.fw.topk`: exact top-k selection without a full sort;
-* :mod:`~sfw_jax.fw.sfw`: ``sfw``, the Optax transformation;
+* :mod:`~sfw_jax.fw.blocks`: ``frank_wolfe`` and ``sfw_momentum``, SFW as Optax building
+  blocks (``optax.chain(optax.scale_by_adam(), frank_wolfe(...))``: Adam-preconditioned SFW);
+* :mod:`~sfw_jax.fw.sfw`: ``sfw``, the Optax transformation (their chain, with a fused native
+  CPU kernel);
   :mod:`~sfw_jax.fw.constraint_schedule`: ``scheduled_sfw`` and its phase builders;
 * :mod:`~sfw_jax.fw.native`: the native CPU kernel of the SFW step's front half.
 

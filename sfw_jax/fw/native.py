@@ -28,7 +28,8 @@ The kernel is compiled on first use with the system C++ compiler (``$CXX``, else
 ``~/.cache/sfw_jax``), keyed by the source, the jaxlib version and the CPU's flags, and
 registered with ``jax.ffi``. x86-64 only (the flush-to-zero mode that keeps ``m`` bitwise equal
 to XLA's is set through MXCSR). :func:`unavailable_reason` tries this once per process for
-``cpu_kernel=None`` and warns once where it fails.
+``cpu_kernel=None`` and, wherever it fails (a jax without ``jax.ffi``, no compiler, another
+CPU, a failed build, load or registration), warns once: ``sfw`` then takes the XLA path.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 TARGET = "sfw_jax_sfw_select_f32"
+_FFI_API = ("ffi_call", "include_dir", "pycapsule", "register_ffi_target")
 _SOURCE = Path(__file__).with_name("_native") / "sfw_cpu.cc"
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off",
           "-fno-fast-math")
@@ -79,28 +81,45 @@ def _cpu_flags() -> str:
     return next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
 
 
+def _check_jax_api() -> None:
+    """:class:`NativeKernelError` unless this jax has the ``jax.ffi`` functions the kernel uses."""
+    ffi = getattr(jax, "ffi", None)
+    missing = [f"jax.ffi.{name}" for name in _FFI_API if not hasattr(ffi, name)]
+    if missing:
+        raise NativeKernelError(f"the native kernel needs {', '.join(missing)}, which jax "
+                                f"{jax.__version__} does not have")
+
+
 def build() -> Path:
     """Compile the kernel (if not cached) and return the shared library's path."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise NativeKernelError(f"the native kernel supports x86-64 CPUs only, this machine is "
                                 f"{platform.machine()!r}")
+    _check_jax_api()
     import jaxlib
-    src = _SOURCE.read_bytes()
+    try:
+        src = _SOURCE.read_bytes()
+    except OSError as e:                      # an install without package data
+        raise NativeKernelError(f"the native kernel's source is missing: {e}") from e
     key = hashlib.sha256(src + jaxlib.__version__.encode() + " ".join(_FLAGS).encode()
                          + _cpu_flags().encode())
     out = _cache_dir() / f"sfw_cpu_{key.hexdigest()[:16]}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     cxx = _compiler()
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        so = Path(tmp) / out.name
-        cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(so)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise NativeKernelError(f"compiling {_SOURCE} failed ({' '.join(cmd)}):\n"
-                                    f"{proc.stderr[-4000:]}")
-        os.replace(so, out)                   # atomic: concurrent builders agree on the file
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            so = Path(tmp) / out.name
+            cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(so)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise NativeKernelError(f"compiling {_SOURCE} failed ({' '.join(cmd)}):\n"
+                                        f"{proc.stderr[-4000:]}")
+            os.replace(so, out)               # atomic: concurrent builders agree on the file
+    except OSError as e:                      # an unwritable cache, a compiler that won't start
+        raise NativeKernelError(f"building the native kernel into {out.parent} failed: "
+                                f"{e}") from e
     return out
 
 
@@ -111,9 +130,13 @@ def ensure_registered() -> None:
     path = build()
     try:
         lib = ctypes.cdll.LoadLibrary(str(path))
-    except OSError as e:
+        handler = lib.SfwSelectF32
+    except (OSError, AttributeError) as e:    # not a loadable library, or no such symbol
         raise NativeKernelError(f"loading {path} failed: {e}") from e
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.SfwSelectF32), platform="cpu")
+    try:
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+    except Exception as e:                    # whatever this jaxlib raises for a bad target
+        raise NativeKernelError(f"registering {TARGET} with jax.ffi failed: {e}") from e
 
 
 @functools.lru_cache(maxsize=None)

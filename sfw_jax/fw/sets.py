@@ -25,11 +25,12 @@ The sets with a sparsity K take, per tensor of n entries, K = min(max(k, floor(k
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Hashable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -66,33 +67,80 @@ def _scale_inside(x: jax.Array, gauge: jax.Array, radius: float) -> jax.Array:
     return (x.astype(acc) * scale.astype(acc)).astype(x.dtype)
 
 
-class Constraint:
-    """Interface of a constraint set C (see the module docstring)."""
+class SignTopK(NamedTuple):
+    """A set whose LMO is the K-sparse sign vertex (:meth:`Constraint.sign_top_k`):
+    ``lmo(g) = -radius sign(g)`` on the min(k, n) largest |g_i| (ties to the lower flat index,
+    +radius where g_i = 0), 0 elsewhere; ``method`` is the set's top-k path
+    (:func:`sfw_jax.fw.topk.resolve_method`)."""
 
-    constrained: bool = True
+    k: int
+    radius: float
+    method: str
 
-    def lmo(self, g: jax.Array) -> jax.Array:  # pragma: no cover - interface
-        """argmin_{v in C} <v, g>, same shape and dtype as g."""
-        raise NotImplementedError
 
-    def lmo_select(self, g: jax.Array):
+class LMOHooks:
+    """The optional performance hooks of a constraint set. Each default is right for every set;
+    a set overrides one to make the Frank-Wolfe step faster, and ``tests/test_constraint_kinds.py``
+    checks every registered kind's overrides against its ``lmo``."""
+
+    def lmo_select(self, g: jax.Array) -> Any:
         """First half of a two-phase LMO: a small pytree ``s`` from which
         :meth:`lmo_vertex` ``(g, s)`` rebuilds ``lmo(g)`` elementwise (so that XLA can fuse the
         vertex into each consumer instead of materialising it). Default: ``s`` is the vertex."""
         return self.lmo(g)
 
-    def lmo_vertex(self, g: jax.Array, selection) -> jax.Array:
+    def lmo_vertex(self, g: jax.Array, selection: Any) -> jax.Array:
         """Second half of the two-phase LMO: ``lmo(g)`` from ``lmo_select(g)``."""
         del g
         return selection
 
-    def gauge(self, x: jax.Array) -> jax.Array:  # pragma: no cover - interface
+    def batch_key(self, g: jax.Array) -> Optional[Hashable]:
+        """For a direction ``g`` (abstract shape and dtype are enough): a key such that, for the
+        sets of this class giving equal keys, ``jax.vmap(s.lmo_select)`` over their stacked
+        directions gives each set's own selection, for any one set ``s`` of them (the selection
+        depends on the key and g only). The Frank-Wolfe step then selects such leaves together
+        where it batches (``sfw(batch_select=...)``). Default None: alone."""
+        del g
+        return None
+
+    def sign_top_k(self) -> Optional[SignTopK]:
+        """:class:`SignTopK` where the LMO is the K-sparse sign vertex and :meth:`lmo_vertex`
+        accepts the threshold selection ``(t, cut)`` of
+        ``sfw_jax.fw.topk.top_k_threshold(g, min(k, n), absolute=True)``: the fused native CPU
+        kernel of :func:`sfw_jax.sfw` (:mod:`sfw_jax.fw.native`) may then compute the step's
+        momentum, selection and norms. Default None."""
+        return None
+
+
+class Constraint(LMOHooks, abc.ABC):
+    """A compact convex set C of one tensor, given by the maths every set must define:
+
+    * :meth:`lmo` ``(g)``: argmin_{v in C} <v, g>, same shape and dtype as g (jit-able);
+    * ``radius`` (attribute or property) and :meth:`gauge` ``(x)``: x in C iff
+      gauge(x) <= radius (a scaled Minkowski gauge);
+    * :attr:`diameter`: the L2 diameter max ||x - y||_2 over x, y in C.
+
+    From these it derives :meth:`contains` and :meth:`shift_inside`; a set may override them
+    with its own rule, and give :meth:`project` and :meth:`full_support`. The performance hooks
+    (:class:`LMOHooks`) are optional. ``constrained`` is False for R^n only.
+    """
+
+    constrained: bool = True
+    radius: float
+    """r of ``gauge(x) <= r``: a dataclass field or a property of each set."""
+
+    @abc.abstractmethod
+    def lmo(self, g: jax.Array) -> jax.Array:
+        """argmin_{v in C} <v, g>, same shape and dtype as g."""
+
+    @abc.abstractmethod
+    def gauge(self, x: jax.Array) -> jax.Array:
         """Minkowski gauge of C scaled so that x in C iff gauge(x) <= radius."""
-        raise NotImplementedError
 
     @property
-    def diameter(self) -> float:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def diameter(self) -> float:
+        """The L2 diameter of C."""
 
     def contains(self, x: jax.Array) -> jax.Array:
         """Bool scalar: gauge(x) <= radius * (1 + rtol), rtol = max(1e-5, 8 eps(dtype))."""
@@ -181,6 +229,20 @@ class KSparsePolytope(_TopKSet):
         t, cut = selection
         mask = _topk.threshold_mask(jax.lax.stop_gradient(g), t, cut, absolute=True)
         return _lmo.k_sparse_vertex(g, mask, self.radius)
+
+    def batch_key(self, g: jax.Array) -> Optional[tuple]:
+        """``(shape, dtype, K, path)`` on the threshold paths with K < n: the selection
+        ``(t, cut)`` depends on g, K and the path only (the radius enters the vertex); None on
+        the 'sort' path and for K = n (the selection is the vertex)."""
+        k = min(self.k, g.size)
+        path = _topk.resolve_method(g.size, self.method)
+        if k == g.size or path not in _topk.THRESHOLD_METHODS:
+            return None
+        return (g.shape, jnp.dtype(g.dtype), k, path)
+
+    def sign_top_k(self) -> SignTopK:
+        """The LMO is the sign vertex on the top K, and :meth:`lmo_vertex` reads ``(t, cut)``."""
+        return SignTopK(self.k, self.radius, self.method)
 
     def gauge(self, x: jax.Array) -> jax.Array:
         """max(||x||_inf, ||x||_1 / K) (x in P_K(r) iff this is <= r)."""

@@ -15,8 +15,10 @@ file systems); a run killed mid-save leaves only a temporary directory, which
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 __all__ = ["STATE", "META", "Checkpointer", "has_checkpoint"]
@@ -64,14 +66,27 @@ class Checkpointer:
 
         ``target`` is a state pytree of the same structure (e.g. a freshly initialised state, or
         ``jax.ShapeDtypeStruct`` leaves with shardings); restored arrays take its shapes, dtypes
-        and shardings. Raises FileNotFoundError when there is no checkpoint.
+        and shardings. ``target=None`` restores the saved structure (nested dicts) onto this
+        process's first device, whatever devices and processes saved it. Raises
+        FileNotFoundError when there is no checkpoint.
         """
         step = self.latest_epoch() if epochs_done is None else epochs_done
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if target is None:
+            target = self._local_target(step)
         out = self._manager.restore(step, args=ocp.args.Composite(
             **{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}))
         return out[STATE], dict(out[META])
+
+    def _local_target(self, step: int) -> Any:
+        """The saved state's structure with ``jax.ShapeDtypeStruct`` leaves on this process's
+        first device (the saved shardings may name devices of other processes)."""
+        meta = ocp.StandardCheckpointHandler().metadata(
+            pathlib.Path(self.directory, str(step), STATE))
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            getattr(meta, "tree", meta))
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""

@@ -169,7 +169,8 @@ def parse_config(argv: Sequence[str] | None = None,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if the loss became non-finite, 130 when
-    interrupted); a user's error exits with status 2."""
+    interrupted); a user's error exits with status 2; on several processes, a failed collective
+    (another process died) ends the process at once with one line and status 1."""
     parser = build_parser()
     cfg, args = parse_config(argv, parser)
     if getattr(args, "list_presets", False):
@@ -180,10 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return 0
 
-    from sfw_jax.training import loop  # JAX import only when training
+    from sfw_jax.training import distributed, loop  # JAX import only when training
 
     try:
-        with user_errors(parser, args.debug):
+        with user_errors(parser, args.debug), \
+                distributed.exit_on_collective_failure(not args.debug):
             loop.train(cfg)  # its preconditions are checked before any work
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,12 @@ One run (:func:`train`) does, for a ``TrainConfig`` ``cfg``:
 The jitted steps are in :mod:`sfw_jax.training.steps`, the files of ``out_dir`` in
 :mod:`sfw_jax.training.run_folder`.
 
+Several processes (multi-host, :mod:`sfw_jax.training.distributed`): every process runs
+``train`` with the same config and data (checked: :func:`check_processes_agree`); arrays are
+global (each process puts its own shards of the same host values), the initial state is process
+0's, metrics are global means, checkpoints are saved (synchronously) and restored by every
+process together, and only process 0 writes the other files and prints.
+
 Losses are the mean softmax cross-entropy of a batch; an epoch's ``train_loss`` is the mean over
 its batches; 'dynamic_change' reads it, or the epoch's last batch loss with
 ``trend_loss='last_batch'`` (the reference's).
@@ -33,6 +39,7 @@ The progress bar is drawn on a terminal only (a log gets the one line per epoch)
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -103,7 +110,7 @@ class TrainResult:
 
 def setup_devices(cfg: TrainConfig) -> Mesh:
     """Initialise multi-host JAX when ``cfg.distributed`` (once), then the data-parallel mesh."""
-    if cfg.distributed and not jax.distributed.is_initialized():
+    if cfg.distributed and not dist.is_initialized():
         dist.initialize_distributed(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     return dist.make_mesh(dist.select_devices(cfg.num_devices))
 
@@ -229,7 +236,8 @@ def apply_sfw_init(cfg: TrainConfig, model: Any, state: TrainState, constraints:
                        jnp.asarray(train_split.labels[idx]))
 
     res = sfw_init(loss_fn, state.params, constraints, batches(), learning_rate=float(cfg.lr),
-                   steps=cfg.sfw_init_steps, adam_lr=cfg.sfw_init_lr, progress=cfg.progress)
+                   steps=cfg.sfw_init_steps, adam_lr=cfg.sfw_init_lr,
+                   progress=cfg.progress and _is_main_process())
     info_out = {"seconds": res.seconds, "steps": cfg.sfw_init_steps,
                 "first_loss": res.losses[0], "last_loss": res.losses[-1],
                 "scales": {path: float(v) for path, v in flat_paths(res.scales)}}
@@ -316,9 +324,106 @@ def _train_epoch(state: TrainState, train_step: Callable, images: jax.Array, lab
 # Loop
 # ---------------------------------------------------------------------------------------------
 
+PER_PROCESS_FIELDS = ("process_id", "coordinator_address", "data_dir", "out_dir", "progress",
+                      "log_every")
+"""Config fields that may differ between the processes of one multi-process run (where a host
+keeps its files and what it shows); every other field must agree."""
+
+
+def check_processes_agree(cfg: TrainConfig, dataset: Dataset) -> None:
+    """On several processes: ValueError unless every process has the same config (outside
+    :data:`PER_PROCESS_FIELDS`) and the same dataset splits (a collective; nothing on one
+    process)."""
+    items: dict[str, Any] = {f"option {k}": json.dumps(v, sort_keys=True).encode()
+                             for k, v in cfg.to_dict().items() if k not in PER_PROCESS_FIELDS}
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        items[f"the {name} images"] = split.images
+        items[f"the {name} labels"] = split.labels
+    dist.check_same_on_all_processes(items)
+
+
+def _epoch_record(cfg: TrainConfig, state: TrainState, *, epoch: int, steps: int, lr: float,
+                  losses: list[float], correct: int, val: dict | None, train_time: float,
+                  t0: float, t_start: float) -> dict:
+    """The epoch's ``metrics.jsonl`` record (see :mod:`sfw_jax.training.run_folder`)."""
+    return {
+        "epoch": epoch + 1, "epochs": cfg.epochs, "step": (epoch + 1) * steps, "lr": lr,
+        **{f"hp_{k}": v for k, v in opt_lib.get_learning_rates(state.opt_state).items()},
+        "train_loss": float(np.mean(losses)), "train_acc": correct / (steps * cfg.batch_size),
+        "val_loss": val["loss"] if val else None, "val_acc": val["accuracy"] if val else None,
+        "train_time": train_time, "epoch_time": time.time() - t0,
+        "elapsed": time.time() - t_start,
+        "weight_counts": weight_counts(state.params),
+        "n_params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+    }
+
+
+def _finish(cfg: TrainConfig, evaluator: Evaluator, state: TrainState, test_split: Split,
+            paths: dict[str, str] | None, t_start: float) -> dict[str, float]:
+    """Evaluate on the test split; process 0 writes ``final.json`` and prints the result."""
+    test = evaluator(state.params, state.batch_stats, evaluator.put(test_split))
+    wall = time.time() - t_start
+    if _is_main_process():
+        if paths is not None:
+            run_folder.write_json(paths["final"], {"test_loss": test["loss"],
+                                                   "test_acc": test["accuracy"],
+                                                   "epochs": cfg.epochs, "wall_time": wall})
+        print(f"test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f} ({wall:.1f}s)")
+    return test
+
+
+def _sfw_init_and_report(cfg: TrainConfig, model: Any, state: TrainState, constraints: PyTree,
+                         train_split: Split, info: DatasetInfo) -> TrainState:
+    """:func:`apply_sfw_init`; process 0 prints its summary and writes ``sfw_init.json``."""
+    state, summary = apply_sfw_init(cfg, model, state, constraints, train_split, info)
+    if _is_main_process():
+        print(f"sfw-init: {cfg.sfw_init_steps} steps in {summary['seconds']:.1f}s, "
+              f"post-step loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}",
+              file=sys.stderr)
+        if cfg.out_dir is not None:
+            run_folder.write_json(run_folder.path(cfg.out_dir, run_folder.SFW_INIT_FILE), summary)
+    return state
+
+
+def _checkpointer(cfg: TrainConfig, paths: dict[str, str] | None) -> Checkpointer | None:
+    """The run's checkpointer (None without ``out_dir`` or with ``keep_checkpoints=0``);
+    process 0 creates ``out_dir``.
+
+    Several processes save synchronously: a save needs every process, so an epoch's checkpoint
+    is committed before the next epoch can lose a process.
+    """
+    if paths is None:
+        return None
+    if _is_main_process():
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    if cfg.keep_checkpoints == 0:
+        return None
+    return Checkpointer(paths["checkpoints"], cfg.keep_checkpoints,
+                        async_save=not dist.is_multiprocess())
+
+
+def _start(cfg: TrainConfig, ckpt: Checkpointer | None, state: TrainState
+           ) -> tuple[TrainState, int, schedules.ScheduleState, list[dict]]:
+    """(state, first epoch, schedule state, history): the fresh ones, or with ``cfg.resume``
+    those of the newest checkpoint (restored onto ``state``'s shardings)."""
+    if not cfg.resume:
+        return state, 0, schedules.init_schedule(cfg.lr_schedule, cfg.lr, cfg.epochs), []
+    state, meta = ckpt.restore(state)
+    start = int(meta["epochs_done"])
+    if _is_main_process():
+        print(f"resuming from {_paths(cfg)['checkpoints']} after epoch {start}",
+              file=sys.stderr)
+    return (state, start, schedules.ScheduleState.from_dict(meta["schedule"]),
+            list(meta["history"])[:start])
+
+
 def train(config: TrainConfig, dataset: Dataset | None = None, *,
           callbacks: Sequence[Callback] = (), mesh: Mesh | None = None) -> TrainResult:
     """Train with ``config`` (see the module docstring); returns a :class:`TrainResult`.
+
+    On several processes (:mod:`sfw_jax.training.distributed`) every process runs this with
+    the same config and data; only process 0 writes files other than checkpoints and prints.
 
     Args:
       config: the run's options (validated here; ValueError before any work if invalid).
@@ -328,7 +433,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
       mesh: device mesh (default: :func:`setup_devices`).
 
     Raises:
-      ValueError: invalid config or preconditions (:func:`check_run_preconditions`).
+      ValueError: invalid config or preconditions (:func:`check_run_preconditions`), or
+        processes that disagree (:func:`check_processes_agree`).
       NonFiniteLossError: the training loss became NaN/inf (no checkpoint of that epoch).
     """
     t_start = time.time()
@@ -340,8 +446,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
     if dataset is None:
         dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
                                seed=cfg.seed, image_size=cfg.image_size)
-    train_split = dataset.train
-    train_split = training_subset(cfg, train_split)
+    check_processes_agree(cfg, dataset)
+    train_split = training_subset(cfg, dataset.train)
     n_train, bs = len(train_split), cfg.batch_size
     steps = n_train // bs
     if steps == 0:
@@ -351,46 +457,21 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
 
     model = build_model(cfg, info)
     state, tx, constraints = init_train_state(cfg, model, info, total_steps=steps * cfg.epochs)
-    sfw_init_info = None
     if cfg.optimizer == "sfw" and cfg.sfw_init and not cfg.resume:
-        state, sfw_init_info = apply_sfw_init(cfg, model, state, constraints, train_split, info)
-        print(f"sfw-init: {cfg.sfw_init_steps} steps in {sfw_init_info['seconds']:.1f}s, "
-              f"post-step loss {sfw_init_info['first_loss']:.4f} -> "
-              f"{sfw_init_info['last_loss']:.4f}", file=sys.stderr)
-        if cfg.out_dir is not None and _is_main_process():
-            run_folder.write_json(run_folder.path(cfg.out_dir, run_folder.SFW_INIT_FILE),
-                                  sfw_init_info)
-    repl = dist.replicated(mesh)
-    state = jax.device_put(state, repl)
-    images_dev = jax.device_put(train_split.images, repl)
-    labels_dev = jax.device_put(train_split.labels, repl)
+        state = _sfw_init_and_report(cfg, model, state, constraints, train_split, info)
+    state = dist.replicate(dist.broadcast_from_main(state), mesh)
+    images_dev, labels_dev = dist.replicate((train_split.images, train_split.labels), mesh)
     train_step = make_train_step(model, tx, mean=np.asarray(info.mean),
                                  std=np.asarray(info.std), augment=bool(cfg.augment), mesh=mesh)
     evaluator = Evaluator(model, info, mesh, cfg.eval_batch_size)
     val_dev = evaluator.put(dataset.val) if len(dataset.val) else None
     perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
-    sched = schedules.init_schedule(cfg.lr_schedule, cfg.lr, cfg.epochs)
-    history: list[dict] = []
-    start_epoch = 0
     paths = _paths(cfg)
     main = _is_main_process()
-    ckpt = None
-    if paths is not None:
-        if main:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-        if cfg.keep_checkpoints > 0:
-            ckpt = Checkpointer(paths["checkpoints"], cfg.keep_checkpoints)
+    ckpt = _checkpointer(cfg, paths)
     try:
-        if cfg.resume:
-            state, meta = ckpt.restore(state)
-            start_epoch = int(meta["epochs_done"])
-            sched = schedules.ScheduleState.from_dict(meta["schedule"])
-            history = list(meta["history"])[:start_epoch]
-            if main:
-                print(f"resuming from {paths['checkpoints']} after epoch {start_epoch}",
-                      file=sys.stderr)
+        state, start_epoch, sched, history = _start(cfg, ckpt, state)
         if paths is not None and main:
             config_lib.save_json(cfg, paths["config"])
             run_folder.write_jsonl(paths["metrics"], history, "w")
@@ -400,23 +481,15 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
             state = state.replace(
                 opt_state=opt_lib.set_learning_rates(state.opt_state, cfg, sched.lr))
             order = epoch_permutation(n_train, cfg.seed, epoch)[: steps * bs]
-            perm = jax.device_put(order.astype(np.int32).reshape(steps, bs), perm_sharding)
+            perm = dist.global_array(order.astype(np.int32).reshape(steps, bs), perm_sharding)
             state, losses, correct = _train_epoch(
                 state, train_step, images_dev, labels_dev, perm, cfg=cfg, epoch=epoch,
                 last_ckpt=lambda: (ckpt.latest_epoch(), paths["checkpoints"]) if ckpt else None)
             train_time = time.time() - t0
             val = evaluator(state.params, state.batch_stats, val_dev) if val_dev else None
-            record = {
-                "epoch": epoch + 1, "epochs": cfg.epochs, "step": (epoch + 1) * steps,
-                "lr": sched.lr,
-                **{f"hp_{k}": v for k, v in opt_lib.get_learning_rates(state.opt_state).items()},
-                "train_loss": float(np.mean(losses)), "train_acc": correct / (steps * bs),
-                "val_loss": val["loss"] if val else None,
-                "val_acc": val["accuracy"] if val else None,
-                "train_time": train_time, "epoch_time": time.time() - t0,
-                "elapsed": time.time() - t_start,
-                "weight_counts": weight_counts(state.params), "n_params": n_params,
-            }
+            record = _epoch_record(cfg, state, epoch=epoch, steps=steps, lr=sched.lr,
+                                   losses=losses, correct=correct, val=val,
+                                   train_time=train_time, t0=t0, t_start=t_start)
             sched = schedules.next_epoch(cfg.lr_schedule, sched, base_lr=cfg.lr, epoch=epoch,
                                          total_epochs=cfg.epochs,
                                          epoch_loss=(losses[-1] if cfg.trend_loss == "last_batch"
@@ -433,16 +506,11 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
             for cb in callbacks:
                 cb(record, state)
 
-        test_dev = evaluator.put(dataset.test)
-        test = evaluator(state.params, state.batch_stats, test_dev)
-        wall = time.time() - t_start
-        if paths is not None and main:
-            run_folder.write_json(paths["final"], {"test_loss": test["loss"],
-                                                   "test_acc": test["accuracy"],
-                                                   "epochs": cfg.epochs, "wall_time": wall})
-        if main:
-            print(f"test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f} "
-                  f"({wall:.1f}s)")
+        test = _finish(cfg, evaluator, state, dataset.test, paths, t_start)
+    except Exception as err:
+        if dist.is_multiprocess() and dist.is_collective_failure(err):
+            ckpt = None  # closing waits for the other processes, which may be gone
+        raise
     finally:
         if ckpt is not None:
             ckpt.close()

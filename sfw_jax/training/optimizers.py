@@ -37,6 +37,7 @@ from sfw_jax.fw.nm import parse_nm
 from sfw_jax.fw.sets import is_constraint
 from sfw_jax.fw.sfw import sfw
 from sfw_jax.selectors import leaf_scope
+from sfw_jax.training import distributed as dist
 
 if TYPE_CHECKING:  # the config's choices are read from here: no import of it at run time
     from sfw_jax.training.config import TrainConfig
@@ -204,5 +205,5 @@ def set_learning_rates(opt_state: Any, cfg: TrainConfig, lr: float) -> Any:
     for name, value in new.items():
         old = hp[name]
         arr = jnp.asarray(value, dtype=old.dtype)
-        hp[name] = jax.device_put(arr, old.sharding) if hasattr(old, "sharding") else arr
+        hp[name] = dist.global_array(arr, old.sharding) if hasattr(old, "sharding") else arr
     return opt_state._replace(hyperparams=hp)

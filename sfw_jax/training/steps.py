@@ -143,7 +143,9 @@ class Evaluator:
 
     Every batch has ``batch_size`` examples (rounded up to a multiple of the device count) so the
     eval step compiles once; the last batch is padded with weight-0 examples, so every example
-    counts exactly once.
+    counts exactly once. On several processes every process pads the same way and puts its
+    shards of each batch (:func:`sfw_jax.training.distributed.shard_batch`); the jitted sums
+    are global, so every process gets the same result.
     """
 
     def __init__(self, model: Any, info: DatasetInfo, mesh: Mesh, batch_size: int):
@@ -156,7 +158,6 @@ class Evaluator:
     def put(self, split: Split) -> DeviceSplit:
         """Copy ``split`` to the devices as padded, sharded batches."""
         n, eb = len(split), self.batch_size
-        sharding = dist.data_sharding(self.mesh)
         batches = []
         for start in range(0, n, eb):
             stop = min(start + eb, n)
@@ -165,7 +166,7 @@ class Evaluator:
                                 np.zeros((pad, *split.images.shape[1:]), np.uint8)])
             y = np.concatenate([split.labels[start:stop], np.zeros(pad, np.int32)])
             w = np.concatenate([np.ones(stop - start, np.float32), np.zeros(pad, np.float32)])
-            batches.append(tuple(jax.device_put(a, sharding) for a in (x, y, w)))
+            batches.append(dist.shard_batch((x, y, w), self.mesh))
         return DeviceSplit(batches, n)
 
     def __call__(self, params: PyTree, batch_stats: PyTree,
