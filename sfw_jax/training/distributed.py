@@ -34,8 +34,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, Sharding
 from sfw_jax._cli import one_line
 
 __all__ = [
-    "DATA_AXIS", "initialize_distributed", "select_devices", "make_mesh", "data_sharding",
-    "replicated", "check_batch_divisible", "replicate", "shard_batch",
+    "DATA_AXIS", "INITIALIZATION_TIMEOUT_S", "HEARTBEAT_TIMEOUT_S", "SHUTDOWN_TIMEOUT_S",
+    "EXIT_COLLECTIVE_FAILURE", "initialize_distributed", "is_initialized", "is_multiprocess",
+    "select_devices", "make_mesh", "data_sharding", "replicated", "check_batch_divisible",
+    "global_array", "replicate", "shard_batch", "broadcast_from_main",
+    "check_same_on_all_processes", "is_collective_failure", "exit_on_collective_failure",
 ]
 
 

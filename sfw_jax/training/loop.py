@@ -71,7 +71,7 @@ from sfw_jax.training.steps import (Evaluator, TrainState, cross_entropy_loss, m
 __all__ = [
     "Callback", "NonFiniteLossError", "TrainResult", "setup_devices",
     "check_run_preconditions", "training_subset", "build_model", "init_train_state",
-    "apply_sfw_init", "weight_counts", "train",
+    "apply_sfw_init", "weight_counts", "PER_PROCESS_FIELDS", "check_processes_agree", "train",
 ]
 
 
@@ -324,10 +324,10 @@ def _train_epoch(state: TrainState, train_step: Callable, images: jax.Array, lab
 # Loop
 # ---------------------------------------------------------------------------------------------
 
-PER_PROCESS_FIELDS = ("process_id", "coordinator_address", "data_dir", "out_dir", "progress",
-                      "log_every")
+PER_PROCESS_FIELDS = config_lib.options_where("per_process")
 """Config fields that may differ between the processes of one multi-process run (where a host
-keeps its files and what it shows); every other field must agree."""
+keeps its files and what it shows): those declared ``per_process``; every other field must
+agree."""
 
 
 def check_processes_agree(cfg: TrainConfig, dataset: Dataset) -> None:

@@ -13,9 +13,10 @@ each in its (private) module ``_<concern>.py`` with the checks of its own fields
 
 A field is declared with :func:`option`: its default, its ``--help`` text, its range or choices
 (the choice tuples and registries are imported from the modules that implement them), and
-whether it only applies to SFW (``sfw_only``) or may change when a run is resumed
-(``resume_may_differ``). The command line (:mod:`sfw_jax.training.cli`) is generated from these
-declarations: adding an option is one field plus the code that reads it.
+whether it only applies to SFW (``sfw_only``), may change when a run is resumed
+(``resume_may_differ``) or differ between the processes of one run (``per_process``). The
+command line (:mod:`sfw_jax.training.cli`) is generated from these declarations: adding an
+option is one field plus the code that reads it.
 
 Option names are unique across concerns, and the flat name is the option's one public name:
 the flag (``--k-frac`` = ``k_frac``), the key of ``config.json``, of presets and of

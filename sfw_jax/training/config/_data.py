@@ -17,7 +17,7 @@ class DataConfig:
     dataset: str = option("digits", help="dataset name: 'digits' (embedded, offline), "
                           "'cifar10', 'idx', 'imagefolder', ... (docs/training.md, Data)")
     data_dir: str | None = option(None, help="local dataset folder or archive",
-                                  resume_may_differ=True)
+                                  resume_may_differ=True, per_process=True)
     val_fraction: float = option(0.1, lo=0.0, hi=1.0, hi_open=True,
                                  help="fraction of the training set held out for validation")
     image_size: int | None = option(None, lo=1, help="resize images to this side length")

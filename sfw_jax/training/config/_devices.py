@@ -20,11 +20,13 @@ class DeviceConfig:
     distributed: bool = option(False, help="multi-host: call jax.distributed.initialize first",
                                resume_may_differ=True)
     coordinator_address: str | None = option(None, help="for jax.distributed.initialize; "
-                                             "None: auto-detect", resume_may_differ=True)
+                                             "None: auto-detect", resume_may_differ=True,
+                                             per_process=True)
     num_processes: int | None = option(None, lo=1, help="for jax.distributed.initialize; "
                                        "None: auto-detect", resume_may_differ=True)
     process_id: int | None = option(None, lo=0, help="for jax.distributed.initialize; "
-                                    "None: auto-detect", resume_may_differ=True)
+                                    "None: auto-detect", resume_may_differ=True,
+                                    per_process=True)
 
     def validate(self) -> None:
         """ValueError naming the first invalid field."""

@@ -20,15 +20,16 @@ class LoopConfig:
                                   resume_may_differ=True)
     seed: int = option(0, lo=0, help="seed of the init, the split, the shuffle and augmentation")
     out_dir: str | None = option(None, help="run folder (config.json, metrics.jsonl, "
-                                 "checkpoints/); None: no files", resume_may_differ=True)
+                                 "checkpoints/); None: no files", resume_may_differ=True,
+                                 per_process=True)
     resume: bool = option(False, help="continue from the latest checkpoint in out_dir",
                           resume_may_differ=True)
     keep_checkpoints: int = option(3, lo=0, help="epoch checkpoints kept (0: none)",
                                    resume_may_differ=True)
     log_every: int = option(20, lo=1, help="steps between host syncs (progress bar, "
-                            "non-finite loss check)", resume_may_differ=True)
+                            "non-finite loss check)", resume_may_differ=True, per_process=True)
     progress: bool = option(True, help="progress bar on a terminal (a log gets one line per "
-                            "epoch)", resume_may_differ=True)
+                            "epoch)", resume_may_differ=True, per_process=True)
 
     def validate(self) -> None:
         """ValueError naming the first invalid field."""

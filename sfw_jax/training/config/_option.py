@@ -27,7 +27,7 @@ def option(default: Any = _MISSING, *, help: str, default_factory: Any = _MISSIN
            lo_open: bool = False, hi_open: bool = False, allowed: str | None = None,
            flag: str | None = None, metavar: str | None = None,
            values: Mapping[str, Any] | None = None, sfw_only: bool = False,
-           resume_may_differ: bool = False) -> Any:
+           resume_may_differ: bool = False, per_process: bool = False) -> Any:
     """A dataclass field declaring one option.
 
     Args:
@@ -43,10 +43,13 @@ def option(default: Any = _MISSING, *, help: str, default_factory: Any = _MISSIN
         with another optimizer).
       resume_may_differ: how the run is executed, not what it computes: may change when a run
         is resumed (:func:`sfw_jax.training.run_folder.config_differences`).
+      per_process: where a host keeps its files or what it shows: may differ between the
+        processes of one multi-process run (:func:`sfw_jax.training.loop.check_processes_agree`).
     """
     metadata = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open,
                 "hi_open": hi_open, "allowed": allowed, "flag": flag, "metavar": metavar,
-                "values": values, "sfw_only": sfw_only, "resume_may_differ": resume_may_differ}
+                "values": values, "sfw_only": sfw_only, "resume_may_differ": resume_may_differ,
+                "per_process": per_process}
     return dataclasses.field(default=default, default_factory=default_factory,
                              metadata=metadata)
 
