@@ -301,7 +301,6 @@ def test_collective_failures_are_recognised_through_their_chain():
 
 
 def test_one_process_helpers_are_the_plain_path():
-    import jax
     from sfw_jax.training import distributed as dist
     mesh = dist.make_mesh(dist.select_devices(1))
     tree = {"w": np.array([-0.0, 1.5, np.nan], np.float32), "k": np.arange(3, dtype=np.uint32)}
