@@ -8,6 +8,8 @@
 * :mod:`~sfw_jax.fw.lmo`, :mod:`~sfw_jax.fw.gauges`, :mod:`~sfw_jax.fw.projections`,
   :mod:`~sfw_jax.fw.nm`: linear minimization oracles, gauges and projections as pure functions;
 * :mod:`~sfw_jax.fw.topk`: exact top-k selection without a full sort;
+  :mod:`~sfw_jax.fw.segtopk`: the segmented engine (top-k in many tensors at once, the
+  pruning masks' ranking);
 * :mod:`~sfw_jax.fw.sfw`: ``sfw``, the Optax transformation;
   :mod:`~sfw_jax.fw.constraint_schedule`: ``scheduled_sfw`` and its phase builders;
 * :mod:`~sfw_jax.fw.native`: the native CPU kernel of the SFW step's front half.
