@@ -327,6 +327,26 @@ def _train_epoch(state: TrainState, train_step: Callable, data: tuple[jax.Array,
     return state, losses, correct
 
 
+def _train_data_and_step(cfg: TrainConfig, model: Any, tx: optax.GradientTransformationExtraArgs,
+                         info: DatasetInfo, split: Split | TokenSplit, mesh: Mesh
+                         ) -> tuple[tuple[jax.Array, ...], Callable]:
+    """The training split on the devices (replicated) and the jitted step that reads it:
+    ``(images, labels)`` and the image step, or ``(tokens,)`` and the language-model step."""
+    repl = dist.replicated(mesh)
+    if info.sequence_length is not None:
+        return (jax.device_put(split.tokens, repl),), make_token_train_step(model, tx, mesh=mesh)
+    step = make_train_step(model, tx, mean=np.asarray(info.mean), std=np.asarray(info.std),
+                           augment=bool(cfg.augment), mesh=mesh)
+    return (jax.device_put(split.images, repl), jax.device_put(split.labels, repl)), step
+
+
+def _final_record(test: dict[str, float], epochs: int, wall: float) -> dict:
+    """The content of ``final.json`` (a language model adds ``test_bits_per_byte``)."""
+    bpb = {"test_bits_per_byte": test["bits_per_byte"]} if "bits_per_byte" in test else {}
+    return {"test_loss": test["loss"], "test_acc": test["accuracy"], **bpb, "epochs": epochs,
+            "wall_time": wall}
+
+
 # ---------------------------------------------------------------------------------------------
 # Loop
 # ---------------------------------------------------------------------------------------------
@@ -376,14 +396,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
                                   sfw_init_info)
     repl = dist.replicated(mesh)
     state = jax.device_put(state, repl)
-    if info.sequence_length is None:
-        data = (jax.device_put(train_split.images, repl), jax.device_put(train_split.labels, repl))
-        train_step = make_train_step(model, tx, mean=np.asarray(info.mean),
-                                     std=np.asarray(info.std), augment=bool(cfg.augment),
-                                     mesh=mesh)
-    else:
-        data = (jax.device_put(train_split.tokens, repl),)
-        train_step = make_token_train_step(model, tx, mesh=mesh)
+    data, train_step = _train_data_and_step(cfg, model, tx, info, train_split, mesh)
     positions = info.sequence_length or 1  # predictions per example
     evaluator = Evaluator(model, info, mesh, cfg.eval_batch_size)
     val_dev = evaluator.put(dataset.val) if len(dataset.val) else None
@@ -459,11 +472,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
         test = evaluator(state.params, state.batch_stats, test_dev)
         wall = time.time() - t_start
         if paths is not None and main:
-            run_folder.write_json(paths["final"], {
-                "test_loss": test["loss"], "test_acc": test["accuracy"],
-                **({"test_bits_per_byte": test["bits_per_byte"]} if "bits_per_byte" in test
-                   else {}),
-                "epochs": cfg.epochs, "wall_time": wall})
+            run_folder.write_json(paths["final"], _final_record(test, cfg.epochs, wall))
         if main:
             bpb = f" test_bpb {test['bits_per_byte']:.4f}" if "bits_per_byte" in test else ""
             print(f"test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f}{bpb} "
