@@ -239,16 +239,17 @@ def nm_mask(params: PyTree, n: int, m: int, *, axis: int = -2,
       n, m: ints with 1 <= n <= m (2:4 is ``n=2, m=4``).
       axis: the grouping axis (default -2, the input features of Flax Dense ``(in, out)`` and
         Conv ``(kh, kw, in, out)`` kernels, the axis 2:4 sparse tensor cores group along).
-      include: which leaves are pruned: None (leaves of rank >= 2 whose size along ``axis`` is a
-        multiple of m, :func:`sfw_jax.fw.nm.nm_eligible`), a bool pytree like ``params``, or a
+      include: which leaves are pruned: None (the kernels, :func:`sfw_jax.is_kernel`, whose size
+        along ``axis`` is a multiple of m, :func:`sfw_jax.fw.nm.nm_eligible`), a bool pytree
+        like ``params``, or a
         predicate ``(path, leaf) -> bool``; a leaf it selects must have ``axis`` with a size
         that is a multiple of m (ValueError naming the leaf otherwise).
     """
     n, m = check_nm(n, m)
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise ValueError(f"axis must be an int, got {axis!r}")
-    chosen = select_leaves(params, include,
-                           lambda path, leaf: nm_eligible(jnp.shape(leaf), m, axis), "include")
+    chosen = select_leaves(params, include, lambda path, leaf: (
+        is_kernel(path, leaf) and nm_eligible(jnp.shape(leaf), m, axis)), "include")
 
     def leaf_mask(path, leaf, sel):
         if not sel:

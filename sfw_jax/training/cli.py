@@ -18,6 +18,8 @@ Examples::
     sfw-train --preset quickstart-digits --rescale fast_gradient --lr 0.1
     sfw-train --preset quickstart-digits --delay-lmo 0.33
     sfw-train --preset quickstart-digits --tau-start 20 --k-frac-start 0.1
+    sfw-train --arch transformer_lm --dataset text \
+        --data-dir ../shared/data/text/cpython-3.11.7-lib.tar.gz --optimizer adamw --epochs 2
     sfw-train --list-presets
 """
 
@@ -133,13 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(sfw_jax.fw.native): 'auto' = where it builds on a CPU backend (the "
                         "config default; presets that must reproduce bitwise pin 'off'), 'on' "
                         "(an error where it cannot be built) or 'off' (the XLA path)")
-    g.add_argument("--lr", type=float, help="base lr (SFW default 1.0, SGD 0.1)")
-    g.add_argument("--rest-lr", type=float, help="SGD lr of unconstrained leaves (SFW)")
+    g.add_argument("--lr", type=float,
+                   help="base lr (SFW default 1.0, SGD 0.1, AdamW 1e-3, Adam-SFW 0.01)")
+    g.add_argument("--rest-lr", type=float,
+                   help="lr of the unconstrained leaves: SGD (sfw, default 0.1) or AdamW "
+                        "(adam_sfw, default 1e-3)")
     g.add_argument("--lr-schedule", choices=config_lib.LR_SCHEDULES)
     g.add_argument("--trend-loss", choices=config_lib.TREND_LOSSES,
                    help="epoch loss read by 'dynamic_change' (reference: last_batch)")
     g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float, help="SGD default 5e-4, SFW 0")
+    g.add_argument("--weight-decay", type=float,
+                   help="SGD default 5e-4, SFW 0, AdamW 0.1 (decoupled), Adam-SFW 0")
 
     g = p.add_argument_group("loop")
     g.add_argument("--epochs", type=int)
@@ -180,12 +186,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 
 def check_conflicts(cfg: TrainConfig, explicit: set[str]) -> None:
     """Flags that make no sense together (ValueError naming them)."""
-    if cfg.optimizer == "sgd":
+    if cfg.optimizer not in config_lib.SFW_OPTIMIZERS:
         bad = sorted(f for f in explicit if f in config_lib.SFW_ONLY_FIELDS)
         if bad:
             flags = ", ".join("--" + f.replace("_", "-") for f in bad)
-            raise ValueError(f"{flags}: only meaningful with --optimizer sfw, but the optimizer "
-                             f"is 'sgd'; drop the flag(s) or use --optimizer sfw")
+            raise ValueError(f"{flags}: only meaningful with --optimizer sfw (or adam_sfw), but "
+                             f"the optimizer is {cfg.optimizer!r}; drop the flag(s) or use "
+                             f"--optimizer sfw")
     if cfg.resume and cfg.out_dir is None:
         raise ValueError("--resume needs --out-dir (the run to continue)")
     for f in ("coordinator_address", "num_processes", "process_id"):

@@ -3,13 +3,20 @@
 A config is a frozen dataclass of plain JSON-able values (it is written to ``out_dir/config.json``).
 Fields left ``None`` take an optimizer-dependent default in :func:`resolve`:
 
-========================  =========================  ===============================
-field                     optimizer='sfw'            optimizer='sgd'
-========================  =========================  ===============================
-``lr``                    1.0 (a step-size factor)   0.1
-``weight_decay``          0.0                        5e-4
-``lr_schedule``           'dynamic_change'           'step'
-========================  =========================  ===============================
+========================  =========================  ===============  ==========  ============
+field                     optimizer='sfw'            'sgd'            'adamw'     'adam_sfw'
+========================  =========================  ===============  ==========  ============
+``lr``                    1.0 (a step-size factor)   0.1              1e-3        0.01 (factor)
+``weight_decay``          0.0                        5e-4             0.1         0.0
+``lr_schedule``           'dynamic_change'           'step'           'cosine'    'cosine'
+``rest_lr``               0.1                        0.1 (unused)     0.1 (unused)  1e-3
+========================  =========================  ===============  ==========  ============
+
+``optimizer='adamw'`` and ``'adam_sfw'`` (language models; :mod:`sfw_jax.training.optimizers`):
+AdamW (decay on the leaves of rank >= 2), and Adam-preconditioned SFW on the constrained leaves
+with AdamW at ``rest_lr`` on the others (``sfw_scope='kernels'`` routes embeddings, norms and
+biases there). ``'adam_sfw'`` reads the SFW fields as ``'sfw'`` does (no ``momentum``: Adam's
+moments are its direction; no constraint schedule).
 
 SFW semantics follow the reference (Lu et al., ICLR 2022): every tensor of the model is
 constrained (``sfw_scope='all'``) to a ``constraint`` polytope with per-tensor
@@ -48,10 +55,13 @@ from sfw_jax.fw.nm import format_nm, parse_nm
 from sfw_jax.fw.registry import KINDS as CONSTRAINTS, k_kinds
 from sfw_jax.fw.sfw import RESCALES
 from sfw_jax.selectors import LEAF_SCOPES as SFW_SCOPES
-from sfw_jax.training.models import MODELS
+from sfw_jax.training.datasets.text import TEXT_DATASETS
+from sfw_jax.training.models import MODELS, model_context
 from sfw_jax.training.schedules import SCHEDULES as LR_SCHEDULES, TREND_LOSSES
 
-OPTIMIZERS = ("sfw", "sgd")
+OPTIMIZERS = ("sfw", "sgd", "adamw", "adam_sfw")
+SFW_OPTIMIZERS = ("sfw", "adam_sfw")
+"""The optimizers that train constrained leaves by Frank-Wolfe steps (the SFW fields apply)."""
 CONSTRAINT_SCHEDULE_FIELDS = ("delay_lmo", "tau_start", "k_frac_start")
 """Fields that switch a constraint schedule on (:mod:`sfw_jax.fw.constraint_schedule`) when not
 None."""
@@ -60,7 +70,7 @@ ARCHS = tuple(MODELS)
 
 __all__ = [
     "TrainConfig", "field_names", "resolve", "validate", "has_constraint_schedule", "save_json",
-    "load_json", "parse_nm", "format_nm", "OPTIMIZERS", "CONSTRAINTS", "MODES", "RESCALES",
+    "load_json", "parse_nm", "format_nm", "OPTIMIZERS", "SFW_OPTIMIZERS", "DEFAULT_REST_LR", "CONSTRAINTS", "MODES", "RESCALES",
     "SFW_SCOPES", "INIT_NORM_RULES", "LR_SCHEDULES", "TREND_LOSSES", "PRECISIONS", "ARCHS",
     "CONSTRAINT_SCHEDULE_FIELDS", "SFW_ONLY_FIELDS", "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY",
     "DEFAULT_SCHEDULE",
@@ -70,12 +80,14 @@ SFW_ONLY_FIELDS = ("constraint", "k", "k_frac", "nm", "tau", "mode", "rescale", 
                    "init_norm_samples", "init_norm_rule", "rest_lr", "sfw_init",
                    "sfw_init_steps", "sfw_init_lr", "cpu_kernel", *CONSTRAINT_SCHEDULE_FIELDS,
                    "schedule_phases", "schedule_end")
-"""Fields that only mean something with ``optimizer='sfw'`` (explicitly setting one for SGD is a
-conflict the CLI reports)."""
+"""Fields that only mean something with an optimizer of ``SFW_OPTIMIZERS`` (explicitly setting
+one for SGD or AdamW is a conflict the CLI reports)."""
 
-DEFAULT_LR = {"sfw": 1.0, "sgd": 0.1}
-DEFAULT_WEIGHT_DECAY = {"sfw": 0.0, "sgd": 5e-4}
-DEFAULT_SCHEDULE = {"sfw": "dynamic_change", "sgd": "step"}
+DEFAULT_LR = {"sfw": 1.0, "sgd": 0.1, "adamw": 1e-3, "adam_sfw": 0.01}
+DEFAULT_WEIGHT_DECAY = {"sfw": 0.0, "sgd": 5e-4, "adamw": 0.1, "adam_sfw": 0.0}
+DEFAULT_SCHEDULE = {"sfw": "dynamic_change", "sgd": "step", "adamw": "cosine",
+                    "adam_sfw": "cosine"}
+DEFAULT_REST_LR = {"sfw": 0.1, "sgd": 0.1, "adamw": 0.1, "adam_sfw": 1e-3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +106,7 @@ class TrainConfig:
       augment: random crop (pad 4) + horizontal flip inside the train step; None = on for
         CIFAR-like datasets (name starts with 'cifar'), off otherwise.
     Optimizer:
-      optimizer: 'sfw' or 'sgd'.
+      optimizer: 'sfw', 'sgd', 'adamw' or 'adam_sfw'.
       constraint, k, k_frac, tau, mode, rescale: SFW constraint set and step rescaling
         (rescale: 'gradient', 'fast_gradient', 'diameter' or 'none'; :func:`sfw_jax.sfw`).
       delay_lmo: fraction f in (0, 1) of the training steps trained with K = n (same L2
@@ -127,14 +139,17 @@ class TrainConfig:
         :func:`sfw_jax.sfw` argument of that name). A preset pins False where its runs must
         reproduce bitwise on any machine: the kernel sums the norms in another order.
       lr: base learning rate (SFW: step-size factor); None = optimizer default.
-      rest_lr: SGD learning rate of the unconstrained leaves: the non-kernel leaves when
-        ``sfw_scope='kernels'``, the leaves without N:M groups with ``constraint='nm_sparse'``.
+      rest_lr: learning rate of the unconstrained leaves (SGD for 'sfw', AdamW for 'adam_sfw'):
+        the non-kernel leaves when ``sfw_scope='kernels'``, the leaves without N:M groups with
+        ``constraint='nm_sparse'``; None = optimizer default.
       lr_schedule: 'constant' | 'step' | 'cosine' | 'dynamic_change'
         (:mod:`sfw_jax.training.schedules`).
       trend_loss: the loss of an epoch that 'dynamic_change' reads: 'epoch_mean' or 'last_batch'
         (the reference's).
-      momentum: SFW momentum (m = mu m + (1 - mu) g) or SGD heavy-ball momentum.
-      weight_decay: L2 decay added to the gradient of SGD-updated leaves; None = default.
+      momentum: SFW momentum (m = mu m + (1 - mu) g) or SGD heavy-ball momentum (unused by
+        'adamw' and 'adam_sfw': Adam's b1 = 0.9, b2 = 0.999).
+      weight_decay: L2 decay added to the gradient of SGD-updated leaves, or AdamW's decoupled
+        decay of the AdamW-updated leaves of rank >= 2; None = default.
     Loop:
       epochs, batch_size, eval_batch_size, seed.
       precision: 'fp32' or 'bf16' compute (params stay float32).
@@ -179,7 +194,7 @@ class TrainConfig:
     sfw_init_lr: float = 1e-3
     cpu_kernel: bool | None = None
     lr: float | None = None
-    rest_lr: float = 0.1
+    rest_lr: float | None = None
     lr_schedule: str | None = None
     trend_loss: str = "epoch_mean"
     momentum: float = 0.9
@@ -228,7 +243,8 @@ def field_names() -> list[str]:
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill the optimizer-dependent ``None`` defaults (lr, weight_decay, lr_schedule, augment);
+    """Fill the optimizer-dependent ``None`` defaults (lr, weight_decay, lr_schedule, rest_lr,
+    augment);
     list values of ``model_kwargs`` (from JSON) become tuples (Flax attributes are hashable)."""
     opt = cfg.optimizer
     if opt not in OPTIMIZERS:
@@ -239,6 +255,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         lr=DEFAULT_LR[opt] if cfg.lr is None else cfg.lr,
         weight_decay=DEFAULT_WEIGHT_DECAY[opt] if cfg.weight_decay is None else cfg.weight_decay,
         lr_schedule=DEFAULT_SCHEDULE[opt] if cfg.lr_schedule is None else cfg.lr_schedule,
+        rest_lr=DEFAULT_REST_LR[opt] if cfg.rest_lr is None else cfg.rest_lr,
         augment=(cfg.dataset.lower().startswith("cifar")) if cfg.augment is None else cfg.augment,
     )
 
@@ -309,6 +326,21 @@ def _check_constraint_schedule(cfg: TrainConfig) -> None:
                          f"SFW-Init tunes the init for one constraint set, not a schedule")
 
 
+def _check_language_model(cfg: TrainConfig) -> None:
+    """A sequence model (one with a ``context``) trains on a text dataset and only there."""
+    text = cfg.dataset.lower() in TEXT_DATASETS
+    sequence = model_context(cfg.arch, cfg.model_kwargs) is not None
+    if text and not sequence:
+        _bad("arch", cfg.arch, f"a sequence model with dataset={cfg.dataset!r}: one of "
+             f"{[a for a in ARCHS if model_context(a) is not None]}")
+    if sequence and not text:
+        _bad("dataset", cfg.dataset, f"one of {list(TEXT_DATASETS)} with arch={cfg.arch!r}")
+    if text and (cfg.augment or cfg.image_size is not None or cfg.sfw_init):
+        raise ValueError(f"augment={cfg.augment!r}, image_size={cfg.image_size!r}, sfw_init="
+                         f"{cfg.sfw_init!r}: image options, not for dataset={cfg.dataset!r} "
+                         f"(use None / False)")
+
+
 def has_constraint_schedule(cfg: TrainConfig) -> bool:
     """True when a field of ``CONSTRAINT_SCHEDULE_FIELDS`` is set (an SFW config's sets change
     during training)."""
@@ -331,6 +363,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
              "free of 'dtype' (use precision) and 'num_classes' (set by the dataset)")
     if not isinstance(cfg.dataset, str) or not cfg.dataset:
         _bad("dataset", cfg.dataset, "a non-empty dataset name")
+    _check_language_model(cfg)
     if cfg.data_dir is not None and not isinstance(cfg.data_dir, str):
         _bad("data_dir", cfg.data_dir, "a path string or None")
     _check_float(cfg, "val_fraction", 0.0, 1.0)
@@ -362,13 +395,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.sfw_init not in (True, False):
         _bad("sfw_init", cfg.sfw_init, "True or False")
     if cfg.sfw_init and cfg.optimizer != "sfw":
-        _bad("sfw_init", cfg.sfw_init, "False with optimizer='sgd' (SFW-Init tunes the init for SFW)")
+        _bad("sfw_init", cfg.sfw_init, f"False with optimizer={cfg.optimizer!r} (SFW-Init tunes "
+             f"the init for SFW)")
+    if cfg.optimizer == "adam_sfw" and has_constraint_schedule(cfg):
+        raise ValueError("optimizer='adam_sfw' takes no constraint schedule (delay_lmo, "
+                         "tau_start, k_frac_start): use optimizer='sfw' for one")
     _check_int(cfg, "sfw_init_steps", 1)
     if cfg.cpu_kernel is not None and not isinstance(cfg.cpu_kernel, bool):
         _bad("cpu_kernel", cfg.cpu_kernel, "None, True or False")
     _check_float(cfg, "sfw_init_lr", 0.0, lo_open=True)
     _check_float(cfg, "lr", 0.0, lo_open=True, optional=True)
-    _check_float(cfg, "rest_lr", 0.0)
+    _check_float(cfg, "rest_lr", 0.0, optional=True)
     _check_choice(cfg, "lr_schedule", LR_SCHEDULES, optional=True)
     _check_choice(cfg, "trend_loss", TREND_LOSSES)
     _check_float(cfg, "momentum", 0.0, 1.0)
@@ -376,12 +413,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _bad("momentum", cfg.momentum, "in [0, 1)")
     _check_float(cfg, "weight_decay", 0.0, optional=True)
     # with 'nm_sparse' the leaves without N:M groups are SGD-trained: decay applies to them
-    if (cfg.optimizer == "sfw" and cfg.sfw_scope == "all" and cfg.weight_decay
+    if (cfg.optimizer in SFW_OPTIMIZERS and cfg.sfw_scope == "all" and cfg.weight_decay
             and cfg.constraint not in ("unconstrained", "nm_sparse")):
         raise ValueError(
-            f"weight_decay={cfg.weight_decay!r} conflicts with optimizer='sfw' and "
+            f"weight_decay={cfg.weight_decay!r} conflicts with optimizer={cfg.optimizer!r} and "
             f"sfw_scope='all': SFW has no weight decay (the constraint regularises); use "
-            f"weight_decay=0, or sfw_scope='kernels' to decay the SGD-trained leaves")
+            f"weight_decay=0, or sfw_scope='kernels' to decay the leaves trained otherwise")
 
     _check_int(cfg, "epochs", 1)
     _check_int(cfg, "batch_size", 1)
