@@ -20,10 +20,14 @@ when the command dies reads ``error`` ("did not finish").
 3. ``topk``: ``benchmarks.bench_topk.time_size`` for every method of ``sfw_jax.fw.topk.METHODS``
    (read at run time), K = 5 %, float32 and bfloat16, at the ResNet-18 tensor sizes from 36,864
    to 2,359,296 entries: median ms.
-4. ``update``: ``benchmarks.bench_update.bench`` (SFW update vs ``optax.sgd(momentum=0.9)`` on
-   the ResNet-18 tree) for every method: ms and ratio = sfw_ms / sgd_ms; then the op counts of
-   ``benchmarks.op_count.op_counts`` (recorded as skipped, with the reason, when that module
-   does not import).
+4. ``update``: first ``benchmarks.bench_topk.time_tree`` (the K-sparse selections of every
+   leaf at once: one segmented search over the whole tree, per-shape-group ``vmap`` and per-leaf
+   'bisect' / 'segmented': ms and op count, under ``"selection"``); then
+   ``benchmarks.bench_update.bench`` (SFW update vs ``optax.sgd(momentum=0.9)`` on the
+   ResNet-18 tree) for every method: ms and ratio = sfw_ms / sgd_ms; then the op counts of
+   ``benchmarks.op_count.op_counts``, the defaults first (``sfw_accelerator_default`` vs
+   ``sgd``), then per method (recorded as skipped, with the reason, when that module does not
+   import).
 5. ``train_step``: ``benchmarks.bench_train_step.bench_model`` (ResNet-18, batch 128, method
    'auto'), fp32 and bf16: SFW and SGD ms, ratio = sfw_ms / sgd_ms, images/s.
 6. ``study``: ResNet-18 on the CIFAR-10 JPEG archive (``--data``) with the configs of the presets

@@ -1,12 +1,17 @@
 """Operation counts of the compiled optimizer step on the ResNet-18 tree (a proxy for kernel launches).
 
-    python -m benchmarks.op_count [--json] [--methods auto bisect ...]
+    python -m benchmarks.op_count [--json] [--methods auto bisect ...] [--no-defaults]
 
 Compiles, on the default backend, one jitted optimizer step ``(params, opt_state, grads) ->
 (params', opt_state')`` = ``update`` + ``optax.apply_updates`` (as ``benchmarks/bench_update.py``:
 ResNet-18 for CIFAR, 62 tensors, every tensor K-sparse with k = 10, k_frac = 5 %) for
 
   * ``sfw_default``: ``sfw(...)`` with its defaults (on the CPU the native kernel where it builds);
+  * ``sfw_accelerator_default``: the update ``sfw(...)`` compiles by default on a GPU or TPU,
+    compiled on the backend that runs this: the XLA path (``cpu_kernel=False``), ``batch_select``
+    and every ``'auto'`` top-k method resolved for a GPU backend
+    (:func:`accelerator_default`); the record's ``accelerator_default_ratio`` is its ``ops``
+    over SGD's;
   * ``sfw_<method>_per_leaf`` / ``sfw_<method>_batched``: the XLA path (``cpu_kernel=False``)
     with ``batch_select=False`` / ``True``, for each top-k method of ``sfw_jax.fw.topk.METHODS``
     (``'auto'`` resolved for the backend);
@@ -19,11 +24,13 @@ conditionals. Each op, fusion and custom-call of the entry computation is (at le
 launch on a GPU; a while loop or conditional adds a host round trip per iteration there. XLA's
 own per-thunk overhead on the CPU follows the same count. :func:`op_counts` returns the record
 (the device suite calls it on the accelerator); ``--json`` prints it as one JSON line.
+``--no-defaults`` leaves out the first two rows and SGD.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from typing import Iterable, Optional
@@ -35,7 +42,10 @@ import optax
 from benchmarks import _timing
 from benchmarks.bench_update import _norms, resnet18_params
 from sfw_jax import make_constraints, sfw
-from sfw_jax.fw.topk import METHODS
+from sfw_jax._tree import PyTree
+from sfw_jax.fw.sets import is_constraint
+from sfw_jax.fw.sfw import BATCH_SELECT
+from sfw_jax.fw.topk import METHODS, backend_name, resolve_method
 
 _TRIVIAL = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
 _KINDS = {"fusion": "fusion", "custom_call": "custom-call", "while": "while",
@@ -87,24 +97,48 @@ def _step_hlo(opt: optax.GradientTransformation, params, grads) -> str:
     return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile().as_text()
 
 
-def variants(params, methods: Iterable[str]) -> dict[str, optax.GradientTransformation]:
-    """The optimizers compared (module docstring), by name."""
+def accelerator_default(learning_rate: float, constraints: PyTree, params: PyTree,
+                        backend: str = "gpu", **kwargs) -> optax.GradientTransformation:
+    """``sfw(learning_rate, constraints, **kwargs)`` as its defaults resolve on ``backend``,
+    whatever backend traces it: the XLA path (``cpu_kernel=False``), ``batch_select`` from
+    ``BATCH_SELECT`` and each constraint's top-k ``method='auto'`` resolved for ``backend`` and
+    its leaf's size (``resolve_method``)."""
+    def resolve(c, x):
+        if getattr(c, "method", None) != "auto":
+            return c
+        return dataclasses.replace(c, method=resolve_method(x.size, "auto", backend))
+
+    resolved = jax.tree.map(resolve, constraints, params, is_leaf=is_constraint)
+    batch = BATCH_SELECT.get(backend_name(backend), BATCH_SELECT["default"])
+    return sfw(learning_rate, resolved, cpu_kernel=False, batch_select=batch, **kwargs)
+
+
+def variants(params, methods: Iterable[str], defaults: bool = True
+             ) -> dict[str, optax.GradientTransformation]:
+    """The optimizers compared (module docstring), by name; ``defaults=False`` leaves out
+    ``sfw_default``, ``sfw_accelerator_default`` and ``sgd``."""
     def cons(method):
         return make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
                                 mode="initialization", init_norms=_norms(params), method=method)
 
-    out = {"sfw_default": sfw(0.1, cons("auto"), momentum=0.9, rescale="gradient")}
+    out = {}
+    if defaults:
+        out["sfw_default"] = sfw(0.1, cons("auto"), momentum=0.9, rescale="gradient")
+        out["sfw_accelerator_default"] = accelerator_default(
+            0.1, cons("auto"), params, momentum=0.9, rescale="gradient")
     for m in methods:
         for name, batch in (("per_leaf", False), ("batched", True)):
             out[f"sfw_{m}_{name}"] = sfw(0.1, cons(m), momentum=0.9, rescale="gradient",
                                          cpu_kernel=False, batch_select=batch)
-    out["sgd"] = optax.sgd(0.1, momentum=0.9)
+    if defaults:
+        out["sgd"] = optax.sgd(0.1, momentum=0.9)
     return out
 
 
-def op_counts(methods: Optional[Iterable[str]] = None) -> dict:
+def op_counts(methods: Optional[Iterable[str]] = None, defaults: bool = True) -> dict:
     """The record of the module docstring on the default backend: ``{"variants": {name:
-    counts}, "tensors", "backend", ...}``; ``methods``: top-k methods (default: all)."""
+    counts}, "accelerator_default_ratio", "tensors", "backend", ...}``; ``methods``: top-k
+    methods (default: all); ``defaults=False``: only their rows (no ratio)."""
     methods = list(METHODS if methods is None else methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -112,24 +146,30 @@ def op_counts(methods: Optional[Iterable[str]] = None) -> dict:
     params = resnet18_params()
     grads = jax.tree.map(jnp.zeros_like, params)
     counts = {name: entry_counts(_step_hlo(opt, params, grads))
-              for name, opt in variants(params, methods).items()}
+              for name, opt in variants(params, methods, defaults).items()}
+    ratio = (round(counts["sfw_accelerator_default"]["ops"] / counts["sgd"]["ops"], 2)
+             if defaults else None)
     return {"benchmark": "op_count", "model": "resnet18",
             "tensors": len(jax.tree.leaves(params)), "variants": counts,
-            **_timing.environment()}
+            "accelerator_default_ratio": ratio, **_timing.environment()}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print the record as one JSON line")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                    help="top-k methods of the sfw_<method> rows")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                    help="top-k methods of the sfw_<method> rows (none: only the defaults)")
+    ap.add_argument("--no-defaults", action="store_true",
+                    help="leave out sfw_default, sfw_accelerator_default and sgd")
     args = ap.parse_args(argv)
-    rec = op_counts(args.methods)
+    rec = op_counts(args.methods, defaults=not args.no_defaults)
     print(f"ResNet-18 tensors={rec['tensors']} backend={rec['backend']} "
           f"(entry computation of the optimized HLO of update + apply_updates)")
     cols = ("instructions", "ops", *_KINDS)
     _timing.print_table([(name, *[c[k] for k in cols]) for name, c in rec["variants"].items()],
                         ("variant", *cols))
+    if rec["accelerator_default_ratio"] is not None:
+        print(f"sfw_accelerator_default / sgd ops = {rec['accelerator_default_ratio']:.2f}x")
     if args.json:
         _timing.emit_json(rec)
     return 0

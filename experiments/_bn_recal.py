@@ -1,5 +1,7 @@
-"""BatchNorm re-calibration of a loaded run's pruned weights (an extra beyond the paper):
-the training images it uses and the re-estimated running statistics."""
+"""Calibration data of a loaded run, and BatchNorm re-calibration of its pruned weights (an extra
+beyond the paper): the training examples they use (:func:`calibration_indices`), the model inputs
+of Wanda's activation norms (:func:`calibration_inputs`) and the re-estimated running
+statistics."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 from experiments._loaded_run import LoadedRun
 from sfw_jax.pruning import recalibrate_batch_norm
 from sfw_jax.training.datasets import Split
+from sfw_jax.training.datasets import TokenSplit, inputs_targets
 from sfw_jax.training.steps import preprocess
 
 PyTree = Any
@@ -25,15 +28,34 @@ def _train_mode_apply(model: Any) -> Any:
     return functools.partial(model.apply, train=True)
 
 
-def recal_images(split: Split, num_batches: int, batch_size: int, seed: int) -> np.ndarray:
-    """``num_batches * batch_size`` training images (fewer if the split is smaller) drawn
-    without replacement in a seeded order, as uint8 ``[num_batches, batch_size, H, W, C]``
-    (the last partial batch is dropped)."""
-    n = len(split)
+def calibration_indices(n: int, num_batches: int, batch_size: int, seed: int) -> np.ndarray:
+    """int ``[nb, bs]``: ``nb * bs`` of ``n`` examples drawn without replacement in a seeded
+    order, ``bs = min(batch_size, n)``, ``nb = min(num_batches, n // bs)`` (at least 1; the last
+    partial batch is dropped)."""
     order = np.random.default_rng(seed).permutation(n)
     bs = min(batch_size, n)
     nb = max(1, min(num_batches, n // bs))
-    return split.images[order[: nb * bs]].reshape(nb, bs, *split.images.shape[1:])
+    return order[: nb * bs].reshape(nb, bs)
+
+
+def recal_images(split: Split, num_batches: int, batch_size: int, seed: int) -> np.ndarray:
+    """``num_batches * batch_size`` training images (fewer if the split is smaller) drawn
+    without replacement in a seeded order, as uint8 ``[num_batches, batch_size, H, W, C]``
+    (:func:`calibration_indices`)."""
+    return split.images[calibration_indices(len(split), num_batches, batch_size, seed)]
+
+
+def calibration_inputs(run: LoadedRun, num_batches: int, batch_size: int,
+                       seed: int) -> list[jax.Array]:
+    """Model inputs of ``num_batches`` training batches (:func:`calibration_indices` over the
+    run's training examples): normalised images, or the token inputs ``w[:, :-1]`` of byte
+    windows."""
+    split = run.train_split
+    idx = calibration_indices(len(split), num_batches, batch_size, seed)
+    if isinstance(split, TokenSplit):
+        return [jnp.asarray(inputs_targets(split.tokens[i])[0]) for i in idx]
+    mean, std = np.asarray(run.dataset.info.mean), np.asarray(run.dataset.info.std)
+    return [preprocess(jnp.asarray(split.images[i]), mean, std) for i in idx]
 
 
 def recalibrated_batch_stats(run: LoadedRun, params: PyTree, batches: np.ndarray, *,

@@ -15,12 +15,11 @@ import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import loop, run_folder
 from sfw_jax.training.config import TrainConfig
-from sfw_jax.training.datasets import Dataset, Split, load_dataset
+from sfw_jax.training.datasets import Dataset, Split
 from sfw_jax.training.steps import Evaluator
 
 PyTree = Any
@@ -39,8 +38,7 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
 
 def load_run_dataset(cfg: TrainConfig) -> Dataset:
     """The dataset of a run, loaded with the run's split settings (same validation carve-out)."""
-    return load_dataset(cfg.dataset, data_dir=resolve_data_dir(cfg.data_dir),
-                        val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size)
+    return loop.load_config_dataset(cfg, resolve_data_dir(cfg.data_dir))
 
 
 def same_data(a: TrainConfig, b: TrainConfig) -> bool:
@@ -89,7 +87,7 @@ class LoadedRun:
     def has_batch_norm(self) -> bool:
         """Whether the model keeps BatchNorm statistics (from its shapes; no checkpoint read)."""
         shapes = jax.eval_shape(lambda k: self.model.init(
-            k, jnp.zeros((1, *self.dataset.info.image_shape), jnp.float32), train=False),
+            k, loop.dummy_input(self.dataset.info), train=False),
             jax.random.key(0))
         return bool(jax.tree.leaves(shapes.get("batch_stats", {})))
 

@@ -11,6 +11,8 @@
   pattern (grouped bars), with pruned + retrained networks marked by crosses.
 * :func:`plot_training_curve`: one run's per-epoch training loss and accuracy, its learning
   rate, and its final test accuracy.
+* :func:`plot_bits_per_byte`: a language model's bits per byte vs sparsity, one line per method
+  (one-shot), its N:M networks as hollow stars at their sparsity 1 - N/M.
 
 Inputs are plain data (lists / the dicts of ``sfw_jax.pruning`` weight statistics), so figures can be
 re-drawn from a study's ``summary.json`` without the checkpoints.
@@ -110,6 +112,47 @@ def plot_accuracy_vs_sparsity(path: str, oneshot: Mapping[str, Curve], *,
     rows = (len(names) + 3) // 4
     fig.subplots_adjust(left=0.07, right=0.98, top=0.9 if title else 0.96,
                         bottom=0.14 + 0.045 * rows)
+    return _save(fig, path)
+
+
+def plot_bits_per_byte(path: str, curves: Mapping[str, Curve], *,
+                       nm: Mapping[str, Mapping[str, float]] | None = None, title: str = "",
+                       split: str = "test") -> str:
+    """Bits per byte vs sparsity (see the module docstring); returns ``path``.
+
+    Args:
+      path: PNG file to write.
+      curves: method label -> (sparsities in [0, 1], bits per byte), one-shot pruned.
+      nm: label -> {'N:M': bits per byte} of the N:M pruned networks.
+      title: figure title.
+      split: name of the evaluated split for the y label.
+    """
+    if not curves:
+        raise ValueError("curves must hold at least one method's curve, got none")
+    nm = nm or {}
+    labels = list(dict.fromkeys([*curves, *nm]))
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for i, m in enumerate(labels):
+        color, marker = COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)]
+        if m in curves:
+            xs, ys = (np.asarray(c, np.float64) for c in curves[m])
+            if xs.ndim != 1 or xs.shape != ys.shape or xs.size == 0:
+                raise ValueError(f"curves[{m!r}] must be (sparsities, values) of equal non-zero "
+                                 f"length, got shapes {xs.shape} and {ys.shape}")
+            order = np.argsort(xs)
+            ax.plot(100 * xs[order], ys[order], color=color, marker=marker, ms=5, lw=1.6,
+                    label=f"{m}")
+        for pattern, value in nm.get(m, {}).items():
+            n, mm = (int(v) for v in pattern.split(":"))
+            ax.plot([100 * (1 - n / mm)], [value], color=color, marker="*", ms=13, mfc="none",
+                    mew=1.6, ls="none", label=f"{m} {pattern}")
+    ax.set_xlabel("sparsity of the attention and MLP kernels (%)")
+    ax.set_ylabel(f"{split} bits per byte (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 

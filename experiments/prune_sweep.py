@@ -1,7 +1,8 @@
-"""One-shot magnitude pruning of a trained run at many sparsities, no retraining.
+"""One-shot pruning of a trained run at many sparsities, no retraining.
 
 ``python -m experiments.prune_sweep RUN_DIR [--scope kernels|all|both] [--bn-recal]
-[--sparsities 0 10 ... 99] [--nm 2:4 1:4] [--out FILE.csv] [--json FILE.json]``
+[--sparsities 0 10 ... 99] [--nm 2:4 1:4] [--criteria magnitude row wanda]
+[--calib-batches 8] [--out FILE.csv] [--json FILE.json]``
 
 For each scope and sparsity level the run's final params are pruned with *global* magnitude
 ranking (:func:`sfw_jax.masks_for_sweep`: the magnitudes are sorted once per scope, every
@@ -21,6 +22,21 @@ M, the N entries of largest |w| are kept. These rows have ``pattern`` 'N:M' (the
 rows: 'unstructured'), scope 'kernels', ``target_sparsity`` 1 - N/M (the sparsity of the grouped
 kernels) and ``sparsity`` the achieved one over all kernels (lower when a kernel, such as a first
 conv with 3 input channels, has no groups).
+
+``--criteria magnitude row wanda`` chooses how entries are ranked (option names in
+:data:`CRITERIA`; default ``magnitude``):
+
+* ``magnitude``: global magnitude ranking (above) and N:M magnitude;
+* ``row``: per-output-row magnitude (:func:`sfw_jax.row_mask`: every output unit of every kernel
+  keeps the same fraction of its inputs; unstructured levels only, scope 'kernels');
+* ``wanda``: Wanda (Sun et al., 2023; :mod:`sfw_jax.pruning.wanda`): scores
+  ``|W_ij| ||X_j||_2`` with the activation norms of every Dense layer's input over
+  ``--calib-batches`` training batches, pruned per output row (unstructured levels) or N:M
+  along the inputs (the ``--nm`` patterns); Dense kernels only, scope 'kernels'.
+
+Each row names its ``criterion``. Language-model runs (byte windows) add
+``val_bits_per_byte`` / ``test_bits_per_byte`` (mean next-byte cross-entropy / ln 2) to every
+row; ``*_acc`` is then the next-byte accuracy.
 
 ``--bn-recal`` adds, per level, a variant whose BatchNorm running statistics are re-estimated on
 ``--recal-batches`` training batches for the pruned weights (params untouched). This is an
@@ -44,13 +60,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments._bn_recal import recal_images, recalibrated_batch_stats
+from experiments._bn_recal import calibration_inputs, recal_images, recalibrated_batch_stats
 from experiments._loaded_run import LoadedRun, load_trained
 from sfw_jax._cli import (ArgumentParser, add_debug_flag, refuse_distributed_flags,
                           user_errors)
 from sfw_jax._progress import progress_bar
 from sfw_jax.fw.nm import format_nm, parse_nm
-from sfw_jax.pruning import sparsity_summary
+from sfw_jax.pruning import apply_mask, sparsity_summary
 from sfw_jax.selectors import LEAF_SCOPES, leaf_scope
 from sfw_jax.training import run_folder
 
@@ -58,11 +74,19 @@ SPARSITY_PERCENTS = (*range(0, 91, 10), *range(91, 100))
 SPARSITIES = tuple(p / 100 for p in SPARSITY_PERCENTS)
 """The reference's levels: 0, 10, ..., 90, 91, ..., 99 % (kept 1.0, 0.9, ..., 0.1, 0.09, ... 0.01)."""
 
-CSV_FIELDS = ("scope", "pattern", "bn_recal", "target_sparsity", "sparsity", "n_pruned",
-              "n_scope", "zero_fraction", "val_acc", "val_loss", "test_acc", "test_loss")
+CSV_FIELDS = ("scope", "criterion", "pattern", "bn_recal", "target_sparsity", "sparsity",
+              "n_pruned", "n_scope", "zero_fraction", "val_acc", "val_loss", "test_acc",
+              "test_loss")
+LM_FIELDS = ("val_bits_per_byte", "test_bits_per_byte")
+"""The columns a language-model run's rows add to ``CSV_FIELDS``."""
 
 UNSTRUCTURED = "unstructured"
-"""``pattern`` of the rows of global magnitude pruning (N:M rows hold 'N:M')."""
+"""``pattern`` of the rows of unstructured pruning (N:M rows hold 'N:M')."""
+
+MAGNITUDE, ROW, WANDA = "magnitude", "row", "wanda"
+CRITERIA = (MAGNITUDE, ROW, WANDA)
+"""Ranking criteria of the sweep (module docstring); rows without a ``criterion`` (written
+before it existed) are ``magnitude``."""
 
 
 def check_sparsities(values: Sequence[Any], argname: str = "sparsities") -> list[float]:
@@ -88,18 +112,25 @@ def percents_to_fractions(values: Sequence[float], argname: str = "--sparsities"
     return check_sparsities([round(v / 100, 6) for v in values], argname)
 
 
+def _check_names(names: Sequence[str], allowed: Sequence[str], argname: str,
+                 allow_empty: bool = False) -> list[str]:
+    """Names from ``allowed`` (unique, order kept; a bare string is one name); ValueError
+    naming ``argname`` otherwise (also when empty, unless ``allow_empty``)."""
+    if isinstance(names, str):
+        names = [names]
+    bad = [s for s in names if s not in allowed]
+    if bad or not (names or allow_empty):
+        what = "a list" if allow_empty else "a non-empty list"
+        raise ValueError(f"{argname} must be {what} from {list(allowed)}, "
+                         f"got {list(names)!r}")
+    return list(dict.fromkeys(names))
+
+
 def check_scopes(scopes: Sequence[str], argname: str = "scopes", *,
                  allow_empty: bool = False) -> list[str]:
     """Scope names from :data:`sfw_jax.LEAF_SCOPES` (unique, order kept; a bare string is one
     scope); ValueError otherwise (also when empty, unless ``allow_empty``)."""
-    if isinstance(scopes, str):
-        scopes = [scopes]
-    bad = [s for s in scopes if s not in LEAF_SCOPES]
-    if bad or not (scopes or allow_empty):
-        what = "a list" if allow_empty else "a non-empty list"
-        raise ValueError(f"{argname} must be {what} from {list(LEAF_SCOPES)}, "
-                         f"got {list(scopes)!r}")
-    return list(dict.fromkeys(scopes))
+    return _check_names(scopes, LEAF_SCOPES, argname, allow_empty)
 
 
 def check_patterns(patterns: Sequence[Any], argname: str = "nm") -> list[str]:
@@ -119,10 +150,39 @@ def row_pattern(row: dict) -> str:
     return row.get("pattern", UNSTRUCTURED)
 
 
-def row_key(row: dict) -> tuple[str, str, bool, float]:
-    """Identity of a sweep row: (scope, pattern, bn_recal, target sparsity)."""
-    return (row["scope"], row_pattern(row), bool(row["bn_recal"]),
+def row_criterion(row: dict) -> str:
+    """A row's ranking ``criterion`` (rows written before it existed are ``magnitude``)."""
+    return row.get("criterion", MAGNITUDE)
+
+
+def row_key(row: dict) -> tuple[str, str, str, bool, float]:
+    """Identity of a sweep row: (scope, criterion, pattern, bn_recal, target sparsity)."""
+    return (row["scope"], row_criterion(row), row_pattern(row), bool(row["bn_recal"]),
             round(float(row["target_sparsity"]), 6))
+
+
+def check_criteria(criteria: Sequence[str], argname: str = "criteria") -> list[str]:
+    """Criterion names from :data:`CRITERIA` (unique, order kept; a bare string is one);
+    ValueError naming ``argname`` otherwise (also when empty)."""
+    return _check_names(criteria, CRITERIA, argname)
+
+
+def level_name(record: dict) -> str:
+    """The level of a sweep row or retraining record: its target sparsity in percent ('50'),
+    or its N:M pattern ('2:4')."""
+    pattern = row_pattern(record)
+    if pattern != UNSTRUCTURED:
+        return pattern
+    return f"{100 * record.get('target_sparsity', record.get('sparsity')):g}"
+
+
+def split_metrics(split: str, ev: dict) -> dict:
+    """An evaluation (:class:`sfw_jax.training.steps.Evaluator`) as row fields
+    ``<split>_acc``, ``<split>_loss`` (and ``<split>_bits_per_byte`` for a language model)."""
+    out = {f"{split}_acc": ev["accuracy"], f"{split}_loss": ev["loss"]}
+    if "bits_per_byte" in ev:
+        out[f"{split}_bits_per_byte"] = ev["bits_per_byte"]
+    return out
 
 
 def nm_target(pattern: str) -> float:
@@ -140,14 +200,18 @@ def sweep(run: LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
           scopes: Sequence[str] = ("kernels", "all"), bn_recal: bool = False,
           recal_batches: int = 20, recal_batch_size: int | None = None,
           recal_scopes: Sequence[str] | None = None, nm: Sequence[Any] = (),
-          cache_path: str | None = None, progress: bool = True) -> list[dict]:
-    """Rows (dicts with ``CSV_FIELDS``) for every scope x sparsity (x bn_recal variant), then
-    one per N:M pattern (x bn_recal variant, when 'kernels' is re-calibrated).
+          criteria: Sequence[str] = (MAGNITUDE,), calib_batches: int = 8,
+          calib_batch_size: int | None = None, cache_path: str | None = None,
+          progress: bool = True) -> list[dict]:
+    """Rows (dicts with ``CSV_FIELDS``) for every criterion x scope x sparsity (x bn_recal
+    variant), then one per criterion x N:M pattern (x bn_recal variant, when 'kernels' is
+    re-calibrated).
 
     Args:
       run: a loaded finished run (:func:`experiments._loaded_run.load_trained`).
       sparsities: fractions in [0, 1].
-      scopes: subset of :data:`sfw_jax.LEAF_SCOPES`.
+      scopes: subset of :data:`sfw_jax.LEAF_SCOPES` (of the ``magnitude`` rows; the other
+        criteria prune the kernels, scope 'kernels').
       bn_recal: also evaluate with BatchNorm statistics re-estimated for the pruned weights
         (skipped, with a note on stderr, when the model has no BatchNorm).
       recal_batches, recal_batch_size: training batches used for that (default batch size: the
@@ -156,23 +220,27 @@ def sweep(run: LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
         re-calibrated variant (None: all of ``scopes``).
       nm: N:M patterns ('2:4' or ``(2, 4)``) of one-shot N:M pruning of the kernels
         (:func:`sfw_jax.nm_mask` along axis -2; see the module docstring).
+      criteria: ranking criteria from :data:`CRITERIA` (module docstring; ``row`` makes no N:M
+        rows: N:M magnitude already ranks within each output's groups).
+      calib_batches, calib_batch_size: training batches of Wanda's activation norms (default
+        batch size: the run's ``batch_size``).
       cache_path: JSON file to resume from and to rewrite after each level (rows it holds for
-        other levels, scopes or variants are kept in it).
+        other levels, scopes, criteria or variants are kept in it).
       progress: a progress bar (on a terminal).
     """
-    from sfw_jax.pruning import apply_mask, masks_for_sweep, nm_mask
-
     levels = check_sparsities(sparsities)
     scopes = check_scopes(scopes)
     patterns = check_patterns(nm)
+    criteria = check_criteria(criteria)
     nm_recal = recal_scopes is None or "kernels" in recal_scopes
     recal_scopes = (scopes if recal_scopes is None
                     else check_scopes(recal_scopes, "recal_scopes", allow_empty=True))
     if not set(recal_scopes) <= set(scopes):
         raise ValueError(f"recal_scopes must be a subset of scopes {scopes!r}, got "
                          f"{recal_scopes!r}")
-    if not isinstance(recal_batches, int) or recal_batches < 1:
-        raise ValueError(f"recal_batches must be an int >= 1, got {recal_batches!r}")
+    for name, v in (("recal_batches", recal_batches), ("calib_batches", calib_batches)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     has_bn = run.has_batch_norm
     if bn_recal and not has_bn:
         print(f"note: {run.out_dir}: the model has no BatchNorm; --bn-recal skipped",
@@ -184,15 +252,18 @@ def sweep(run: LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
         cached = run_folder.read_json(cache_path)
         if cached.get("run") == _run_stamp(run):
             done = {row_key(r): r for r in cached.get("rows", [])}
-    # keys (scope, pattern, bn_recal, target sparsity), in output order
-    wanted = [(sc, UNSTRUCTURED, v, round(s, 6)) for sc in scopes for v in variants
-              for s in levels if not v or sc in recal_scopes]
-    wanted += [("kernels", p, v, nm_target(p)) for p in patterns for v in variants
-               if not v or nm_recal]
+    # keys (scope, criterion, pattern, bn_recal, target sparsity), in output order
+    wanted = []
+    for c in criteria:
+        for sc in (scopes if c == MAGNITUDE else ["kernels"]):
+            wanted += [(sc, c, UNSTRUCTURED, v, round(s, 6)) for v in variants for s in levels
+                       if not v or sc in recal_scopes]
+    wanted += [("kernels", c, p, v, nm_target(p)) for c in criteria if c != ROW
+               for p in patterns for v in variants if not v or nm_recal]
     todo = [k for k in wanted if k not in done]
 
     batches = None
-    if any(k[2] for k in todo):
+    if any(k[3] for k in todo):
         batches = recal_images(run.train_split, recal_batches,
                                recal_batch_size or run.config.batch_size, run.config.seed)
     val = run.evaluator.put(run.dataset.val) if len(run.dataset.val) else None
@@ -211,12 +282,12 @@ def sweep(run: LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
     bar = progress_bar(len(todo), f"sweep {os.path.basename(run.out_dir.rstrip('/'))}",
                        enabled=progress, leave=False)
 
-    def evaluate(scope: str, pattern: str, s: float, mask: Any) -> None:
+    def evaluate(scope: str, criterion: str, pattern: str, s: float, mask: Any) -> None:
         """The rows of ``todo`` for one mask (each wanted variant)."""
         pruned = apply_mask(run.params, mask)
         counts = sparsity_summary(pruned, mask, include=leaf_scope(scope))
         for v in variants:
-            key = (scope, pattern, v, round(s, 6))
+            key = (scope, criterion, pattern, v, round(s, 6))
             if key not in todo:
                 continue
             t0 = time.time()
@@ -224,40 +295,76 @@ def sweep(run: LoadedRun, sparsities: Sequence[float] = SPARSITIES, *,
             ev_val = run.evaluator(pruned, bs, val) if val is not None else no_split
             ev_test = run.evaluator(pruned, bs, test)
             done[key] = {
-                "scope": scope, "pattern": pattern, "bn_recal": v, "target_sparsity": s,
-                "sparsity": counts.sparsity, "n_pruned": counts.pruned,
+                "scope": scope, "criterion": criterion, "pattern": pattern, "bn_recal": v,
+                "target_sparsity": s, "sparsity": counts.sparsity, "n_pruned": counts.pruned,
                 "n_scope": counts.size, "zero_fraction": counts.zeros / counts.size,
-                "val_acc": ev_val["accuracy"], "val_loss": ev_val["loss"],
-                "test_acc": ev_test["accuracy"], "test_loss": ev_test["loss"],
+                **split_metrics("val", ev_val), **split_metrics("test", ev_test),
                 "eval_time": time.time() - t0}
             bar.update(1)
         save()
 
+    masks = _Masks(run, calib_batches, calib_batch_size or run.config.batch_size,
+                   needs_norms=any(k[1] == WANDA for k in todo))
     try:
-        for scope in scopes:
-            need = sorted({k[3] for k in todo if k[:2] == (scope, UNSTRUCTURED)})
-            if not need:
-                continue
-            masks = masks_for_sweep(run.params, need, scope="global",
-                                    include=leaf_scope(scope))
-            for s, mask in zip(need, masks):
-                evaluate(scope, UNSTRUCTURED, s, mask)
-        for p in patterns:
-            if any(k[1] == p for k in todo):
-                evaluate("kernels", p, nm_target(p), nm_mask(run.params, *parse_nm(p)))
+        for c in criteria:
+            for scope in dict.fromkeys(k[0] for k in wanted if k[1] == c):
+                need = sorted({k[4] for k in todo if k[:3] == (scope, c, UNSTRUCTURED)})
+                if need:
+                    for s, mask in zip(need, masks.unstructured(c, scope, need)):
+                        evaluate(scope, c, UNSTRUCTURED, s, mask)
+            for p in patterns:
+                if any(k[1:3] == (c, p) for k in todo):
+                    evaluate("kernels", c, p, nm_target(p), masks.nm(c, p))
     finally:
         bar.close()
         save()
     return [done[k] for k in wanted]
 
 
+class _Masks:
+    """The masks of the sweep's criteria for one run (Wanda's activation norms computed once,
+    on first use)."""
+
+    def __init__(self, run: LoadedRun, calib_batches: int, calib_batch_size: int,
+                 needs_norms: bool):
+        self.run = run
+        self.norms = None
+        if needs_norms:
+            from sfw_jax.pruning.wanda import input_norms
+            inputs = calibration_inputs(run, calib_batches, calib_batch_size, run.config.seed)
+            variables = {"params": run.params, **({"batch_stats": run.batch_stats}
+                                                  if run.batch_stats else {})}
+            self.norms = input_norms(run.model, variables, inputs)
+
+    def unstructured(self, criterion: str, scope: str, levels: Sequence[float]) -> list:
+        """Masks at ``levels`` (global magnitude over ``scope``, or per output row)."""
+        from sfw_jax.pruning import masks_for_sweep, row_mask
+        from sfw_jax.pruning.wanda import wanda_mask
+        params = self.run.params
+        if criterion == MAGNITUDE:
+            return masks_for_sweep(params, levels, scope="global", include=leaf_scope(scope))
+        if criterion == ROW:
+            return [row_mask(params, s, include=leaf_scope(scope)) for s in levels]
+        return [wanda_mask(params, self.norms, s) for s in levels]
+
+    def nm(self, criterion: str, pattern: str) -> Any:
+        """The N:M mask of ``pattern`` (magnitude or Wanda scores)."""
+        from sfw_jax.pruning import nm_mask
+        from sfw_jax.pruning.wanda import wanda_nm_mask
+        if criterion == WANDA:
+            return wanda_nm_mask(self.run.params, self.norms, *parse_nm(pattern))
+        return nm_mask(self.run.params, *parse_nm(pattern))
+
+
 def write_csv(rows: Sequence[dict], path: str) -> None:
-    """Rows as CSV with the columns ``CSV_FIELDS`` (atomic write)."""
+    """Rows as CSV with the columns ``CSV_FIELDS`` (and ``LM_FIELDS`` where the rows have them;
+    a row written before ``criterion`` existed gets 'magnitude'; atomic write)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), extrasaction="ignore")
+    extra = [f for f in LM_FIELDS if any(f in r for r in rows)]
+    w = csv.DictWriter(buf, fieldnames=[*CSV_FIELDS, *extra], extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow(r)
+        w.writerow({"criterion": row_criterion(r), **r})
     run_folder.write_text(path, buf.getvalue())
 
 
@@ -266,15 +373,23 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.2f}%"
 
 
+def _bpb(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.4f}"
+
+
 def format_rows(rows: Sequence[dict]) -> str:
-    """Plain-text table of the rows (accuracies in %; 'n/a' for a split the run does not
-    have)."""
-    lines = [f"{'scope':8s} {'pattern':12s} {'bn_recal':8s} {'target':>7s} {'actual':>8s} "
-             f"{'val acc':>8s} {'test acc':>8s}"]
+    """Plain-text table of the rows (accuracies in %; bits per byte for a language model;
+    'n/a' for a split the run does not have)."""
+    lm = any("test_bits_per_byte" in r for r in rows)
+    metric = f"{'val bpb':>8s} {'test bpb':>8s}" if lm else f"{'val acc':>8s} {'test acc':>8s}"
+    lines = [f"{'scope':8s} {'criterion':9s} {'pattern':12s} {'bn_recal':8s} {'target':>7s} "
+             f"{'actual':>8s} {metric}"]
     for r in rows:
-        lines.append(f"{r['scope']:8s} {row_pattern(r):12s} {str(r['bn_recal']):8s} "
-                     f"{100 * r['target_sparsity']:6.1f}% {100 * r['sparsity']:7.3f}% "
-                     f"{_pct(r['val_acc']):>8s} {_pct(r['test_acc']):>8s}")
+        vals = ((_bpb(r.get("val_bits_per_byte")), _bpb(r.get("test_bits_per_byte"))) if lm
+                else (_pct(r["val_acc"]), _pct(r["test_acc"])))
+        lines.append(f"{r['scope']:8s} {row_criterion(r):9s} {row_pattern(r):12s} "
+                     f"{str(r['bn_recal']):8s} {100 * r['target_sparsity']:6.1f}% "
+                     f"{100 * r['sparsity']:7.3f}% {vals[0]:>8s} {vals[1]:>8s}")
     return "\n".join(lines)
 
 
@@ -294,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training batches for --bn-recal")
     p.add_argument("--recal-batch-size", type=int, default=None,
                    help="batch size for --bn-recal (default: the run's batch_size)")
+    p.add_argument("--criteria", nargs="+", choices=CRITERIA, default=[MAGNITUDE],
+                   help="ranking criteria: global magnitude, per-output-row magnitude, Wanda")
+    p.add_argument("--calib-batches", type=int, default=8,
+                   help="training batches of Wanda's activation norms")
     p.add_argument("--out", default=None,
                    help=f"CSV file (default RUN_DIR/{run_folder.SWEEP_CSV})")
     p.add_argument("--json", default=None,
@@ -323,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--recal-batches must be >= 1, got {args.recal_batches}")
         if args.recal_batch_size is not None and args.recal_batch_size < 1:
             raise ValueError(f"--recal-batch-size must be >= 1, got {args.recal_batch_size}")
+        if args.calib_batches < 1:
+            raise ValueError(f"--calib-batches must be >= 1, got {args.calib_batches}")
         run_folder.check_finished(args.run_dir)
         scopes = list(LEAF_SCOPES) if args.scope == "both" else [args.scope]
         out = args.out or run_folder.path(args.run_dir, run_folder.SWEEP_CSV)
@@ -331,11 +452,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = load_trained(args.run_dir)
         rows = sweep(run, levels, scopes=scopes, bn_recal=args.bn_recal,
                      recal_batches=args.recal_batches, recal_batch_size=args.recal_batch_size,
-                     nm=patterns, cache_path=json_path, progress=not args.no_progress)
+                     nm=patterns, criteria=args.criteria, calib_batches=args.calib_batches,
+                     cache_path=json_path, progress=not args.no_progress)
     write_csv(rows, out)
     print(format_rows(rows))
-    print(f"dense test acc {100 * run.final['test_acc']:.2f}%; wrote {out} and {json_path} "
-          f"({time.time() - t0:.0f}s)")
+    dense = (f"dense test bits per byte {run.final['test_bits_per_byte']:.4f}"
+             if "test_bits_per_byte" in run.final
+             else f"dense test acc {100 * run.final['test_acc']:.2f}%")
+    print(f"{dense}; wrote {out} and {json_path} ({time.time() - t0:.0f}s)")
     return 0
 
 

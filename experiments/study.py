@@ -39,6 +39,7 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
+from experiments import lm_report
 from experiments import prune_sweep as sweep_lib
 from experiments.study_presets import (STUDY_PRESETS, StudyPreset, get_study_preset,
                                        study_preset_names)
@@ -125,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or os.path.join("results", preset.name)
         summary = run_study(preset, out, methods=methods, scopes=args.scopes, nm=patterns,
                             progress=not args.no_progress)
-    print(table_markdown(summary, ""))
+    if preset.metric == "test_bits_per_byte":
+        print(lm_report.table_markdown(summary, ""))
+    else:
+        print(table_markdown(summary, ""))
     print(f"wrote {out}/table.md, summary.json and figures "
           f"({summary['wall_time_this_invocation']:.0f}s)")
     return 0

@@ -35,6 +35,15 @@ Presets:
   SGD also retrained under a 2:4 mask.
 * ``paper-resnet18-cifar10``: ResNet-18 with the reference's defaults (180 epochs), SGD baseline
   lr 0.1 momentum 0.9 decay 5e-4 step schedule, SGD retrained at 90, 95, 98% (for a GPU).
+* ``text-cpu``: a byte-level Transformer language model (``transformer_lm``, width 128, 2
+  blocks, context 128) on the shared CPython standard-library text
+  (``../shared/data/text/cpython-3.11.7-lib.tar.gz``): ``adamw``, ``sfw`` (momentum SFW on the
+  attention and MLP kernels) and ``adam_sfw`` (Adam-preconditioned SFW) at equal steps, each
+  pruned one-shot (global magnitude) to 50 / 70 / 90 % and to 2:4, and ``adamw_wanda``: the
+  ``adamw`` run pruned by Wanda (per output row, and 2:4). Metric: test bits per byte.
+
+Methods of ``pruned_as`` are no training runs: a trained method's run pruned with another
+criterion of :data:`experiments.prune_sweep.CRITERIA` (e.g. Wanda).
 
 How each grid's hyperparameters were chosen, and what it found, is in
 ``results/<study>/README.md``; a preset's ``notes`` (copied into its ``table.md``) name the
@@ -46,7 +55,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from experiments.prune_sweep import SPARSITIES as FULL_SPARSITIES
+from experiments.prune_sweep import MAGNITUDE, SPARSITIES as FULL_SPARSITIES
 from sfw_jax.training.config import TrainConfig
 from sfw_jax.training.presets import from_preset
 
@@ -55,8 +64,14 @@ CIFAR10_JPEG = "../shared/data/cifar10-jpeg.tar.gz"
 
 
 LABELS = {"sfw_ksparse": "SFW K-sparse", "sfw_l2": "SFW L2", "sgd": "SGD",
-          "sfw_init": "SFW + init", "sfw_nm24": "SFW N:M 2:4", "sfw_nm14": "SFW N:M 1:4"}
+          "sfw_init": "SFW + init", "sfw_nm24": "SFW N:M 2:4", "sfw_nm14": "SFW N:M 1:4",
+          "adamw": "AdamW", "sfw": "SFW (momentum)", "adam_sfw": "Adam-SFW",
+          "adamw_wanda": "AdamW + Wanda", "adamw_row": "AdamW + row magnitude"}
 """Display names of the methods in tables and plots."""
+
+STUDY_METRICS = ("test_acc", "test_bits_per_byte")
+"""The headline metric of a study: test accuracy (image classification, higher is better) or
+test bits per byte (language models, lower is better)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +102,12 @@ class StudyPreset:
       nm_retrain_patterns: the N:M patterns of that retraining.
       notes: free text copied into ``table.md`` (the settings, and where their choice is
         written up).
+      pruned_as: method name -> (trained method, criterion): a method evaluated on the trained
+        method's run (not trained again) with a pruning criterion of
+        :data:`experiments.prune_sweep.CRITERIA` (e.g. ``("adamw", "wanda")``); run by default
+        after ``methods``.
+      metric: one of :data:`STUDY_METRICS`; ``test_bits_per_byte`` writes the language-model
+        reports (:mod:`experiments.lm_report`).
     """
 
     name: str
@@ -109,10 +130,20 @@ class StudyPreset:
     nm_retrain_methods: tuple[str, ...] = ()
     nm_retrain_patterns: tuple[str, ...] = ()
     notes: str = ""
+    pruned_as: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    metric: str = "test_acc"
 
     def all_methods(self) -> dict[str, Mapping[str, Any]]:
-        """Default and optional methods together (name -> overrides)."""
+        """Default and optional trained methods together (name -> overrides)."""
         return {**self.methods, **self.optional_methods}
+
+    def default_methods(self) -> list[str]:
+        """The methods run by default: ``methods``, then ``pruned_as``."""
+        return [*self.methods, *self.pruned_as]
+
+    def trained_as(self, method: str) -> tuple[str, str]:
+        """(the trained method whose run ``method`` uses, its pruning criterion)."""
+        return tuple(self.pruned_as.get(method, (method, MAGNITUDE)))
 
     def label(self, method: str) -> str:
         """Display name of a method."""
@@ -129,6 +160,7 @@ class StudyPreset:
         field, naming it.
         """
         methods = self.all_methods()
+        method = self.trained_as(method)[0]
         if method not in methods:
             raise ValueError(f"method must be one of {sorted(methods)} for study preset "
                              f"{self.name!r}, got {method!r}")
@@ -265,9 +297,54 @@ PAPER_RESNET18_CIFAR10 = StudyPreset(
           "held out (the reference trains on all 50k) so hyperparameters are chosen on it.",
 )
 
+TEXT_CORPUS = "../shared/data/text/cpython-3.11.7-lib.tar.gz"
+"""The shared CPython standard-library text, relative to the repository root."""
+
+TEXT_CPU_NOTES = """\
+transformer_lm width 128, 2 blocks, 4 heads, context 128 (~0.45M parameters, 0.39M of them in
+the attention and MLP kernels) on the shared CPython 3.11.7 standard library, split by file
+(80 / 10 / 10 % of the files by name hash); every method trains 3 epochs of 400 steps (batch
+32 windows of 129 bytes, a fixed subset of 12,800 training windows), cosine schedule per epoch.
+Constraints (sfw, adam_sfw): K-sparse polytopes on the attention and MLP kernels only
+('initialization' diameters, per-tensor E||W_init||); embeddings, LayerNorms and biases by
+SGD (sfw) or AdamW (adam_sfw). Pruning: the attention and MLP kernels, global magnitude (or
+Wanda per output row with 8 calibration batches of the training split), 2:4 along the input
+dimension; embeddings (tied head) stay dense. Hyperparameters chosen on the validation split:
+results/text-cpu/tuning.md; findings: results/text-cpu/README.md.
+"""
+
+TEXT_CPU = StudyPreset(
+    name="text-cpu",
+    description="byte-level Transformer LM (width 128, 2 blocks, context 128) on the CPython "
+                "standard library, 2-core CPU scale",
+    base_preset=None,
+    base=dict(arch="transformer_lm",
+              model_kwargs={"width": 128, "depth": 2, "heads": 4, "context": 128},
+              dataset="text", data_dir=TEXT_CORPUS, val_fraction=0.1,
+              max_train_samples=12800, epochs=3, batch_size=32, eval_batch_size=256,
+              lr_schedule="cosine", constraint="k_sparse", k=1, k_frac=0.05, tau=15.0,
+              mode="initialization", rescale="gradient", sfw_scope="kernels",
+              init_norm_samples=10, init_norm_rule="per_leaf", cpu_kernel=False,
+              keep_checkpoints=1, seed=0),
+    methods={"adamw": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1},
+             "sfw": {"optimizer": "sfw", "lr": 1.0, "momentum": 0.9, "rest_lr": 0.1,
+                     "weight_decay": 0.0},
+             "adam_sfw": {"optimizer": "adam_sfw", "lr": 3e-3, "rest_lr": 1e-3,
+                          "weight_decay": 0.1}},
+    optional_methods={},
+    pruned_as={"adamw_wanda": ("adamw", "wanda")},
+    sparsities=(0.0, 0.5, 0.7, 0.9),
+    scopes=("kernels",),
+    retrain_methods=(),
+    retrain_sparsities=(),
+    nm_patterns=("2:4",),
+    metric="test_bits_per_byte",
+    notes=TEXT_CPU_NOTES,
+)
+
 STUDY_PRESETS: dict[str, StudyPreset] = {
     p.name: p for p in (DIGITS_SMOKE, CIFAR10_CPU, CIFAR10_CPU_GAP, CIFAR10_CPU_NM,
-                        PAPER_RESNET18_CIFAR10)}
+                        PAPER_RESNET18_CIFAR10, TEXT_CPU)}
 
 
 def study_preset_names() -> list[str]:

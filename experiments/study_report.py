@@ -24,18 +24,22 @@ def _seconds(x: float | None) -> str:
     return "—" if x is None else f"{x:.0f}"
 
 
-def oneshot_rows(res: dict, scope: str, bn_recal: bool = False) -> dict[float, dict]:
-    """Unstructured sweep rows of one scope by target sparsity."""
+def oneshot_rows(res: dict, scope: str, bn_recal: bool = False,
+                 criterion: str = sweep_lib.MAGNITUDE) -> dict[float, dict]:
+    """Unstructured sweep rows of one scope and criterion by target sparsity."""
     return {round(r["target_sparsity"], 6): r for r in res["sweep"]
             if r["scope"] == scope and bool(r["bn_recal"]) == bn_recal
-            and sweep_lib.row_pattern(r) == sweep_lib.UNSTRUCTURED}
+            and sweep_lib.row_pattern(r) == sweep_lib.UNSTRUCTURED
+            and sweep_lib.row_criterion(r) == criterion}
 
 
-def nm_rows(res: dict, bn_recal: bool = False) -> dict[str, dict]:
-    """N:M sweep rows by pattern ('2:4', ...)."""
+def nm_rows(res: dict, bn_recal: bool = False,
+            criterion: str = sweep_lib.MAGNITUDE) -> dict[str, dict]:
+    """N:M sweep rows of one criterion by pattern ('2:4', ...)."""
     return {sweep_lib.row_pattern(r): r for r in res["sweep"]
             if bool(r["bn_recal"]) == bn_recal
-            and sweep_lib.row_pattern(r) != sweep_lib.UNSTRUCTURED}
+            and sweep_lib.row_pattern(r) != sweep_lib.UNSTRUCTURED
+            and sweep_lib.row_criterion(r) == criterion}
 
 
 def _retrained(res: dict) -> dict[float, dict]:
@@ -121,10 +125,8 @@ NM_CLEAR_MARGIN = 0.05
 
 def _level_name(record: dict) -> str:
     """'90%' for an unstructured sweep row / retraining record, the pattern ('2:4') for N:M."""
-    pattern = sweep_lib.row_pattern(record)
-    if pattern != sweep_lib.UNSTRUCTURED:
-        return pattern
-    return f"{100 * record.get('sparsity', record.get('target_sparsity')):g}%"
+    name = sweep_lib.level_name(record)
+    return name if sweep_lib.row_pattern(record) != sweep_lib.UNSTRUCTURED else name + "%"
 
 
 def _dense_acc(res: dict, split: str, bn_recal: bool, scope: str) -> float | None:

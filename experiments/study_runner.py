@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments import lm_report
 from experiments import prune_sweep as sweep_lib
 from experiments import retrain as retrain_lib
 from experiments._loaded_run import load_run_dataset, load_trained, same_data
@@ -35,8 +36,8 @@ HIST_EDGES = tuple(np.round(np.arange(-10.0, 1.0001, 0.2), 6).tolist())
 def check_methods(preset: StudyPreset, methods: Sequence[str] | None) -> list[str]:
     """The methods to run: the preset's defaults, or ``methods`` (validated, order kept)."""
     if methods is None:
-        return list(preset.methods)
-    allowed = preset.all_methods()
+        return preset.default_methods()
+    allowed = {**preset.all_methods(), **preset.pruned_as}
     bad = [m for m in methods if m not in allowed]
     if bad or not methods:
         raise ValueError(f"methods must be a non-empty list from {sorted(allowed)} for study "
@@ -112,8 +113,9 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
     if preset.main_scope not in scopes:
         raise ValueError(f"scopes must include the preset's main scope "
                          f"{preset.main_scope!r}, got {scopes!r}")
+    trained = list(dict.fromkeys(preset.trained_as(m)[0] for m in methods))
     configs = {m: preset.method_config(m, os.path.join(out_dir, run_folder.STUDY_RUNS_DIR, m)).replace(
-        progress=progress and preset.base_config().progress) for m in methods}
+        progress=progress and preset.base_config().progress) for m in trained}
     for m, cfg in configs.items():
         try:
             config_lib.validate(cfg)
@@ -139,7 +141,8 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
 
     results: dict[str, dict] = {}
     for m in methods:
-        cfg = configs[m]
+        base, criterion = preset.trained_as(m)
+        cfg = configs[base]
         run_dir = cfg.out_dir
         label = preset.label(m)
         if progress:
@@ -149,16 +152,19 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
                                      else dataset_for(cfg))
         run = load_trained(run_dir, dataset_for(cfg), need_weights=False)
         t0 = time.time()
+        cache = run_folder.path(run_dir, run_folder.SWEEP_JSON)
         rows = sweep_lib.sweep(run, preset.sparsities, scopes=scopes, bn_recal=preset.bn_recal,
                                recal_batches=preset.recal_batches,     # re-cal: main scope only
                                recal_scopes=[sc for sc in scopes if sc == preset.main_scope],
-                               nm=patterns,
-                               cache_path=run_folder.path(run_dir, run_folder.SWEEP_JSON),
+                               nm=patterns, criteria=[criterion], cache_path=cache,
                                progress=progress)
-        sweep_lib.write_csv(rows, run_folder.path(run_dir, run_folder.SWEEP_CSV))
+        # the CSV holds every criterion's rows of the run (the cache keeps them all)
+        sweep_lib.write_csv(run_folder.read_json(cache)["rows"],
+                            run_folder.path(run_dir, run_folder.SWEEP_CSV))
         work["sweep_seconds"] = time.time() - t0
         retrained = []
-        levels = preset.retrain_sparsities if m in preset.retrain_methods else ()
+        levels = (preset.retrain_sparsities if m in preset.retrain_methods
+                  and m not in preset.pruned_as else ())
         nm_levels = nm_retrain if m in preset.nm_retrain_methods else ()
         if levels or nm_levels:
             t0 = time.time()
@@ -174,10 +180,14 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
         else:
             stats = weight_statistics(run.params, preset.main_scope)
             run_folder.write_json(stats_path, stats)
+        last = run.history[-1] if run.history else {}
         results[m] = {
             "label": label, "config": run.config.to_dict(), "run_dir": run_dir,
+            "trained_as": base, "criterion": criterion,
             "final": run.final, "history": run.history,
-            "dense_val_acc": run.history[-1].get("val_acc") if run.history else None,
+            "dense_val_acc": last.get("val_acc"),
+            **({"dense_val_bits_per_byte": last["val_bits_per_byte"]}
+               if "val_bits_per_byte" in last else {}),
             "train_time": run.train_time,
             "sweep": rows, "sweep_time": float(sum(r.get("eval_time", 0.0) for r in rows)),
             "retrain": retrained, "weights": _strip_per_leaf(stats), "this_invocation": work,
@@ -186,7 +196,8 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
         "study": preset.name, "description": preset.description,
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "preset": {"base_preset": preset.base_preset, "base": dict(preset.base),
-                   "methods": {m: dict(preset.all_methods()[m]) for m in methods},
+                   "methods": {m: dict(preset.all_methods()[preset.trained_as(m)[0]])
+                               for m in methods},
                    "sparsities": list(preset.sparsities), "scopes": scopes,
                    "main_scope": preset.main_scope, "bn_recal": preset.bn_recal,
                    "recal_batches": preset.recal_batches,
@@ -195,11 +206,23 @@ def run_study(preset: StudyPreset, out_dir: str, *, methods: Sequence[str] | Non
                    "retrain_epochs": preset.retrain_epochs, "retrain_lr": preset.retrain_lr,
                    "nm_patterns": patterns,
                    "nm_retrain_methods": [m for m in preset.nm_retrain_methods if m in methods],
-                   "nm_retrain_patterns": nm_retrain},
+                   "nm_retrain_patterns": nm_retrain,
+                   "pruned_as": {m: list(preset.pruned_as[m]) for m in methods
+                                 if m in preset.pruned_as},
+                   "metric": preset.metric},
         "methods": results,
         "wall_time_this_invocation": time.time() - t_start,
     }
-    write_reports(summary, out_dir, notes=preset.notes)
+    if preset.metric == "test_bits_per_byte":
+        lm_report.write_reports(summary, out_dir, notes=preset.notes)
+    else:
+        write_reports(summary, out_dir, notes=preset.notes)
     summary["wall_time_this_invocation"] = time.time() - t_start
-    run_folder.write_json(os.path.join(out_dir, run_folder.STUDY_SUMMARY_FILE), summary)
+    if preset.metric == "test_bits_per_byte":
+        # summary.json: the headline numbers only; the whole record in study.json
+        run_folder.write_json(os.path.join(out_dir, run_folder.STUDY_RECORD_FILE), summary)
+        run_folder.write_json(os.path.join(out_dir, run_folder.STUDY_SUMMARY_FILE),
+                              lm_report.compact_summary(summary))
+    else:
+        run_folder.write_json(os.path.join(out_dir, run_folder.STUDY_SUMMARY_FILE), summary)
     return summary

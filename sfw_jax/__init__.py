@@ -26,7 +26,7 @@ from sfw_jax.fw.sets import (Constraint, KSparsePolytope, KSupportNormBall, LpBa
                              NMSparsePolytope, Unconstrained, is_constraint, sparsity_k)
 from sfw_jax.fw.sfw import RESCALES, SFWState, sfw
 from sfw_jax.pruning import (apply_mask, keep_masked, magnitude_mask, masks_for_sweep, nm_mask,
-                             random_mask, sparsity_summary)
+                             random_mask, row_mask, sparsity_summary)
 from sfw_jax.selectors import LEAF_SCOPES, is_kernel, leaf_scope
 
 # The one definition of the version: the package metadata reads it (pyproject.toml, dynamic).
@@ -42,7 +42,8 @@ __all__ = [
     "sfw", "frank_wolfe", "sfw_momentum", "FrankWolfeState", "SFWMomentumState",
     "scheduled_sfw", "delayed_lmo", "tightening_phases",
     # pruning
-    "magnitude_mask", "random_mask", "nm_mask", "masks_for_sweep", "apply_mask", "keep_masked",
+    "magnitude_mask", "random_mask", "nm_mask", "row_mask", "masks_for_sweep", "apply_mask",
+    "keep_masked",
     "sparsity_summary",
     # leaf selectors
     "LEAF_SCOPES", "is_kernel", "leaf_scope",

@@ -27,12 +27,17 @@ LEAF_SCOPES = ("kernels", "all")
 """Named selectors: ``'kernels'`` = conv and dense kernels (:func:`is_kernel`), ``'all'`` =
 every parameter tensor (the reference's scope: biases and BatchNorm scales/offsets too)."""
 
+EMBEDDING_NAME = "embedding"
+"""The leaf name of an embedding table (Flax ``nn.Embed``): never a kernel."""
+
 
 def is_kernel(path: tuple, leaf: Any) -> bool:
     """Conv and dense kernels: the leaves of rank >= 2 (Flax Dense ``(in, out)``, Conv
-    ``(kh, kw, in, out)``); biases and BatchNorm scales/offsets have rank 1. ``leaf`` may be an
-    array or a ``jax.ShapeDtypeStruct``."""
-    del path
+    ``(kh, kw, in, out)``) except embedding tables (a leaf named ``'embedding'``, Flax
+    ``nn.Embed``: a lookup, not a linear map); biases, BatchNorm and LayerNorm scales/offsets
+    have rank 1. ``leaf`` may be an array or a ``jax.ShapeDtypeStruct``."""
+    if path and path[-1] == EMBEDDING_NAME:
+        return False
     return np.ndim(leaf) >= 2
 
 

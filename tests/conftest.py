@@ -63,3 +63,62 @@ def fresh_native_kernel(monkeypatch, tmp_path) -> None:
                         functools.lru_cache(native.ensure_registered.__wrapped__))
     monkeypatch.setattr(native, "unavailable_reason",
                         functools.lru_cache(native.unavailable_reason.__wrapped__))
+
+
+TINY_LM = dict(arch="transformer_lm",
+               model_kwargs={"width": 32, "depth": 1, "heads": 2, "context": 16},
+               dataset="text")
+"""The tiny Transformer of the language-model tests (width 32, 1 block, context 16)."""
+
+
+def write_text_corpus(root, files: int = 24, words: int = 120, seed: int = 0) -> str:
+    """A folder of ``files`` small text files (a seeded word salad with Python-like lines)
+    whose names put files in each of the train / validation / test splits; returns its path."""
+    import os
+    import random
+
+    from sfw_jax.training.datasets._text import split_of
+
+    rng = random.Random(seed)
+    vocab = ("def class return self import for in if else while print value data "
+             "x y z = ( ) : + 1 2 3").split()
+    names, i = [], 0
+    need = {"train", "val", "test"}
+    while len(names) < files or need:
+        name = f"pkg/mod_{i:03d}.py"
+        i += 1
+        s = split_of(name.split("/", 1)[1], 0.1)
+        if len(names) < files or s in need:
+            names.append(name)
+            need.discard(s)
+    for name in names:
+        path = os.path.join(str(root), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lines = [" ".join(rng.choice(vocab) for _ in range(8)) for _ in range(words // 8)]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> str:
+    """A tiny text corpus folder (:func:`write_text_corpus`)."""
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def train_tiny_lm(out_dir: str | None, corpus: str, **overrides):
+    """Train the tiny Transformer (``TINY_LM``) on ``corpus``; returns the TrainResult."""
+    from sfw_jax.training.loop import train
+    base = dict(**TINY_LM, data_dir=corpus, optimizer="adamw", lr=3e-3, epochs=1,
+                batch_size=16, eval_batch_size=64, keep_checkpoints=1, progress=False,
+                out_dir=out_dir)
+    base.update(overrides)
+    return train(TrainConfig(**base))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_run(tmp_path_factory, text_corpus) -> str:
+    """A finished 2-epoch AdamW run of the tiny Transformer on ``text_corpus`` (its folder)."""
+    out = str(tmp_path_factory.mktemp("lm") / "run")
+    train_tiny_lm(out, text_corpus, epochs=2)
+    return out

@@ -8,6 +8,7 @@ import pytest
 from sfw_jax.training import cli
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import presets
+from sfw_jax.training.optimizers import OPTIMIZER_DEFAULTS
 
 
 def _error(capsys, argv) -> str:
@@ -81,7 +82,9 @@ def test_resume_without_checkpoint_is_an_error(capsys, tmp_path):
 
 def test_preset_values_and_explicit_overrides(capsys):
     cfg = _printed_config(capsys, ["--preset", "paper-vgg16-cifar10"])
-    expected = {**config_lib.TrainConfig().to_dict(), **presets.PRESETS["paper-vgg16-cifar10"]}
+    expected = {**config_lib.TrainConfig().to_dict(),
+                "rest_lr": OPTIMIZER_DEFAULTS["sfw"]["rest_lr"],
+                **presets.PRESETS["paper-vgg16-cifar10"]}
     assert cfg == json.loads(json.dumps(expected))
     assert (cfg["arch"], cfg["epochs"], cfg["lr"], cfg["k"], cfg["tau"]) == ("vgg16", 180, 1.0,
                                                                            10, 15.0)

@@ -90,6 +90,9 @@ def test_topk_update_and_train_step_values(ci_report):
         assert r["sfw_ms"] > 0 and r["sgd_ms"] > 0
         assert r["ratio"] == pytest.approx(r["sfw_ms"] / r["sgd_ms"], abs=1e-4)
     assert upd["op_counts"]["status"] == "skipped"
+    assert set(upd["selection"]) == {"segmented_tree", "bisect_batched", "bisect_per_leaf",
+                                     "segmented_batched", "segmented_per_leaf"}
+    assert all(r["ms"] > 0 and r["ops"] > 0 for r in upd["selection"].values())
 
     ts = rep["sections"]["train_step"]
     assert set(ts["precisions"]) == {"fp32", "bf16"}
@@ -216,22 +219,23 @@ def test_op_counts_called_per_method_until_the_deadline(monkeypatch):
 
     calls = []
 
-    def op_counts(methods=None):
-        calls.append(methods)
+    def op_counts(methods=None, defaults=True):
+        calls.append((methods, defaults))
         if methods == ["radix"]:
             raise RuntimeError("cannot count")
-        return {methods[0]: {"sfw": 7, "sgd": 3}}
+        return {(methods or ["defaults"])[0]: {"sfw": 7, "sgd": 3}}
 
     fake = types.ModuleType("benchmarks.op_count")
     fake.op_counts = op_counts
     monkeypatch.setitem(sys.modules, "benchmarks.op_count", fake)
     out = sections._op_counts(["sort", "radix", "search"], time.time() + 600)
-    assert calls == [["sort"], ["radix"], ["search"]]
-    assert out["counts"] == {"sort": {"sort": {"sfw": 7, "sgd": 3}},
+    assert calls == [([], True), (["sort"], False), (["radix"], False), (["search"], False)]
+    assert out["counts"] == {"defaults": {"defaults": {"sfw": 7, "sgd": 3}},
+                             "sort": {"sort": {"sfw": 7, "sgd": 3}},
                              "search": {"search": {"sfw": 7, "sgd": 3}}}
     assert out["status"] == "error" and "radix: RuntimeError: cannot count" in out["error"]
     late = sections._op_counts(["sort"], time.time() - 1)
-    assert (late["status"], late["counts"], late["skipped"]) == ("ok", {}, ["sort"])
+    assert (late["status"], late["counts"], late["skipped"]) == ("ok", {}, ["defaults", "sort"])
     monkeypatch.setitem(sys.modules, "benchmarks.op_count", None)      # import fails
     absent = sections._op_counts(["sort"], time.time() + 600)
     assert absent["status"] == "skipped" and "does not import" in absent["reason"]

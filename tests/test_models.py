@@ -421,7 +421,7 @@ def test_gradients_nonzero_and_small_step_lowers_loss(tiny, name):
 # ---------------------------------------------------------------- registry and validation
 
 def test_get_model_registry():
-    assert set(MODELS) == {"simple_cnn", "mlp", "resnet18", "vgg16"}
+    assert set(MODELS) == {"simple_cnn", "mlp", "resnet18", "vgg16", "transformer_lm"}
     for name, cls in MODELS.items():
         m = get_model(name, 7)
         assert isinstance(m, cls) and m.num_classes == 7
@@ -430,7 +430,7 @@ def test_get_model_registry():
 
 
 def test_get_model_unknown_name_lists_allowed():
-    with pytest.raises(ValueError, match=r"name must be one of .*'mlp'.*'resnet18'.*'simple_cnn'.*'vgg16'.*got 'resnet50'"):
+    with pytest.raises(ValueError, match=r"name must be one of .*'mlp'.*'resnet18'.*'simple_cnn'.*'transformer_lm'.*'vgg16'.*got 'resnet50'"):
         get_model("resnet50", 10)
 
 

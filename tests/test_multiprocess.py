@@ -252,3 +252,63 @@ def test_one_process_commands_refuse_distributed_flags(argv, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "runs on one process" in err, err
+
+
+def test_initialize_passes_the_timeouts_this_jax_accepts(monkeypatch):
+    from sfw_jax.training import distributed as dist
+    calls = []
+
+    def old_initialize(coordinator_address=None, num_processes=None, process_id=None,
+                       local_device_ids=None, initialization_timeout=300):  # jax 0.4.35's
+        calls.append(dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                          process_id=process_id, initialization_timeout=initialization_timeout))
+
+    monkeypatch.setattr(dist.jax.distributed, "initialize", old_initialize)
+    assert dist.initialize_distributed("h:1", 2, 1) == {"initialization_timeout": 300}
+    assert calls == [dict(coordinator_address="h:1", num_processes=2, process_id=1,
+                          initialization_timeout=300)]
+
+    def new_initialize(coordinator_address=None, num_processes=None, process_id=None, *,
+                       initialization_timeout=300, heartbeat_timeout_seconds=100,
+                       shutdown_timeout_seconds=300):  # jax >= 0.8.1
+        calls.append((heartbeat_timeout_seconds, shutdown_timeout_seconds))
+
+    monkeypatch.setattr(dist.jax.distributed, "initialize", new_initialize)
+    assert dist.initialize_distributed(heartbeat_timeout=7) == {
+        "initialization_timeout": 300, "heartbeat_timeout_seconds": 7,
+        "shutdown_timeout_seconds": dist.SHUTDOWN_TIMEOUT_S}
+    assert calls[-1] == (7, dist.SHUTDOWN_TIMEOUT_S)
+
+
+def test_collective_failures_are_recognised_through_their_chain():
+    import jax
+    from sfw_jax.training import distributed as dist
+    gloo = jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: Connection reset")
+    try:
+        try:
+            raise gloo
+        except jax.errors.JaxRuntimeError as e:
+            raise OSError("wrapped by a library") from e
+    except OSError as wrapped:
+        assert dist.is_collective_failure(wrapped)
+    assert dist.is_collective_failure(gloo)
+    assert dist.is_collective_failure(TimeoutError("barrier"))
+    assert not dist.is_collective_failure(ValueError("batch_size must be ..."))
+    # One process: nothing is caught, nothing exits.
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        with dist.exit_on_collective_failure():
+            raise gloo
+
+
+def test_one_process_helpers_are_the_plain_path():
+    from sfw_jax.training import distributed as dist
+    mesh = dist.make_mesh(dist.select_devices(1))
+    tree = {"w": np.array([-0.0, 1.5, np.nan], np.float32), "k": np.arange(3, dtype=np.uint32)}
+    assert dist.broadcast_from_main(tree) is tree
+    dist.check_same_on_all_processes({"anything": b"x"})  # no collective, no error
+    x = dist.global_array(tree["w"], dist.replicated(mesh))
+    assert x.sharding == dist.replicated(mesh)
+    assert np.asarray(x).tobytes() == tree["w"].tobytes()
+    bits = dist._bits(tree["w"])  # what the broadcast sums: every bit kept, -0.0 and NaN too
+    assert bits.dtype == np.uint32 and bits.view(np.float32).tobytes() == tree["w"].tobytes()
+    assert dist.is_initialized() is False  # this pytest process never initialised it

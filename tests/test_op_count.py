@@ -32,3 +32,26 @@ def test_bisect_compiles_without_loops():
     search = entry_counts(_compiled(lambda v: topk.top_k_threshold(v, 100, method="search"), x))
     assert bisect["while"] == bisect["conditional"] == 0 and bisect["fusion"] > 0
     assert search["conditional"] > 0
+
+
+def test_accelerator_default_is_the_gpu_resolution_on_any_backend():
+    """``sfw_accelerator_default``: the XLA path with batching and methods resolved for a GPU
+    (today 'bisect', batched), compiled here: no native custom call, no loop or conditional,
+    and the same program as naming those options."""
+    from benchmarks.op_count import _step_hlo, accelerator_default
+    from sfw_jax import make_constraints, sfw
+    from sfw_jax.fw.sfw import BATCH_SELECT
+
+    params = {"a": jnp.ones((40, 50)), "b": jnp.ones((40, 50)), "c": jnp.ones((20, 100))}
+    grads = jax.tree.map(jnp.zeros_like, params)
+    cons = make_constraints(params, "k_sparse", k=5, value=1.0, mode="radius")  # method auto
+    acc = entry_counts(_step_hlo(accelerator_default(0.1, cons, params), params, grads))
+    assert acc["custom_call"] == acc["while"] == acc["conditional"] == 0
+    method = topk.resolve_method(2000, "auto", "gpu")
+    named = sfw(0.1, make_constraints(params, "k_sparse", k=5, value=1.0, mode="radius",
+                                      method=method),
+                cpu_kernel=False, batch_select=BATCH_SELECT.get("gpu", BATCH_SELECT["default"]))
+    assert entry_counts(_step_hlo(named, params, grads)) == acc
+    here = entry_counts(_step_hlo(sfw(0.1, cons, cpu_kernel=False), params, grads))
+    if jax.default_backend() == "cpu":          # 'auto' is 'search' / 'sort' here: it differs
+        assert here != acc

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, HealthCheck
 
-from sfw_jax.fw import topk
+from sfw_jax.fw import segtopk, topk
 from sfw_jax.fw.topk import top_k_mask
 
 METHODS = topk.METHODS
@@ -258,6 +258,55 @@ def x64():
     jax.config.update("jax_enable_x64", False)
 
 
+@st.composite
+def array_lists(draw):
+    """1 to 4 (array, k) of :func:`arrays_and_k`, each in its own float dtype."""
+    items = [draw(arrays_and_k(max_n=300)) for _ in range(draw(st.integers(1, 4)))]
+    return [(x, k, draw(st.sampled_from(DTYPES))) for x, k in items]
+
+
+@SETTINGS
+@given(data=array_lists(), absolute=st.booleans())
+def test_segmented_selects_every_array_of_a_list(data, absolute):
+    """segtopk.top_k_thresholds: one search per key width over all the arrays, each array's
+    (t, cut) giving its own reference mask."""
+    xs = [jnp.asarray(x, d) for x, _, d in data]
+    ks = [k for _, k, _ in data]
+    sels = jax.jit(lambda xs: segtopk.top_k_thresholds(xs, ks, absolute=absolute))(xs)
+    for x, k, (t, cut) in zip(xs, ks, sels):
+        got = np.asarray(topk.threshold_mask(x, t, cut, absolute=absolute))
+        v = np.asarray(x.astype(jnp.float32))
+        np.testing.assert_array_equal(got, reference_mask(np.abs(v) if absolute else v, k))
+
+
+def test_select_segments_of_several_arrays_with_traced_counts():
+    """The engine on keys: segments of several arrays ranked as their concatenation (ties across
+    arrays by position), any k from 0 to n_s as a traced argument, the extreme keys 1 and
+    key_top - 1; equal to the host sort (host_select) and to the reference."""
+    rng = np.random.default_rng(9)
+    top = segtopk.key_top(jnp.uint32)
+    sizes, segment_of = (5, 1030, 1, 2048, 700, 3), (0, 0, 1, 2, 2, 2)
+    pool = np.array([1, 2, 3, top - 2, top - 1], np.uint32)
+    keys = [pool[rng.integers(0, pool.size, n)] for n in sizes]
+    lay = segtopk.make_layout(sizes, segment_of)
+    f = jax.jit(lambda keys, ks: segtopk.select(keys, ks, lay))
+    seg_keys = [np.concatenate([k for k, s in zip(keys, segment_of) if s == g]) for g in range(3)]
+    levels = np.array([[0, 0, 0], [1, 1, 1], [1035, 1, 2751], [600, 0, 1400], [3, 1, 2000]])
+    host_t, host_cut = segtopk.host_select(keys, segment_of, levels)
+    for lv, ks in enumerate(levels):
+        t, cut = f([jnp.asarray(k) for k in keys], jnp.asarray(ks, jnp.int32))
+        np.testing.assert_array_equal(np.asarray(t), host_t[lv])
+        np.testing.assert_array_equal(np.asarray(cut), host_cut[lv])
+        for g in range(3):
+            got = np.asarray(segtopk.selected(jnp.asarray(seg_keys[g]), t[g], cut[g]))
+            np.testing.assert_array_equal(got, reference_mask(seg_keys[g].astype(np.float64),
+                                                              int(ks[g])) if ks[g] else 0)
+        per_array = [np.asarray(segtopk.selected(jnp.asarray(k), t[s], cut[s], off))
+                     for k, s, off in zip(keys, segment_of, lay.offsets)]
+        assert [int(sum(m.sum() for m, s in zip(per_array, segment_of) if s == g))
+                for g in range(3)] == list(ks)
+
+
 @pytest.mark.parametrize("method", EXACT_METHODS)
 def test_float64_with_x64(method, x64):
     rng = np.random.default_rng(3)
@@ -295,19 +344,24 @@ _KEY_VALUES = {
 @pytest.mark.parametrize("name", sorted(_KEY_VALUES))
 def test_key_transform_is_order_preserving_and_invertible(name):
     dtype = jnp.dtype(name)
-    sp = topk._space(dtype)
+    sp = segtopk.key_space(dtype)
     assert sp.kdt == (jnp.uint16 if dtype.itemsize == 2 else jnp.uint32)
     vals = jnp.array(_KEY_VALUES[name], jnp.float32)      # compared as float32, keyed in dtype
     assert np.array_equal(np.asarray(vals.astype(dtype).astype(jnp.float32)), np.asarray(vals))
-    keys = topk._to_key(vals, sp)
+    keys = segtopk.to_key(vals, sp)
     assert keys.dtype == sp.kdt
     assert np.all(np.diff(np.asarray(keys).astype(np.int64)) > 0)
     if dtype.itemsize == 2:     # adjacent representable values: adjacent keys
         assert int(keys[-2]) - int(keys[-3]) == 1
-    back = topk._from_key(keys, sp)
+    back = segtopk.from_key(keys, sp)
     assert back.dtype == jnp.float32
     np.testing.assert_array_equal(np.signbit(np.asarray(back)), np.signbit(np.asarray(vals)))
     np.testing.assert_array_equal(np.asarray(back), np.asarray(vals))
+    # the engine's keys: inside [1, key_top - 1], the same except that -0.0 is keyed as +0.0
+    eng = np.asarray(segtopk.float_keys(vals.astype(dtype)))
+    assert eng.min() >= 1 and eng.max() < segtopk.key_top(sp.kdt)
+    plus = np.asarray(segtopk.to_key(jnp.where(vals == 0, 0.0, vals), sp))
+    np.testing.assert_array_equal(eng, plus)
 
 
 def test_counts_pass_exact():
@@ -341,29 +395,41 @@ def test_auto_rules_table_sets_a_backend(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ("float32", "bfloat16", "float16", "float64"))
-def test_bisect_pass_count_pins_the_key(dtype):
-    """(T + 1)^passes covers the initial key bracket, and one pass fewer does not."""
-    sp = topk._space(jnp.dtype(dtype))
+def test_pass_count_pins_the_key(dtype):
+    """(T + 1)^passes covers the initial key bracket, and one pass fewer does not ('bisect' and
+    the segmented engine, whose bracket is [1, key_top))."""
+    sp = segtopk.key_space(jnp.dtype(dtype))
     lo, hi = topk._bisect_bracket(sp)
     p = topk.bisect_passes(jnp.dtype(dtype))
     assert p == {"float32": 8, "bfloat16": 4, "float16": 4, "float64": 16}[dtype]
     assert (topk._BISECT_T + 1) ** (p - 1) < hi - lo <= (topk._BISECT_T + 1) ** p
+    assert segtopk.passes(sp.kdt) == p
+    assert 16 ** (p - 1) < segtopk.key_top(sp.kdt) - 1 <= 16 ** p
     if dtype != "float64":                      # (jnp float64 arrays need x64)
-        keys = topk._to_key(jnp.array([-np.inf, np.inf], sp.fdt), sp)
+        keys = segtopk.to_key(jnp.array([-np.inf, np.inf], sp.fdt), sp)
         assert (lo, hi) == (int(keys[0]), int(keys[1]) + 1)
 
 
-def _bisect_fn(dtype, k, absolute):
-    return lambda v: topk.top_k_threshold(v, k, method="bisect", absolute=absolute)
+FIXED_PASS_METHODS = ("bisect", "segmented")
+
+# one comparison of the keys against 15 thresholds per pass: [n, 15] for 'bisect', [blocks of
+# 32 rows, 32 rows, 15, 32 entries] for 'segmented'
+_PASS_COMPARE = {"bisect": r"bool\[120000,15\] = ge", "segmented": r"bool\[118,32,15,32\] = ge"}
 
 
+def _fixed_fn(method, k, absolute):
+    return lambda v: topk.top_k_threshold(v, k, method=method, absolute=absolute)
+
+
+@pytest.mark.parametrize("method", FIXED_PASS_METHODS)
 @pytest.mark.parametrize("dtype", ("float32", "bfloat16", "float16"))
 @pytest.mark.parametrize("absolute", [False, True])
-def test_bisect_has_no_loops_or_conditionals(dtype, absolute):
-    """'bisect' is a fixed sequence of operations: its jaxpr and its lowered module have no
-    while loop and no conditional (their predicates would be copied to the host on a GPU)."""
+def test_fixed_passes_have_no_loops_or_conditionals(method, dtype, absolute):
+    """'bisect' and 'segmented' are a fixed sequence of operations: their jaxpr and lowered
+    module have no while loop and no conditional (their predicates would be copied to the host
+    on a GPU)."""
     x = jnp.zeros((3, 40_000), dtype)
-    f = _bisect_fn(dtype, 1234, absolute)
+    f = _fixed_fn(method, 1234, absolute)
     jaxpr = str(jax.make_jaxpr(f)(x))
     text = jax.jit(f).lower(x).as_text()
     for word in ("while[", "cond["):
@@ -373,13 +439,14 @@ def test_bisect_has_no_loops_or_conditionals(dtype, absolute):
     # the other counting paths do have them: the check can fail
     other = str(jax.make_jaxpr(lambda v: topk.top_k_threshold(v, 1234, method="search"))(x))
     assert "while[" in other and "cond[" in other
-    # the passes are there: one [n, 15] comparison per pass (4 for 16-bit keys, 8 for float32)
-    passes = re.findall(r"bool\[120000,15\] = ge", jaxpr)
+    # the passes are there: one comparison per pass (4 for 16-bit keys, 8 for float32)
+    passes = re.findall(_PASS_COMPARE[method], jaxpr)
     assert len(passes) == topk.bisect_passes(jnp.dtype(dtype))
 
 
+@pytest.mark.parametrize("method", FIXED_PASS_METHODS)
 @pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
-def test_bisect_under_vmap_matches_each_row(dtype):
+def test_fixed_passes_under_vmap_match_each_row(method, dtype):
     """vmap of the (t, cut) selection: every row's (t, cut) equals the unbatched call's, and
     its mask the reference."""
     rng = np.random.default_rng(4)
@@ -388,7 +455,7 @@ def test_bisect_under_vmap_matches_each_row(dtype):
             np.full(6000, -np.inf)]
     xs = jnp.asarray(np.stack(rows), dtype)
     k = 300
-    f = _bisect_fn(dtype, k, True)
+    f = _fixed_fn(method, k, True)
     tb, cb = jax.jit(jax.vmap(f))(xs)
     assert tb.shape == cb.shape == (len(rows),)
     for i in range(len(rows)):

@@ -97,6 +97,10 @@ def _md_update(r: dict) -> list[str]:
     out = [f"{r.get('tree')} tree: {r.get('params')} params in {r.get('tensors')} tensors; "
            f"{r.get('optimizers')}; medians of {r.get('reps')} calls.", ""]
     out += _ratio_table("method", r.get("methods"))
+    if r.get("selection"):
+        out += ["", "Selections (t, cut) of every leaf at once (`bench_topk --tree`):", ""]
+        out += _table(["selection", "ms", "ops"],
+                      [(n, v.get("ms"), v.get("ops")) for n, v in r["selection"].items()])
     ops = r.get("op_counts") or {}
     detail = ops.get("reason") or ops.get("error", "").split("\n")[0]
     out += ["", f"- op counts: {ops.get('status')}" + (f" ({detail})" if detail else "")]

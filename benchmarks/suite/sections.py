@@ -179,20 +179,23 @@ def tree_of_shapes(shapes: Mapping[str, Any], seed: int = 0) -> Any:
 
 
 def _op_counts(methods: Sequence[str], deadline: float) -> dict:
-    """``benchmarks.op_count.op_counts(methods=[m])`` per method until ``deadline``."""
+    """``benchmarks.op_count.op_counts``: first the defaults (``sfw_default``,
+    ``sfw_accelerator_default``, ``sgd``) under ``"defaults"``, then ``methods=[m]`` per method,
+    until ``deadline``."""
     try:
         from benchmarks.op_count import op_counts
     except Exception as e:  # the module is optional: recorded, not fatal
         return {"status": "skipped", "reason": f"benchmarks.op_count does not import: "
                                                f"{type(e).__name__}: {e}"}
-    counts, skipped, errors = run_jobs(
-        {m: functools.partial(op_counts, methods=[m]) for m in methods}, deadline)
+    jobs = {"defaults": functools.partial(op_counts, methods=[], defaults=True)}
+    jobs.update({m: functools.partial(op_counts, methods=[m], defaults=False) for m in methods})
+    counts, skipped, errors = run_jobs(jobs, deadline)
     return with_errors({"status": "ok", "counts": counts, "skipped": skipped}, errors,
                         "method(s)")
 
 
 def section_update(s: Suite, deadline: float) -> dict:
-    from benchmarks import bench_update
+    from benchmarks import bench_topk, bench_update
     from sfw_jax.fw.topk import METHODS
 
     tree = s.plan.update_tree
@@ -208,7 +211,16 @@ def section_update(s: Suite, deadline: float) -> dict:
                 "sfw": rec["xla_summary"], "sfw_batched": rec["xla_batched_summary"],
                 "sgd": rec["sgd_summary"]}
 
+    # first the K-sparse selections of all leaves at once: one segmented search over the whole
+    # tree against the per-shape-group vmap and the per-leaf calls (bench_topk --tree)
+    names = list(bench_topk.tree_selections(leaves))
+    selection, sel_skipped, sel_errors = run_jobs(
+        {n: functools.partial(bench_topk.time_tree, s.plan.update_reps, params, names=[n])
+         for n in names}, deadline)
+    selection = {n: r[n] for n, r in selection.items()}
     rows, skipped, errors = run_jobs({m: functools.partial(one, m) for m in METHODS}, deadline)
+    skipped += [f"selection {n}" for n in sel_skipped]
+    errors += [f"selection {e}" for e in sel_errors]
     if s.plan.op_count_methods == ():
         ops = {"status": "skipped", "reason": f"plan {s.plan.name!r} does not count ops"}
     elif time.time() > deadline:
@@ -224,7 +236,8 @@ def section_update(s: Suite, deadline: float) -> dict:
          "reps": s.plan.update_reps,
          "optimizers": "sfw(0.1, k_sparse k=10 k_frac=0.05 value=15 initialization, "
                        "momentum=0.9, rescale='gradient') vs optax.sgd(0.1, momentum=0.9)",
-         "methods": rows, "skipped": skipped, "errors": errors, "op_counts": ops},
+         "methods": rows, "selection": selection, "skipped": skipped, "errors": errors,
+         "op_counts": ops},
         errors, "measurement(s)")
 
 

@@ -8,6 +8,8 @@
 * :mod:`~sfw_jax.fw.lmo`, :mod:`~sfw_jax.fw.gauges`, :mod:`~sfw_jax.fw.projections`,
   :mod:`~sfw_jax.fw.nm`: linear minimization oracles, gauges and projections as pure functions;
 * :mod:`~sfw_jax.fw.topk`: exact top-k selection without a full sort;
+  :mod:`~sfw_jax.fw.segtopk`: the segmented engine (top-k in many tensors at once, the
+  pruning masks' ranking);
 * :mod:`~sfw_jax.fw.blocks`: ``frank_wolfe`` and ``sfw_momentum``, SFW as Optax building
   blocks (``optax.chain(optax.scale_by_adam(), frank_wolfe(...))``: Adam-preconditioned SFW);
 * :mod:`~sfw_jax.fw.sfw`: ``sfw``, the Optax transformation (their chain, with a fused native

@@ -98,12 +98,11 @@ def resolve_batch_select(batch_select: Optional[bool]) -> bool:
     return batch_select
 
 
-def require_params(params: Any) -> None:
-    """optax's ValueError when ``update`` is called without ``params``."""
+def require_params(params: Any, name: str) -> None:
+    """ValueError when the ``update`` of transformation ``name`` is called without ``params``."""
     if params is None:
-        raise ValueError(optax.NO_PARAMS_MSG if hasattr(optax, "NO_PARAMS_MSG") else
-                         "You are using a transformation that requires the current value of "
-                         "parameters, but you are not passing `params` when calling `update`.")
+        raise ValueError(f"{name} needs the current params: call update(updates, state, "
+                         f"params)")
 
 
 # ---------------------------------------------------------------------------------------------

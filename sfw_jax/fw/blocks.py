@@ -83,7 +83,7 @@ def frank_wolfe(learning_rate: Union[float, jax.Array, optax.Schedule], constrai
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _step.require_params(params)
+        _step.require_params(params, "frank_wolfe")
         cdef, cs, ds, xs, live = _step.live_leaves(constraints, updates, params,
                                                    "frank_wolfe update", _REMEDY)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate

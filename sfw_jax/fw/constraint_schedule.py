@@ -57,8 +57,10 @@ import numpy as np
 import optax
 
 from sfw_jax._tree import PyTree, path_str
+from sfw_jax.fw._step import is_masked as _is_masked
+from sfw_jax.fw._step import require_params
 from sfw_jax.fw.sets import is_constraint
-from sfw_jax.fw.sfw import _is_masked, route_unconstrained, sfw
+from sfw_jax.fw.sfw import route_unconstrained, sfw
 
 Phases = Sequence[tuple[int, PyTree]]
 
@@ -171,9 +173,7 @@ def scheduled_sfw(learning_rate: Union[float, jax.Array, optax.Schedule], phases
         return txs[0].init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG if hasattr(optax, "NO_PARAMS_MSG") else
-                             "scheduled_sfw needs params: call update(updates, state, params)")
+        require_params(params, "scheduled_sfw")
         if len(branches) == 1:
             return branches[0](updates, state, params, extra_args)
         fns = [lambda u, s, p, b=b: b(u, s, p, extra_args) for b in branches]

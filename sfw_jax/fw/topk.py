@@ -72,6 +72,11 @@ Methods
     when ``#(x >= t) = k``, selected, not branched on). Under ``vmap`` every operation batches
     as it is. On XLA:CPU each pass materialises the ``[n, 15]`` comparison, which makes it
     far slower than ``'search'`` there: not a CPU path.
+``'segmented'``
+    The engine of :mod:`sfw_jax.fw.segtopk` on one segment: the same fixed passes (15
+    thresholds, 16x per pass) on integer keys laid out in blocks of 32 x 32, whose counts
+    XLA:CPU fuses; its :func:`sfw_jax.fw.segtopk.top_k_thresholds` selects in every array of a
+    list at once (the SFW update's and the pruning masks' engine).
 ``'auto'``
     Per backend, from :data:`AUTO_RULES`: on the CPU ``'sort'`` for ``n < 32768`` and
     ``'search'`` otherwise; on every other backend (GPU, TPU) ``'bisect'``: on an H100 the
@@ -98,24 +103,26 @@ for about the cost of one plain elementwise pass over ``x``.
 
 All methods work for float16, bfloat16, float32 and float64 (with x64 enabled), any shape, under
 ``jit`` (``k`` static). Under ``vmap`` the searches' ``while_loop`` / ``cond`` batch (every
-batch member runs until all are done and the tie path is computed for all); ``'bisect'`` has
-none.
+batch member runs until all are done and the tie path is computed for all); ``'bisect'`` and
+``'segmented'`` have none.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-METHODS = ("auto", "sort", "radix", "search", "bisect")
+from sfw_jax.fw import segtopk
+from sfw_jax.fw.segtopk import KeySpace, from_key, key_space, to_key
+
+METHODS = ("auto", "sort", "radix", "search", "bisect", "segmented")
 
 #: The methods whose selection is the threshold ``(t, cut)`` of :func:`top_k_threshold`.
-THRESHOLD_METHODS = ("radix", "search", "bisect")
+THRESHOLD_METHODS = ("radix", "search", "bisect", "segmented")
 
 #: ``'auto'`` per backend: ``(sort_below, method)`` = ``'sort'`` for fewer than ``sort_below``
 #: entries, else ``method``. ``'cpu'``: the crossover that ``benchmarks/bench_topk.py``
@@ -129,49 +136,6 @@ _GROUP = 17        # row sums per second-stage group (8-bit lanes hold <= 15 * 1
 _NT = 8            # thresholds per pass
 _SAMPLE = 4096     # sample size for the first 'search' pass (at most; n // 128 ...)
 _SAMPLE_MIN = 512  # ... but at least this many entries
-
-
-# ----------------------------------------------------------------------------------------------
-# Keys
-
-
-class _Space(NamedTuple):
-    """Where the search works for one input dtype: values are compared as ``fdt`` (float32, or
-    float64 for float64 input) and keyed by the bits of their ``vdt`` value (the input dtype)
-    as ``kdt`` (unsigned int of that width). Keying 16-bit inputs by their own 16 bits makes the
-    search pin a value after at most 65536 keys instead of 2**32 (bfloat16 data has few
-    distinct values: ties of thousands of entries are common)."""
-
-    fdt: jnp.dtype
-    kdt: jnp.dtype
-    vdt: jnp.dtype
-
-
-def _space(dtype: jnp.dtype) -> _Space:
-    """The :class:`_Space` of an input float dtype."""
-    dtype = jnp.dtype(dtype)
-    if dtype == jnp.float64:
-        return _Space(dtype, jnp.dtype(jnp.uint64), dtype)
-    if dtype.itemsize == 2:                                  # float16, bfloat16
-        return _Space(jnp.dtype(jnp.float32), jnp.dtype(jnp.uint16), dtype)
-    return _Space(jnp.dtype(jnp.float32), jnp.dtype(jnp.uint32), jnp.dtype(jnp.float32))
-
-
-def _to_key(v: jax.Array, sp: _Space) -> jax.Array:
-    """Order-preserving map float -> unsigned int: ``v < w  <=>  key(v) < key(w)`` (no NaN).
-    ``v`` must be exactly representable in ``sp.vdt`` (it is one of the input's values)."""
-    kdt = sp.kdt
-    bits = lax.bitcast_convert_type(v.astype(sp.vdt), kdt)
-    top = jnp.array(1, kdt) << (jnp.iinfo(kdt).bits - 1)
-    return jnp.where((bits & top) != 0, ~bits, bits | top)
-
-
-def _from_key(key: jax.Array, sp: _Space) -> jax.Array:
-    """Inverse of :func:`_to_key`, as a ``sp.fdt`` value."""
-    kdt = sp.kdt
-    top = jnp.array(1, kdt) << (jnp.iinfo(kdt).bits - 1)
-    bits = jnp.where((key & top) != 0, key ^ top, ~key)
-    return lax.bitcast_convert_type(bits, sp.vdt).astype(sp.fdt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,7 +260,7 @@ def _pass(xf, k, bracket, keys, prep, sp):
     """One counting pass at the ascending ``keys``: the new bracket ``(lo, hi, F(lo), F(hi))``
     and the pass record ``(rows, i_lo, i_hi)`` for :func:`_apply_record`."""
     lo, hi, f_lo, f_hi = bracket
-    cnts, s1 = _count_pass(xf, _from_key(keys, sp), prep)
+    cnts, s1 = _count_pass(xf, from_key(keys, sp), prep)
     lo, hi, f_lo, f_hi, i_lo, i_hi = _update(lo, hi, f_lo, f_hi, keys, cnts, k)
     return (lo, hi, f_lo, f_hi), (s1, i_lo, i_hi)
 
@@ -394,7 +358,7 @@ def _candidates(xf, lo, hi, rc, prep, sp,
     vals = jnp.concatenate(vals)
     ok = jnp.concatenate(ok)
     pos = jnp.concatenate(pos)
-    flo, fhi = _from_key(lo, sp), _from_key(hi, sp)
+    flo, fhi = from_key(lo, sp), from_key(hi, sp)
     # hi may be key(+inf) + 1, whose float is a NaN: then ~(v >= fhi) is True for every v.
     inside = ok & (vals >= flo) & ~(vals >= fhi)
     return jnp.where(inside, vals, jnp.array(-jnp.inf, sp.fdt)), inside, pos
@@ -417,12 +381,12 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
     only entries equal to ``t``, possibly many) the cut comes from the passes' row counts
     (:func:`_pinned_cut`).
     """
-    sp = _space(xf.dtype)
+    sp = key_space(xf.dtype)
     kdt = sp.kdt
     n = xf.shape[0]
     nrows = _nrows(n)
-    bracket = (_to_key(jnp.array(-jnp.inf, sp.fdt), sp),
-               _to_key(jnp.array(jnp.inf, sp.fdt), sp) + jnp.array(1, kdt),
+    bracket = (to_key(jnp.array(-jnp.inf, sp.fdt), sp),
+               to_key(jnp.array(jnp.inf, sp.fdt), sp) + jnp.array(1, kdt),
                jnp.array(n, jnp.int32), jnp.array(0, jnp.int32))
     records = []
     if n > _CAP:
@@ -436,7 +400,7 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
             # order statistics idx (ascending) of the sample = positions s-1-idx of its top
             # s - min(idx) values (lax.top_k: ~3x cheaper than sorting the sample on XLA:CPU)
             top = lax.top_k(prep(xf[:: stride][:s]), s - idx[0])[0]      # descending
-            keys = _to_key(top[jnp.array([s - 1 - i for i in idx])], sp)
+            keys = to_key(top[jnp.array([s - 1 - i for i in idx])], sp)
             bracket, rec = _pass(xf, k, bracket, keys, prep, sp)
             records.append(rec)
         # One more pass unconditionally, outside any loop: XLA hoists loop-invariant work such as
@@ -474,13 +438,13 @@ def _search_key(xf: jax.Array, k: int, first_pass: bool, positions,
                         index.shape[0] - 1)
         cut = jnp.where(ties[-1] == need, jnp.int32(n),
                         lax.dynamic_index_in_dim(index, j, keepdims=False))
-        return _to_key(t, sp), cut
+        return to_key(t, sp), cut
 
     def pinned():
         # t = lo, and the entries equal to it are exactly those in [lo, hi): their per-row counts
         # rc locate the (k - F(hi))-th of them (the cut is n when F(lo) = k: nothing to break)
         cut = lax.cond(f_lo == k, lambda: jnp.int32(n),
-                       lambda: _pinned_cut(xf, rc, _from_key(lo, sp), k - f_hi, prep))
+                       lambda: _pinned_cut(xf, rc, from_key(lo, sp), k - f_hi, prep))
         return lo, cut
 
     done = (f_lo == k) | (hi - lo <= jnp.array(1, kdt))
@@ -520,14 +484,14 @@ def _pinned_cut(xf: jax.Array, rc: jax.Array, t: jax.Array, need: jax.Array,
 _BISECT_T = 15     # thresholds per 'bisect' pass: the key bracket shrinks (_BISECT_T + 1)x
 
 
-def _key_int(v: float, sp: _Space) -> int:
+def _key_int(v: float, sp: KeySpace) -> int:
     """:func:`_to_key` of a Python float, as a Python int (trace-time constant)."""
     bits = int(np.array(v, dtype=sp.vdt).view(np.dtype(f"uint{8 * sp.vdt.itemsize}")))
     top = 1 << (8 * sp.kdt.itemsize - 1)
     return (~bits & (2 * top - 1)) if bits & top else bits | top
 
 
-def _bisect_bracket(sp: _Space) -> tuple[int, int]:
+def _bisect_bracket(sp: KeySpace) -> tuple[int, int]:
     """The initial key bracket ``[key(-inf), key(+inf) + 1)`` of every 'bisect' search."""
     return _key_int(-np.inf, sp), _key_int(np.inf, sp) + 1
 
@@ -536,7 +500,7 @@ def bisect_passes(dtype) -> int:
     """Counting passes of the 'bisect' path for input ``dtype``: the smallest ``p`` with
     ``(T + 1)^p >= hi - lo`` for the initial bracket (``T = 15``: 4 for float16/bfloat16, 8
     for float32, 16 for float64)."""
-    lo, hi = _bisect_bracket(_space(dtype))
+    lo, hi = _bisect_bracket(key_space(dtype))
     width, p = hi - lo, 0
     while width > 1:
         width = -(-width // (_BISECT_T + 1))
@@ -545,7 +509,7 @@ def bisect_passes(dtype) -> int:
 
 
 def _bisect_pass(v: jax.Array, lo: jax.Array, hi: jax.Array, k: int,
-                 sp: _Space) -> tuple[jax.Array, jax.Array]:
+                 sp: KeySpace) -> tuple[jax.Array, jax.Array]:
     """One 'bisect' pass over ``v`` [n] shrinking the bracket ``F(lo) >= k > F(hi)``: ``F`` at
     the ``T`` keys ``min(lo + j s, hi)``, ``j = 1..T``, ``s = ceil((hi - lo) / (T + 1))``, by
     one compare of ``v`` against the ``T`` thresholds and a sum over ``n`` (one reduction
@@ -556,7 +520,7 @@ def _bisect_pass(v: jax.Array, lo: jax.Array, hi: jax.Array, k: int,
     nt = jnp.array(_BISECT_T + 1, kdt)
     step = span // nt + (span % nt != 0).astype(kdt)              # ceil, no overflow
     keys = jnp.minimum(lo + jnp.arange(1, _BISECT_T + 1, dtype=kdt) * step, hi)
-    cnt = jnp.sum(v[:, None] >= _from_key(keys, sp)[None, :], axis=0, dtype=jnp.int32)
+    cnt = jnp.sum(v[:, None] >= from_key(keys, sp)[None, :], axis=0, dtype=jnp.int32)
     nge = jnp.sum((cnt >= k).astype(kdt), dtype=kdt)
     new_lo = lo + nge * step          # < hi when nge > 0: that key has F >= k > F(hi)
     return new_lo, jnp.minimum(new_lo + step, hi)
@@ -575,14 +539,14 @@ def _bisect_key(xf: jax.Array, k: int, prep=_identity) -> tuple[jax.Array, jax.A
     and the entries equal to ``t`` per row of :func:`_tie_width` entries, and
     :func:`_pinned_cut` reads the cut of the ``(k - #(v > t))``-th such entry off the row
     counts (``cut = n`` when ``#(v >= t) = k``). No loop, no conditional."""
-    sp = _space(xf.dtype)
+    sp = key_space(xf.dtype)
     kdt = sp.kdt
     n = xf.shape[0]
     v = prep(xf)
     lo, hi = (jnp.array(b, kdt) for b in _bisect_bracket(sp))
     for _ in range(bisect_passes(xf.dtype)):
         lo, hi = _bisect_pass(v, lo, hi, k, sp)
-    t = _from_key(lo, sp)
+    t = from_key(lo, sp)
     gt = jnp.sum((v > t).astype(jnp.int32), dtype=jnp.int32)
     eq = jnp.sum((v == t).astype(jnp.int32), dtype=jnp.int32)
     width = _tie_width(n)
@@ -599,12 +563,15 @@ def top_k_threshold(x: jax.Array, k: int, *, method: str = "search",
     ``mask = (v > t) | ((v == t) & (index <= cut))``, ``v = x`` (or ``|x|`` if ``absolute``)
     flattened in the working dtype (float32, float64 for float64 input) and ``index`` the flat
     index; ``cut = n`` when ``#(v >= t) = k``. ``method``: one of :data:`THRESHOLD_METHODS`
-    ('search', 'radix' or 'bisect'; see the module docstring); ``k`` static in ``[1, n]``.
+    ('search', 'radix', 'bisect' or 'segmented'; see the module docstring); ``k`` static in
+    ``[1, n]``.
     :func:`threshold_mask` evaluates the mask (fusable into its consumers).
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"method must be one of {THRESHOLD_METHODS}, got {method!r}")
-    sp = _space(x.dtype)
+    if method == "segmented":
+        return segtopk.top_k_thresholds([x], [k], absolute=absolute)[0]
+    sp = key_space(x.dtype)
     xf = x.reshape(-1)
     prep = _prep_fn(sp.fdt, absolute)
     if method == "bisect":
@@ -613,13 +580,13 @@ def top_k_threshold(x: jax.Array, k: int, *, method: str = "search",
         adaptive = method == "search"
         positions = _interp_positions if adaptive else _even_positions
         t_key, cut = _search_key(xf, k, first_pass=adaptive, positions=positions, prep=prep)
-    return _from_key(t_key, sp), cut
+    return from_key(t_key, sp), cut
 
 
 def threshold_mask(x: jax.Array, t: jax.Array, cut: jax.Array, *,
                    absolute: bool = False) -> jax.Array:
     """The mask of :func:`top_k_threshold`'s ``(t, cut)`` for ``x`` (bool, shape of ``x``)."""
-    v = _prep_fn(_space(x.dtype).fdt, absolute)(x.reshape(-1))
+    v = _prep_fn(key_space(x.dtype).fdt, absolute)(x.reshape(-1))
     idx = lax.broadcasted_iota(jnp.int32, v.shape, 0)
     return ((v > t) | ((v == t) & (idx <= cut))).reshape(x.shape)
 
@@ -671,8 +638,9 @@ def top_k_mask(x: jax.Array, k: int, *, method: str = "auto",
       x: float array (float16, bfloat16, float32, float64), any shape, no NaN; n = x.size.
       k: static Python int, ``1 <= k <= n``.
       method: ``'auto'`` (:func:`resolve_method`), ``'sort'`` (``lax.top_k``), ``'radix'``
-        (even counting search, <= 11 passes), ``'search'`` (sample-guided counting search) or
-        ``'bisect'`` (fixed passes, no control flow). All give identical masks.
+        (even counting search, <= 11 passes), ``'search'`` (sample-guided counting search),
+        ``'bisect'`` (fixed passes, no control flow) or ``'segmented'`` (the same, on the
+        engine of :mod:`sfw_jax.fw.segtopk`). All give identical masks.
       absolute: rank by ``|x|`` instead of ``x``.
 
     Returns:

@@ -4,6 +4,8 @@ The API is what this package exports (the modules are private):
 
 * masks: magnitude (global / layerwise, entries / filters), random and N:M masks,
   ``masks_for_sweep``, ``apply_mask``, ``keep_masked`` (also at the top level of ``sfw_jax``);
+* ``row_mask``: per-output-row pruning by any score; Wanda's activation norms, scores and
+  masks (:mod:`sfw_jax.pruning.wanda`, imports Flax);
 * ``sparsity_summary``: per-leaf and total counts;
 * ``recalibrate_batch_norm``: running statistics re-estimated for pruned weights (imports Flax
   on first use);
@@ -16,6 +18,7 @@ from typing import Any
 from sfw_jax.pruning._masks import (RANKING_SCOPES, STRUCTURES, KeepMaskedState, apply_mask,
                                     check_sparsity, keep_masked, magnitude_mask, masks_for_sweep,
                                     nm_mask, random_mask)
+from sfw_jax.pruning.rows import row_mask
 from sfw_jax.pruning._summary import LeafSparsity, SparsitySummary, sparsity_summary
 from sfw_jax.pruning._weight_stats import (DEFAULT_THRESHOLDS, count_above_thresholds,
                                            magnitude_cdf, magnitude_histogram)
@@ -23,7 +26,7 @@ from sfw_jax.pruning._weight_stats import (DEFAULT_THRESHOLDS, count_above_thres
 __all__ = [
     "RANKING_SCOPES", "STRUCTURES", "KeepMaskedState", "LeafSparsity", "SparsitySummary",
     "apply_mask", "check_sparsity", "keep_masked", "magnitude_mask", "masks_for_sweep",
-    "nm_mask", "random_mask", "sparsity_summary", "recalibrate_batch_norm",
+    "nm_mask", "random_mask", "row_mask", "sparsity_summary", "recalibrate_batch_norm",
     "DEFAULT_THRESHOLDS", "count_above_thresholds", "magnitude_histogram", "magnitude_cdf",
 ]
 

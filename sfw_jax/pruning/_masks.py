@@ -28,11 +28,12 @@ compares norms of filters with different fan-in.
 N:M masks (:func:`nm_mask`) keep the ``n`` largest ``|w|`` of every group of ``m``
 consecutive entries along an axis (2:4 sparsity); they need no global ranking.
 
-Cost: one mask is a radix select of the threshold (two histogram passes over the eligible
-entries, jit-compiled, no sort; see :mod:`sfw_jax.pruning._select`) and one compare pass;
-:func:`masks_for_sweep` sorts the magnitudes once on the host and then needs one compare pass
-per sparsity level. Compiled programs are cached per tree structure and leaf shapes; the
-sparsity is a traced count, so new sparsities do not recompile.
+Cost: one mask is one search of the segmented selection engine (:mod:`sfw_jax.fw.segtopk`: a
+fixed number of counting passes over the eligible entries, jit-compiled, no sort; the global
+ranking is one segment holding every eligible leaf, the layerwise one a segment per leaf) and
+one compare pass; :func:`masks_for_sweep` sorts the magnitudes once on the host and then needs
+one compare pass per sparsity level. Compiled programs are cached per tree structure and leaf
+shapes; the sparsity is a traced count, so new sparsities do not recompile.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ import numpy as np
 import optax
 
 from sfw_jax._tree import PyTree, check_same_structure, path_str
+from sfw_jax.fw import segtopk
 from sfw_jax.fw.nm import check_groupable, check_nm, nm_eligible, nm_top_mask
-from sfw_jax.pruning._select import bottom_k, bottom_k_at, float_keys, sorted_thresholds
 from sfw_jax.selectors import Selector, is_kernel, select_leaves
 
 RANKING_SCOPES = ("global", "layerwise")
@@ -130,9 +131,18 @@ def _ks(sparsity: float, sizes: Sequence[int], scope: str) -> list[int]:
     return [_n_prune(sparsity, n) for n in sizes]
 
 
-def _groups(n_leaves: int, scope: str) -> tuple[int, ...]:
-    """Ranking group of each eligible leaf: all in group 0 (global) or one group each."""
+def _segments(n_leaves: int, scope: str) -> tuple[int, ...]:
+    """Ranking segment of each eligible leaf: all in segment 0 (global) or one each."""
     return (0,) * n_leaves if scope == "global" else tuple(range(n_leaves))
+
+
+def _ranks(scores: jax.Array) -> jax.Array:
+    """Integer ranks ordering non-negative float ``scores`` (flat) exactly like the floats: the
+    bit patterns as int32 (float64: int64). ``+0.0`` ranks lowest, NaN above ``+inf``;
+    precondition: no negative scores (``-0.0`` must not occur)."""
+    if scores.dtype == jnp.float64:
+        return jax.lax.bitcast_convert_type(scores, jnp.int64)
+    return jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.int32)
 
 
 def _expand(pruned: jax.Array, shape: tuple[int, ...], structure: str) -> jax.Array:
@@ -145,23 +155,32 @@ def _expand(pruned: jax.Array, shape: tuple[int, ...], structure: str) -> jax.Ar
 
 @partial(jax.jit, static_argnames=("structure", "dtype"))
 def _magnitude_keys(leaves: list[jax.Array], structure: str, dtype) -> list[jax.Array]:
-    return [float_keys(_scores(x, structure, dtype)) for x in leaves]
+    """The engine's keys of the scores: the lowest score has the highest key."""
+    return [segtopk.descending_keys(_ranks(_scores(x, structure, dtype))) for x in leaves]
+
+
+def _kept(keys: list[jax.Array], t: jax.Array, cut: jax.Array, shapes: tuple, scope: str,
+          structure: str) -> list[jax.Array]:
+    """Kept masks from each segment's selection ``(t, cut)`` of the pruned entries."""
+    lay = segtopk.make_layout([c.size for c in keys], _segments(len(keys), scope))
+    return [_expand(segtopk.selected(c, t[s], cut[s], off), shape, structure)
+            for c, s, off, shape in zip(keys, lay.segment_of, lay.offsets, shapes)]
 
 
 @partial(jax.jit, static_argnames=("shapes", "scope", "structure"))
 def _select(keys: list[jax.Array], ks: jax.Array, shapes: tuple, scope: str,
             structure: str) -> list[jax.Array]:
-    """Kept masks for counts ``ks`` (radix select of the thresholds)."""
-    pruned = bottom_k(keys, _groups(len(keys), scope), ks)
-    return [_expand(f, s, structure) for f, s in zip(pruned, shapes)]
+    """Kept masks for counts ``ks`` pruned per segment (one search of the engine)."""
+    lay = segtopk.make_layout([c.size for c in keys], _segments(len(keys), scope))
+    t, cut = segtopk.select(keys, ks, lay)
+    return _kept(keys, t, cut, shapes, scope, structure)
 
 
 @partial(jax.jit, static_argnames=("shapes", "scope", "structure"))
-def _select_at(keys: list[jax.Array], t: jax.Array, need: jax.Array, n_at: jax.Array,
-               shapes: tuple, scope: str, structure: str) -> list[jax.Array]:
-    """Kept masks for known per-segment thresholds (from a host sort)."""
-    pruned = bottom_k_at(keys, _groups(len(keys), scope), t, need, n_at)
-    return [_expand(f, s, structure) for f, s in zip(pruned, shapes)]
+def _select_at(keys: list[jax.Array], t: jax.Array, cut: jax.Array, shapes: tuple, scope: str,
+               structure: str) -> list[jax.Array]:
+    """Kept masks for known per-segment selections (from a host sort)."""
+    return _kept(keys, t, cut, shapes, scope, structure)
 
 
 def _assemble(leaves: list, treedef, idx: list[int], kept: list[jax.Array]) -> PyTree:
@@ -220,16 +239,17 @@ def nm_mask(params: PyTree, n: int, m: int, *, axis: int = -2,
       n, m: ints with 1 <= n <= m (2:4 is ``n=2, m=4``).
       axis: the grouping axis (default -2, the input features of Flax Dense ``(in, out)`` and
         Conv ``(kh, kw, in, out)`` kernels, the axis 2:4 sparse tensor cores group along).
-      include: which leaves are pruned: None (leaves of rank >= 2 whose size along ``axis`` is a
-        multiple of m, :func:`sfw_jax.fw.nm.nm_eligible`), a bool pytree like ``params``, or a
+      include: which leaves are pruned: None (the kernels, :func:`sfw_jax.is_kernel`, whose size
+        along ``axis`` is a multiple of m, :func:`sfw_jax.fw.nm.nm_eligible`), a bool pytree
+        like ``params``, or a
         predicate ``(path, leaf) -> bool``; a leaf it selects must have ``axis`` with a size
         that is a multiple of m (ValueError naming the leaf otherwise).
     """
     n, m = check_nm(n, m)
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise ValueError(f"axis must be an int, got {axis!r}")
-    chosen = select_leaves(params, include,
-                           lambda path, leaf: nm_eligible(jnp.shape(leaf), m, axis), "include")
+    chosen = select_leaves(params, include, lambda path, leaf: (
+        is_kernel(path, leaf) and nm_eligible(jnp.shape(leaf), m, axis)), "include")
 
     def leaf_mask(path, leaf, sel):
         if not sel:
@@ -253,8 +273,9 @@ def random_mask(key: jax.Array, params: PyTree, sparsity: float, *, scope: str =
     sparsity = _check_ranking(sparsity, scope, structure)
     leaves, treedef, idx = _eligible(params, include, structure)
     keys = [
-        (jax.random.bits(jax.random.fold_in(key, j), (_n_units(leaves[i], structure),),
-                         jnp.uint32) >> 1).astype(jnp.int32)
+        segtopk.descending_keys(
+            (jax.random.bits(jax.random.fold_in(key, j), (_n_units(leaves[i], structure),),
+                             jnp.uint32) >> 1).astype(jnp.int32))
         for j, i in enumerate(idx)
     ]
     return _mask_from_keys(leaves, treedef, idx, keys, sparsity, scope, structure)
@@ -277,18 +298,15 @@ def masks_for_sweep(params: PyTree, sparsities: Sequence[float], *, scope: str =
         return [_assemble(leaves, treedef, idx, []) for _ in levels]
     elig = [jnp.asarray(leaves[i]) for i in idx]
     keys = _magnitude_keys(elig, structure, _score_dtype(elig))
-    groups = _groups(len(keys), scope)
+    segments = _segments(len(keys), scope)
     ks = np.array([_ks(s, [c.size for c in keys], scope) for s in levels],
-                  np.int64).reshape(len(levels), max(groups) + 1)
-    t, n_below, n_at = sorted_thresholds([np.asarray(c) for c in keys], groups, ks)
+                  np.int64).reshape(len(levels), max(segments) + 1)
+    t, cut = segtopk.host_select([np.asarray(c) for c in keys], segments, ks)
     shapes = tuple(tuple(jnp.shape(leaves[i])) for i in idx)
-    out = []
-    for j in range(len(levels)):
-        kept = _select_at(keys, jnp.asarray(t[j], keys[0].dtype),
-                          jnp.asarray(ks[j] - n_below[j], jnp.int32),
-                          jnp.asarray(n_at[j], jnp.int32), shapes, scope, structure)
-        out.append(_assemble(leaves, treedef, idx, kept))
-    return out
+    return [_assemble(leaves, treedef, idx,
+                      _select_at(keys, jnp.asarray(t[j]), jnp.asarray(cut[j], jnp.int32),
+                                 shapes, scope, structure))
+            for j in range(len(levels))]
 
 
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:

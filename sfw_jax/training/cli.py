@@ -19,6 +19,8 @@ Examples::
     sfw-train --preset quickstart-digits --rescale fast_gradient --lr 0.1
     sfw-train --preset quickstart-digits --delay-lmo 0.33
     sfw-train --preset quickstart-digits --tau-start 20 --k-frac-start 0.1
+    sfw-train --arch transformer_lm --dataset text \
+        --data-dir ../shared/data/text/cpython-3.11.7-lib.tar.gz --optimizer adamw --epochs 2
     sfw-train --list-presets
 """
 
@@ -33,6 +35,7 @@ from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import presets
 from sfw_jax.training.config import CONCERNS, OPTIONS, Option, TrainConfig
+from sfw_jax.training.optimizers import SFW_OPTIMIZERS
 
 __all__ = ["build_parser", "parse_config", "main"]
 
@@ -143,12 +146,13 @@ def _check_conflicts(cfg: TrainConfig, explicit: set[str]) -> None:
     """Explicit flags the config ignores (ValueError naming them): an SFW-only option with
     another optimizer. The values themselves are checked by
     :func:`sfw_jax.training.config.validate`."""
-    if cfg.optimizer == "sgd":
+    if cfg.optimizer not in SFW_OPTIMIZERS:
         bad = sorted(f for f in explicit if f in config_lib.SFW_ONLY_FIELDS)
         if bad:
             flags = ", ".join(_flag(OPTIONS[f]) for f in bad)
-            raise ValueError(f"{flags}: only meaningful with --optimizer sfw, but the optimizer "
-                             f"is 'sgd'; drop the flag(s) or use --optimizer sfw")
+            raise ValueError(f"{flags}: only meaningful with --optimizer sfw (or adam_sfw), but "
+                             f"the optimizer is {cfg.optimizer!r}; drop the flag(s) or use "
+                             f"--optimizer sfw")
 
 
 def parse_config(argv: Sequence[str] | None = None,

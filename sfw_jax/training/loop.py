@@ -30,6 +30,12 @@ its batches; 'dynamic_change' reads it, or the epoch's last batch loss with
 ``trend_loss='last_batch'`` (the reference's).
 ``train_acc`` is measured on the (augmented) training batches during the epoch.
 
+Language models (a sequence model such as ``transformer_lm`` on the ``'text'`` dataset, whose
+splits are byte windows, ``DatasetInfo.sequence_length = T``): an example is a window, the loss
+the mean cross-entropy over its T next-byte positions, ``train_acc`` / ``val_acc`` / ``test_acc``
+the next-byte accuracy over positions, and the records add ``val_bits_per_byte`` and
+``test_bits_per_byte`` (mean cross-entropy in nats / ln 2).
+
 A non-finite training loss raises :class:`NonFiniteLossError` (naming epoch and step) before the
 epoch's checkpoint is written, so the last good checkpoint stays on disk. Host syncs happen every
 ``log_every`` steps (progress bar + finiteness check) so the devices are never idle per step.
@@ -64,9 +70,10 @@ from sfw_jax.training import schedules
 from sfw_jax.training.checkpoint import Checkpointer, has_checkpoint
 from sfw_jax.training.config import TrainConfig
 from sfw_jax.training.datasets import Dataset, DatasetInfo, Split, epoch_permutation, load_dataset
-from sfw_jax.training.models import get_model
-from sfw_jax.training.steps import (Evaluator, TrainState, cross_entropy_loss, make_train_step,
-                                    preprocess, variables)
+from sfw_jax.training.datasets import TokenSplit
+from sfw_jax.training.models import get_model, model_context
+from sfw_jax.training.steps import (Evaluator, TrainState, cross_entropy_loss, make_token_train_step,
+                                    make_train_step, preprocess, variables)
 
 __all__ = [
     "Callback", "NonFiniteLossError", "TrainResult", "setup_devices",
@@ -153,7 +160,15 @@ def check_run_preconditions(cfg: TrainConfig, mesh: Mesh) -> None:
                          f"pass resume=True (--resume) to continue it or choose another out_dir")
 
 
-def training_subset(cfg: TrainConfig, split: Split) -> Split:
+def load_config_dataset(cfg: TrainConfig, data_dir: str | None = None) -> Dataset:
+    """The dataset of ``cfg`` (``data_dir`` instead of ``cfg.data_dir`` when given), with the
+    config's split settings; a sequence model's windows are its ``context`` long."""
+    return load_dataset(cfg.dataset, data_dir=cfg.data_dir if data_dir is None else data_dir,
+                        val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size,
+                        context=model_context(cfg.arch, cfg.model_kwargs))
+
+
+def training_subset(cfg: TrainConfig, split: Split | TokenSplit) -> Split | TokenSplit:
     """The examples a run trains on: all of ``split``, or with ``max_train_samples = N`` a
     seeded random subset of N (kept in the split's order; files sorted by class would make the
     first N a single class)."""
@@ -164,7 +179,11 @@ def training_subset(cfg: TrainConfig, split: Split) -> Split:
     return split.take(np.sort(idx))
 
 
-def _dummy_input(info: DatasetInfo) -> jax.Array:
+def dummy_input(info: DatasetInfo) -> jax.Array:
+    """A batch of one input of the dataset's shape (a window of token ids for a language
+    model), to initialise a model."""
+    if info.sequence_length is not None:
+        return jnp.zeros((1, info.sequence_length), jnp.int32)
     return jnp.zeros((1, *info.image_shape), jnp.float32)
 
 
@@ -186,12 +205,12 @@ def init_train_state(cfg: TrainConfig, model: Any, info: DatasetInfo,
     target (last phase's) sets.
     """
     init_key, norm_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
-    dummy = _dummy_input(info)
+    dummy = dummy_input(info)
     variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     constraints = phases = None
-    if cfg.optimizer == "sfw":
+    if cfg.optimizer in opt_lib.SFW_OPTIMIZERS:
         norms = opt_lib.compute_init_norms(
             lambda k: model.init(k, dummy, train=False)["params"], norm_key, cfg)
         phases = opt_lib.build_constraint_phases(cfg, params, norms, total_steps)
@@ -272,17 +291,20 @@ def _is_main_process() -> bool:
 def _format_record(r: dict) -> str:
     val = (f" val_loss {r['val_loss']:.4f} val_acc {r['val_acc']:.4f}"
            if r.get("val_acc") is not None else "")
+    if r.get("val_bits_per_byte") is not None:
+        val += f" val_bpb {r['val_bits_per_byte']:.4f}"
     big = r["weight_counts"]["0.001"] / max(r["n_params"], 1)
     return (f"epoch {r['epoch']:>3d}/{r['epochs']} lr {r['lr']:.4g} train_loss "
             f"{r['train_loss']:.4f} train_acc {r['train_acc']:.4f}{val} "
             f"|w|>1e-3 {100 * big:.1f}% time {r['epoch_time']:.1f}s")
 
 
-def _train_epoch(state: TrainState, train_step: Callable, images: jax.Array, labels: jax.Array,
+def _train_epoch(state: TrainState, train_step: Callable, data: tuple[jax.Array, ...],
                  perm: jax.Array, *, cfg: TrainConfig, epoch: int,
                  last_ckpt: Callable[[], tuple[int | None, str] | None]
                  ) -> tuple[TrainState, list[float], int]:
-    """Run the epoch's ``perm.shape[0]`` steps; returns (state, per-step losses, #correct).
+    """Run the epoch's ``perm.shape[0]`` steps of ``train_step(state, *data, perm, i)``; returns
+    (state, per-step losses, #correct).
 
     The host fetches the step metrics every ``cfg.log_every`` steps (progress bar, finiteness
     check) and raises :class:`NonFiniteLossError` at the first non-finite loss.
@@ -295,7 +317,7 @@ def _train_epoch(state: TrainState, train_step: Callable, images: jax.Array, lab
                        enabled=cfg.progress and _is_main_process())
     try:
         for i in range(steps):
-            state, metrics = train_step(state, images, labels, perm, i)
+            state, metrics = train_step(state, *data, perm, i)
             pending.append(metrics)
             if (i + 1) % cfg.log_every and i + 1 != steps:
                 continue
@@ -320,6 +342,25 @@ def _train_epoch(state: TrainState, train_step: Callable, images: jax.Array, lab
     return state, losses, correct
 
 
+def _train_data_and_step(cfg: TrainConfig, model: Any, tx: optax.GradientTransformationExtraArgs,
+                         info: DatasetInfo, split: Split | TokenSplit, mesh: Mesh
+                         ) -> tuple[tuple[jax.Array, ...], Callable]:
+    """The training split on the devices (replicated) and the jitted step that reads it:
+    ``(images, labels)`` and the image step, or ``(tokens,)`` and the language-model step."""
+    if info.sequence_length is not None:
+        return (dist.replicate(split.tokens, mesh),), make_token_train_step(model, tx, mesh=mesh)
+    step = make_train_step(model, tx, mean=np.asarray(info.mean), std=np.asarray(info.std),
+                           augment=bool(cfg.augment), mesh=mesh)
+    return tuple(dist.replicate((split.images, split.labels), mesh)), step
+
+
+def _final_record(test: dict[str, float], epochs: int, wall: float) -> dict:
+    """The content of ``final.json`` (a language model adds ``test_bits_per_byte``)."""
+    bpb = {"test_bits_per_byte": test["bits_per_byte"]} if "bits_per_byte" in test else {}
+    return {"test_loss": test["loss"], "test_acc": test["accuracy"], **bpb, "epochs": epochs,
+            "wall_time": wall}
+
+
 # ---------------------------------------------------------------------------------------------
 # Loop
 # ---------------------------------------------------------------------------------------------
@@ -338,20 +379,30 @@ def check_processes_agree(cfg: TrainConfig, dataset: Dataset) -> None:
                              for k, v in cfg.to_dict().items() if k not in PER_PROCESS_FIELDS}
     for name in ("train", "val", "test"):
         split = getattr(dataset, name)
-        items[f"the {name} images"] = split.images
-        items[f"the {name} labels"] = split.labels
+        if isinstance(split, TokenSplit):
+            items[f"the {name} tokens"] = split.tokens
+        else:
+            items[f"the {name} images"] = split.images
+            items[f"the {name} labels"] = split.labels
     dist.check_same_on_all_processes(items)
 
 
-def _epoch_record(cfg: TrainConfig, state: TrainState, *, epoch: int, steps: int, lr: float,
-                  losses: list[float], correct: int, val: dict | None, train_time: float,
-                  t0: float, t_start: float) -> dict:
-    """The epoch's ``metrics.jsonl`` record (see :mod:`sfw_jax.training.run_folder`)."""
+def _epoch_record(cfg: TrainConfig, state: TrainState, info: DatasetInfo, *, epoch: int,
+                  steps: int, lr: float, losses: list[float], correct: int, val: dict | None,
+                  train_time: float, t0: float, t_start: float) -> dict:
+    """The epoch's ``metrics.jsonl`` record (see :mod:`sfw_jax.training.run_folder`); a
+    language model's accuracy counts its ``sequence_length`` positions per example and the
+    record adds ``val_bits_per_byte``."""
+    positions = info.sequence_length or 1  # predictions per example
+    bpb = ({"val_bits_per_byte": val["bits_per_byte"] if val else None}
+           if info.sequence_length is not None else {})
     return {
         "epoch": epoch + 1, "epochs": cfg.epochs, "step": (epoch + 1) * steps, "lr": lr,
         **{f"hp_{k}": v for k, v in opt_lib.get_learning_rates(state.opt_state).items()},
-        "train_loss": float(np.mean(losses)), "train_acc": correct / (steps * cfg.batch_size),
+        "train_loss": float(np.mean(losses)),
+        "train_acc": correct / (steps * cfg.batch_size * positions),
         "val_loss": val["loss"] if val else None, "val_acc": val["accuracy"] if val else None,
+        **bpb,
         "train_time": train_time, "epoch_time": time.time() - t0,
         "elapsed": time.time() - t_start,
         "weight_counts": weight_counts(state.params),
@@ -366,10 +417,9 @@ def _finish(cfg: TrainConfig, evaluator: Evaluator, state: TrainState, test_spli
     wall = time.time() - t_start
     if _is_main_process():
         if paths is not None:
-            run_folder.write_json(paths["final"], {"test_loss": test["loss"],
-                                                   "test_acc": test["accuracy"],
-                                                   "epochs": cfg.epochs, "wall_time": wall})
-        print(f"test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f} ({wall:.1f}s)")
+            run_folder.write_json(paths["final"], _final_record(test, cfg.epochs, wall))
+        bpb = f" test_bpb {test['bits_per_byte']:.4f}" if "bits_per_byte" in test else ""
+        print(f"test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f}{bpb} ({wall:.1f}s)")
     return test
 
 
@@ -444,8 +494,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
     check_run_preconditions(cfg, mesh)
 
     if dataset is None:
-        dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
-                               seed=cfg.seed, image_size=cfg.image_size)
+        dataset = load_config_dataset(cfg)
     check_processes_agree(cfg, dataset)
     train_split = training_subset(cfg, dataset.train)
     n_train, bs = len(train_split), cfg.batch_size
@@ -460,9 +509,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
     if cfg.optimizer == "sfw" and cfg.sfw_init and not cfg.resume:
         state = _sfw_init_and_report(cfg, model, state, constraints, train_split, info)
     state = dist.replicate(dist.broadcast_from_main(state), mesh)
-    images_dev, labels_dev = dist.replicate((train_split.images, train_split.labels), mesh)
-    train_step = make_train_step(model, tx, mean=np.asarray(info.mean),
-                                 std=np.asarray(info.std), augment=bool(cfg.augment), mesh=mesh)
+    data, train_step = _train_data_and_step(cfg, model, tx, info, train_split, mesh)
     evaluator = Evaluator(model, info, mesh, cfg.eval_batch_size)
     val_dev = evaluator.put(dataset.val) if len(dataset.val) else None
     perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
@@ -483,11 +530,11 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
             order = epoch_permutation(n_train, cfg.seed, epoch)[: steps * bs]
             perm = dist.global_array(order.astype(np.int32).reshape(steps, bs), perm_sharding)
             state, losses, correct = _train_epoch(
-                state, train_step, images_dev, labels_dev, perm, cfg=cfg, epoch=epoch,
+                state, train_step, data, perm, cfg=cfg, epoch=epoch,
                 last_ckpt=lambda: (ckpt.latest_epoch(), paths["checkpoints"]) if ckpt else None)
             train_time = time.time() - t0
             val = evaluator(state.params, state.batch_stats, val_dev) if val_dev else None
-            record = _epoch_record(cfg, state, epoch=epoch, steps=steps, lr=sched.lr,
+            record = _epoch_record(cfg, state, info, epoch=epoch, steps=steps, lr=sched.lr,
                                    losses=losses, correct=correct, val=val,
                                    train_time=train_time, t0=t0, t_start=t_start)
             sched = schedules.next_epoch(cfg.lr_schedule, sched, base_lr=cfg.lr, epoch=epoch,

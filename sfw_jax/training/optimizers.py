@@ -1,4 +1,5 @@
-"""Optimizers built from a ``TrainConfig``: SFW (all tensors or kernels only) and SGD.
+"""Optimizers built from a ``TrainConfig``: SFW (all tensors or kernels only), SGD, AdamW and
+Adam-preconditioned SFW.
 
 All optimizers are wrapped in ``optax.inject_hyperparams`` so the learning rate(s) live in the
 optimizer state (``opt_state.hyperparams``) and a per-epoch schedule can change them between
@@ -17,6 +18,17 @@ jitted steps without recompiling:
   leaves get ``scheduled_sfw`` over the phases of :func:`build_constraint_phases` instead.
   (This partition is ``sfw(..., unconstrained=sgd)`` spelled out, so that the two learning
   rates are separate hyperparameters of one ``inject_hyperparams`` state.)
+
+* ``optimizer='adamw'``: ``optax.adamw(lr, weight_decay=wd)`` with the decoupled decay on the
+  leaves of rank >= 2 only (kernels and embeddings; no decay of biases and norm scales/offsets,
+  as is usual for Transformers; :func:`decay_mask`). Hyperparameter: ``learning_rate``.
+* ``optimizer='adam_sfw'`` (Adam-preconditioned SFW): ``optax.partition`` as for SFW, with
+  constrained leaves -> ``chain(scale_by_adam(), frank_wolfe(learning_rate, constraints,
+  rescale))``: the Frank-Wolfe step ``eta (LMO_C(d) - x)`` along Adam's direction
+  ``d = m_hat / (sqrt(v_hat) + eps)`` instead of a momentum of the gradient;
+  unconstrained leaves (``sfw_scope='kernels'``: embeddings, norms, biases) -> the AdamW above
+  at ``rest_learning_rate``. Hyperparameters: ``learning_rate`` (the SFW step-size factor) and
+  ``rest_learning_rate``.
 
 A schedule scales every learning rate by the same factor ``lr_e / lr_0``
 (:func:`set_learning_rates`).
@@ -43,22 +55,27 @@ if TYPE_CHECKING:  # the config's choices are read from here: no import of it at
     from sfw_jax.training.config import TrainConfig
 
 __all__ = [
-    "OPTIMIZER_DEFAULTS", "OPTIMIZERS", "sgd_with_decay", "build_constraints",
+    "OPTIMIZER_DEFAULTS", "OPTIMIZERS", "SFW_OPTIMIZERS", "sgd_with_decay", "build_constraints",
     "build_constraint_phases", "compute_init_norms", "param_labels", "build_optimizer",
     "get_learning_rates", "set_learning_rates",
 ]
 
 
 OPTIMIZER_DEFAULTS = {
-    "sfw": {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": "dynamic_change"},
-    "sgd": {"lr": 0.1, "weight_decay": 5e-4, "lr_schedule": "step"},
+    "sfw": {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": "dynamic_change", "rest_lr": 0.1},
+    "sgd": {"lr": 0.1, "weight_decay": 5e-4, "lr_schedule": "step", "rest_lr": 0.1},
+    "adamw": {"lr": 1e-3, "weight_decay": 0.1, "lr_schedule": "cosine", "rest_lr": 0.1},
+    "adam_sfw": {"lr": 0.01, "weight_decay": 0.0, "lr_schedule": "cosine", "rest_lr": 1e-3},
 }
-"""Per optimizer, the values of the config fields left None (``lr``: SFW's is a step-size
-factor)."""
+"""Per optimizer, the values of the config fields left None (``lr``: SFW's and Adam-SFW's is a
+step-size factor; ``rest_lr`` is unused by SGD and AdamW)."""
 OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 """The ``optimizer`` choices of a config (:func:`build_optimizer`)."""
+SFW_OPTIMIZERS = ("sfw", "adam_sfw")
+"""The optimizers that train constrained leaves by Frank-Wolfe steps (the SFW options apply)."""
 SFW_LABEL = "sfw"
 SGD_LABEL = "sgd"
+ADAMW_LABEL = "adamw"
 
 
 def sgd_with_decay(learning_rate: Any, momentum: float,
@@ -69,6 +86,26 @@ def sgd_with_decay(learning_rate: Any, momentum: float,
         parts.append(optax.add_decayed_weights(weight_decay))
     parts.append(optax.sgd(learning_rate, momentum=momentum or None))
     return optax.chain(*parts)
+
+
+def decay_mask(params: PyTree) -> PyTree:
+    """True for the leaves AdamW decays: rank >= 2 (kernels, embeddings); False for biases and
+    norm scales/offsets. Leaves routed elsewhere by ``optax.partition`` (``MaskedNode``) are
+    kept as they are."""
+    return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+
+
+def adamw(learning_rate: Any, weight_decay: float) -> optax.GradientTransformation:
+    """``optax.adamw`` (b1 0.9, b2 0.999, eps 1e-8) with its decay on :func:`decay_mask`."""
+    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay_mask)
+
+
+def frank_wolfe(learning_rate: Any, constraints: PyTree, *,
+                rescale: str = "gradient") -> optax.GradientTransformationExtraArgs:
+    """The Frank-Wolfe step ``eta (LMO_C(d) - x)`` along the incoming update ``d`` (see
+    :func:`sfw_jax.sfw` for eta): ``sfw`` with momentum 0, whose direction m_t = g_t is the
+    incoming update."""
+    return sfw(learning_rate, constraints, momentum=0.0, rescale=rescale, cpu_kernel=False)
 
 
 def build_constraints(cfg: TrainConfig, params: PyTree,
@@ -135,14 +172,15 @@ def build_constraint_phases(cfg: TrainConfig, params: PyTree, init_norms: PyTree
 
 def compute_init_norms(init_fn: Any, rng: jax.Array, cfg: TrainConfig) -> PyTree | None:
     """``expected_init_norms`` over ``cfg.init_norm_samples`` draws when the config needs them."""
-    if cfg.optimizer != "sfw" or cfg.mode != "initialization" or cfg.constraint == "unconstrained":
+    if (cfg.optimizer not in SFW_OPTIMIZERS or cfg.mode != "initialization"
+            or cfg.constraint == "unconstrained"):
         return None
     return expected_init_norms(init_fn, rng, cfg.init_norm_samples, rule=cfg.init_norm_rule)
 
 
-def param_labels(constraints: PyTree) -> PyTree:
-    """'sfw' for constrained leaves, 'sgd' for the others (a pytree like params)."""
-    return jax.tree.map(lambda c: SFW_LABEL if c.constrained else SGD_LABEL, constraints,
+def param_labels(constraints: PyTree, rest: str = SGD_LABEL) -> PyTree:
+    """'sfw' for constrained leaves, ``rest`` for the others (a pytree like params)."""
+    return jax.tree.map(lambda c: SFW_LABEL if c.constrained else rest, constraints,
                         is_leaf=is_constraint)
 
 
@@ -166,13 +204,19 @@ def build_optimizer(cfg: TrainConfig, constraints: PyTree | None = None, *,
         def make_sgd(learning_rate):
             return sgd_with_decay(learning_rate, momentum, wd)
         return optax.inject_hyperparams(make_sgd)(learning_rate=float(cfg.lr))
-    if cfg.optimizer != "sfw":
-        raise ValueError(f"optimizer must be one of ['sfw', 'sgd'], got {cfg.optimizer!r}")
+    if cfg.optimizer == "adamw":
+        return optax.inject_hyperparams(lambda learning_rate: adamw(learning_rate, wd))(
+            learning_rate=float(cfg.lr))
+    if cfg.optimizer not in SFW_OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of ['sfw', 'sgd', 'adamw', 'adam_sfw'], got "
+                         f"{cfg.optimizer!r}")
     if constraints is None and phases:
         constraints = phases[-1][1]
     if constraints is None:
-        raise ValueError("optimizer='sfw' needs constraints (build_constraints) or phases "
-                         "(build_constraint_phases); got None")
+        raise ValueError(f"optimizer={cfg.optimizer!r} needs constraints (build_constraints) or "
+                         f"phases (build_constraint_phases); got None")
+    if cfg.optimizer == "adam_sfw":
+        return _adam_sfw(cfg, constraints)
     labels = param_labels(constraints)
 
     def make_sfw(learning_rate, rest_learning_rate):
@@ -187,6 +231,22 @@ def build_optimizer(cfg: TrainConfig, constraints: PyTree | None = None, *,
 
     return optax.inject_hyperparams(make_sfw)(learning_rate=float(cfg.lr),
                                               rest_learning_rate=float(cfg.rest_lr))
+
+
+def _adam_sfw(cfg: TrainConfig, constraints: PyTree) -> optax.GradientTransformationExtraArgs:
+    """Adam-preconditioned SFW on the constrained leaves, AdamW on the others (module
+    docstring)."""
+    labels = param_labels(constraints, rest=ADAMW_LABEL)
+    wd = float(cfg.weight_decay)
+
+    def make_adam_sfw(learning_rate, rest_learning_rate):
+        constrained = optax.chain(optax.scale_by_adam(),
+                                  frank_wolfe(learning_rate, constraints, rescale=cfg.rescale))
+        return optax.partition({SFW_LABEL: constrained,
+                                ADAMW_LABEL: adamw(rest_learning_rate, wd)}, labels)
+
+    return optax.inject_hyperparams(make_adam_sfw)(learning_rate=float(cfg.lr),
+                                                   rest_learning_rate=float(cfg.rest_lr))
 
 
 def get_learning_rates(opt_state: Any) -> dict[str, float]:

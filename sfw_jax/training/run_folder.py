@@ -15,7 +15,8 @@ and, written by the experiments on a finished run: ``sweep.csv`` / ``sweep.json`
 pruning, ``experiments.prune_sweep``), ``retrain.json`` (prune + retrain,
 ``experiments.retrain``), ``weights.json`` (weight statistics, ``experiments.study``).
 A study folder holds ``runs/<method>/`` (one run folder per method), ``configs.json`` and
-``summary.json`` (``experiments.study``).
+``summary.json`` (``experiments.study``; for a language-model study the headline numbers, with
+the whole record in ``study.json``).
 
 JSON is written atomically (a temp file in the same folder, then a rename), so an interrupted
 write leaves the old file or the new one.
@@ -51,6 +52,7 @@ WEIGHTS_FILE = "weights.json"
 STUDY_RUNS_DIR = "runs"
 STUDY_CONFIGS_FILE = "configs.json"
 STUDY_SUMMARY_FILE = "summary.json"
+STUDY_RECORD_FILE = "study.json"
 
 RESUME_MAY_DIFFER = options_where("resume_may_differ")
 """Config fields that may differ between a run folder's ``config.json`` and the config that

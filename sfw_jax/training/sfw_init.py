@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from sfw_jax._progress import progress_bar
-from sfw_jax._tree import PyTree
+from sfw_jax._tree import PyTree, path_names
 from sfw_jax.fw.constraints import check_constraints_match, make_feasible
 from sfw_jax.fw.sets import is_constraint
 from sfw_jax.fw.sfw import sfw_leaf_step
@@ -76,7 +76,7 @@ def _default_min_scale(params: PyTree, kernel_min: float = 0.01, other_min: floa
     """``kernel_min`` for the kernels (:func:`sfw_jax.is_kernel`), ``other_min`` for the rest
     (biases, BatchNorm vectors)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: kernel_min if is_kernel(path, x) else other_min, params)
+        lambda path, x: kernel_min if is_kernel(path_names(path), x) else other_min, params)
 
 
 def sfw_init(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, constraints: PyTree,

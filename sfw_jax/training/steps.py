@@ -3,8 +3,11 @@
 * :class:`TrainState`: everything that changes during training (a pytree, checkpointed whole);
 * :func:`make_train_step`: one optimizer step on a batch gathered on the devices from the whole
   training split by index (optionally augmented), with the mean softmax cross-entropy loss;
+  :func:`make_token_train_step`: the same for a language model on byte windows (the mean
+  cross-entropy over every next-byte position of the batch);
 * :func:`make_eval_step` and :class:`Evaluator`: loss and accuracy of a split in fixed-size
-  padded batches (one compilation per split size).
+  padded batches (one compilation per split size); for a language model also bits per byte
+  (:func:`bits_per_byte`).
 
 Data parallel over the ``'data'`` axis of a 1-D mesh (:mod:`sfw_jax.training.distributed`).
 """
@@ -26,6 +29,7 @@ from sfw_jax._tree import PyTree
 from sfw_jax.training import augment as augment_lib
 from sfw_jax.training import distributed as dist
 from sfw_jax.training.datasets import DatasetInfo, Split
+from sfw_jax.training.datasets import TokenSplit, inputs_targets
 
 __all__ = [
     "TrainState", "cross_entropy_loss", "variables", "preprocess", "make_train_step",
@@ -49,9 +53,17 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of (B, C) logits and (B,) int labels, in float32."""
+    """Mean softmax cross-entropy of (B, C) logits and (B,) int labels, in float32; for a
+    language model (B, T, V) logits and (B, T) next-token labels, the mean over all B T
+    positions."""
     return optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels).mean()
+
+
+def bits_per_byte(loss: float) -> float:
+    """Bits per byte of a byte-level language model: its mean cross-entropy per byte (one token
+    = one byte) in nats, divided by ln 2."""
+    return loss / math.log(2)
 
 
 def variables(params: PyTree, batch_stats: PyTree) -> dict:
@@ -85,29 +97,59 @@ def make_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, *, me
         if augment:
             x = augment_lib.random_crop_flip(jax.random.fold_in(state.rng, state.step), x, pad=4)
         x = preprocess(x, mean, std)
-        has_bs = bool(jax.tree.leaves(state.batch_stats))
-
-        def loss_fn(params):
-            if has_bs:
-                logits, updates = model.apply(variables(params, state.batch_stats), x,
-                                              train=True, mutable=["batch_stats"])
-                new_bs = updates["batch_stats"]
-            else:
-                logits = model.apply(variables(params, state.batch_stats), x, train=True)
-                new_bs = state.batch_stats
-            return cross_entropy_loss(logits, y), (logits, new_bs)
-
-        (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
-        new_state = state.replace(params=params, batch_stats=new_bs, opt_state=opt_state,
-                                  step=state.step + 1)
-        return new_state, {"loss": loss, "correct": correct}
+        return _update(model, tx, state, x, y)
 
     perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
     return jax.jit(step, in_shardings=(repl, repl, repl, perm_sharding, repl),
                    out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+
+
+def make_token_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, *,
+                          mesh: Mesh, donate: bool = True) -> Callable:
+    """Jitted ``step(state, tokens, perm, i) -> (state, metrics)`` of a language model.
+
+    ``tokens`` uint8 [N, T + 1] are the training split's windows (replicated); step ``i``
+    trains on windows ``perm[i]``: inputs ``w[:, :-1]``, next-byte targets ``w[:, 1:]``
+    (:func:`~sfw_jax.training.datasets.inputs_targets`). ``metrics``: ``loss`` (mean over
+    the B T positions) and ``correct`` (int32 count of positions whose argmax is the target).
+    ``state`` is donated.
+    """
+    batch_sharding = dist.data_sharding(mesh)
+    repl = dist.replicated(mesh)
+
+    def step(state: TrainState, tokens, perm, i):
+        idx = jax.lax.dynamic_index_in_dim(perm, i, axis=0, keepdims=False)
+        w = jax.lax.with_sharding_constraint(jnp.take(tokens, idx, axis=0), batch_sharding)
+        x, y = inputs_targets(w)
+        return _update(model, tx, state, x, y)
+
+    perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
+    return jax.jit(step, in_shardings=(repl, repl, perm_sharding, repl),
+                   out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+
+
+def _update(model: Any, tx: optax.GradientTransformationExtraArgs, state: TrainState,
+            x: jax.Array, y: jax.Array) -> tuple[TrainState, dict]:
+    """One optimizer step on the batch (x, y): the body shared by the train steps."""
+    has_bs = bool(jax.tree.leaves(state.batch_stats))
+
+    def loss_fn(params):
+        if has_bs:
+            logits, updates = model.apply(variables(params, state.batch_stats), x,
+                                          train=True, mutable=["batch_stats"])
+            new_bs = updates["batch_stats"]
+        else:
+            logits = model.apply(variables(params, state.batch_stats), x, train=True)
+            new_bs = state.batch_stats
+        return cross_entropy_loss(logits, y), (logits, new_bs)
+
+    (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
+    new_state = state.replace(params=params, batch_stats=new_bs, opt_state=opt_state,
+                              step=state.step + 1)
+    return new_state, {"loss": loss, "correct": correct}
 
 
 def make_eval_step(model: Any, *, mean: np.ndarray, std: np.ndarray, mesh: Mesh) -> Callable:
@@ -130,12 +172,37 @@ def make_eval_step(model: Any, *, mean: np.ndarray, std: np.ndarray, mesh: Mesh)
                    out_shardings=(repl, repl))
 
 
+def make_token_eval_step(model: Any, *, mesh: Mesh) -> Callable:
+    """Jitted ``eval_step(params, batch_stats, tokens, w) -> (loss_sum, correct_sum)`` of a
+    language model: ``tokens`` uint8 [B, T + 1] windows, ``w`` float32 [B] (0 for padding);
+    sums over the B T next-byte positions weighted by their window's ``w``."""
+    batch = dist.data_sharding(mesh)
+    repl = dist.replicated(mesh)
+
+    def eval_step(params, batch_stats, tokens, w):
+        x, y = inputs_targets(tokens)
+        logits = model.apply(variables(params, batch_stats), x, train=False).astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        return jnp.sum(losses * w[:, None]), jnp.sum(correct * w[:, None])
+
+    return jax.jit(eval_step, in_shardings=(repl, repl, batch, batch),
+                   out_shardings=(repl, repl))
+
+
 @dataclasses.dataclass
 class DeviceSplit:
-    """A split on the devices as fixed-size padded batches ``(x, y, w)`` (batch axis sharded)."""
+    """A split on the devices as fixed-size padded batches (image splits ``(x, y, w)``, token
+    splits ``(tokens, w)``; batch axis sharded); ``size`` examples in all."""
 
-    batches: list[tuple[jax.Array, jax.Array, jax.Array]]
+    batches: list[tuple[jax.Array, ...]]
     size: int
+
+
+def _padded(a: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
+    """``a[start:stop]`` padded with zeros along axis 0 to ``size`` rows."""
+    part = a[start:stop]
+    return np.concatenate([part, np.zeros((size - len(part), *a.shape[1:]), a.dtype)])
 
 
 class Evaluator:
@@ -145,37 +212,48 @@ class Evaluator:
     eval step compiles once; the last batch is padded with weight-0 examples, so every example
     counts exactly once. On several processes every process pads the same way and puts its
     shards of each batch (:func:`sfw_jax.training.distributed.shard_batch`); the jitted sums
-    are global, so every process gets the same result.
+    are global, so every process gets the same result. A language model
+    (``info.sequence_length`` set) is evaluated on
+    :class:`~sfw_jax.training.datasets.TokenSplit` windows, every next-byte position once.
     """
 
     def __init__(self, model: Any, info: DatasetInfo, mesh: Mesh, batch_size: int):
         n_dev = mesh.devices.size
         self.mesh = mesh
         self.batch_size = int(math.ceil(batch_size / n_dev) * n_dev)
-        self._step = make_eval_step(model, mean=np.asarray(info.mean), std=np.asarray(info.std),
-                                    mesh=mesh)
+        self.sequence_length = info.sequence_length
+        if self.sequence_length is None:
+            self._step = make_eval_step(model, mean=np.asarray(info.mean),
+                                        std=np.asarray(info.std), mesh=mesh)
+        else:
+            self._step = make_token_eval_step(model, mesh=mesh)
 
-    def put(self, split: Split) -> DeviceSplit:
+    def put(self, split: Split | TokenSplit) -> DeviceSplit:
         """Copy ``split`` to the devices as padded, sharded batches."""
         n, eb = len(split), self.batch_size
+        arrays = ((split.tokens,) if isinstance(split, TokenSplit)
+                  else (split.images, split.labels.astype(np.int32)))
         batches = []
         for start in range(0, n, eb):
             stop = min(start + eb, n)
-            pad = eb - (stop - start)
-            x = np.concatenate([split.images[start:stop],
-                                np.zeros((pad, *split.images.shape[1:]), np.uint8)])
-            y = np.concatenate([split.labels[start:stop], np.zeros(pad, np.int32)])
-            w = np.concatenate([np.ones(stop - start, np.float32), np.zeros(pad, np.float32)])
-            batches.append(dist.shard_batch((x, y, w), self.mesh))
+            w = _padded(np.ones(n, np.float32), start, stop, eb)
+            batch = (*(_padded(a, start, stop, eb) for a in arrays), w)
+            batches.append(dist.shard_batch(batch, self.mesh))
         return DeviceSplit(batches, n)
 
     def __call__(self, params: PyTree, batch_stats: PyTree,
-                 split: DeviceSplit | Split) -> dict[str, float]:
-        """``{'loss': mean cross-entropy, 'accuracy': fraction correct}`` over the split."""
-        if isinstance(split, Split):
+                 split: DeviceSplit | Split | TokenSplit) -> dict[str, float]:
+        """``{'loss': mean cross-entropy, 'accuracy': fraction correct}`` over the split's
+        examples (a language model: over its next-byte positions, and ``'bits_per_byte'``)."""
+        if isinstance(split, (Split, TokenSplit)):
             split = self.put(split)
         if split.size == 0:
-            return {"loss": float("nan"), "accuracy": float("nan")}
-        sums = [self._step(params, batch_stats, x, y, w) for x, y, w in split.batches]
+            out = {"loss": float("nan"), "accuracy": float("nan")}
+            return out if self.sequence_length is None else {**out, "bits_per_byte": math.nan}
+        sums = [self._step(params, batch_stats, *batch) for batch in split.batches]
         loss_sum, correct_sum = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0)
-        return {"loss": float(loss_sum / split.size), "accuracy": float(correct_sum / split.size)}
+        count = split.size * (self.sequence_length or 1)
+        out = {"loss": float(loss_sum / count), "accuracy": float(correct_sum / count)}
+        if self.sequence_length is not None:
+            out["bits_per_byte"] = bits_per_byte(out["loss"])
+        return out

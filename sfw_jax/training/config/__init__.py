@@ -28,13 +28,14 @@ handed whole to code that needs only that concern. ``config.json`` holds the fla
 Fields left None take an optimizer-dependent default in :func:`resolve`
 (:data:`sfw_jax.training.optimizers.OPTIMIZER_DEFAULTS`):
 
-========================  =========================  ===============================
-field                     optimizer='sfw'            optimizer='sgd'
-========================  =========================  ===============================
-``lr``                    1.0 (a step-size factor)   0.1
-``weight_decay``          0.0                        5e-4
-``lr_schedule``           'dynamic_change'           'step'
-========================  =========================  ===============================
+================  ==================  ==============  ==========  ==================
+field             optimizer='sfw'     'sgd'           'adamw'     'adam_sfw'
+================  ==================  ==============  ==========  ==================
+``lr``            1.0 (a factor)      0.1             1e-3        0.01 (a factor)
+``weight_decay``  0.0                 5e-4            0.1         0.0
+``lr_schedule``   'dynamic_change'    'step'          'cosine'    'cosine'
+``rest_lr``       0.1                 0.1 (unused)    0.1 (unused)  1e-3
+================  ==================  ==============  ==========  ==================
 
 Named configs: :mod:`sfw_jax.training.presets`.
 """
@@ -47,6 +48,8 @@ import operator
 from typing import Any, Mapping
 
 from sfw_jax.fw.registry import KINDS
+from sfw_jax.training.datasets import TEXT_DATASETS
+from sfw_jax.training.models import model_context
 from sfw_jax.training.config._option import Option, bad, declared_options, option
 from sfw_jax.training.config._data import DataConfig
 from sfw_jax.training.config._devices import DeviceConfig
@@ -148,8 +151,9 @@ def options_where(key: str) -> tuple[str, ...]:
 
 
 SFW_ONLY_FIELDS = options_where("sfw_only")
-"""Options that only mean something with ``optimizer='sfw'`` (explicitly setting one for SGD
-is a conflict the command line reports)."""
+"""Options that only mean something with an optimizer of
+:data:`sfw_jax.training.optimizers.SFW_OPTIMIZERS` (explicitly setting one for SGD or AdamW is a
+conflict the command line reports)."""
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -162,9 +166,26 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(data=cfg.data.resolve(), model=cfg.model.resolve()).replace(**defaults)
 
 
+def _check_language_model(cfg: TrainConfig) -> None:
+    """A sequence model (one with a ``context``) trains on a text dataset and only there."""
+    text = cfg.dataset.lower() in TEXT_DATASETS
+    sequence = model_context(cfg.arch, cfg.model_kwargs) is not None
+    if text and not sequence:
+        raise bad("arch", cfg.arch, f"a sequence model with dataset={cfg.dataset!r}: one of "
+                  f"{[a for a in OPTIONS['arch'].choices if model_context(a) is not None]}")
+    if sequence and not text:
+        raise bad("dataset", cfg.dataset, f"one of {list(TEXT_DATASETS)} with arch={cfg.arch!r}")
+    if text and (cfg.augment or cfg.image_size is not None or cfg.sfw_init):
+        raise ValueError(f"augment={cfg.augment!r}, image_size={cfg.image_size!r}, sfw_init="
+                         f"{cfg.sfw_init!r}: image options, not for dataset={cfg.dataset!r} "
+                         f"(use None / False)")
+
+
 def _check_across(cfg: TrainConfig) -> None:
-    """The rules that tie options of two concerns: the constraint schedule needs sets it can
-    change, and SFW-Init tunes the init for one set, not a schedule."""
+    """The rules that tie options of two concerns: a sequence model and a text dataset go
+    together; the constraint schedule needs sets it can change and an optimizer that follows it
+    (not 'adam_sfw'), and SFW-Init tunes the init for one set, not a schedule."""
+    _check_language_model(cfg)
     k_kinds = [name for name, kind in KINDS.items() if kind.uses_k]
     for name in ("delay_lmo", "k_frac_start"):
         if getattr(cfg, name) is not None and cfg.constraint not in k_kinds:
@@ -172,6 +193,9 @@ def _check_across(cfg: TrainConfig) -> None:
                       f"needs one of {k_kinds})")
     if cfg.tau_start is not None and cfg.constraint == "unconstrained":
         raise bad("tau_start", cfg.tau_start, "None with constraint='unconstrained'")
+    if cfg.optimizer == "adam_sfw" and cfg.schedule.has_constraint_schedule:
+        raise ValueError("optimizer='adam_sfw' takes no constraint schedule (delay_lmo, "
+                         "tau_start, k_frac_start): use optimizer='sfw' for one")
     active = [f for f in CONSTRAINT_SCHEDULE_FIELDS if getattr(cfg, f) is not None]
     if active and cfg.sfw_init is True:
         raise ValueError(f"sfw_init=True conflicts with {active[0]}={getattr(cfg, active[0])!r}: "

@@ -7,6 +7,12 @@ D = 2 tau E||W_init||_2 (the expectation over ``init_norm_samples`` fresh initia
 the other leaves are trained by SGD at ``rest_lr``. ``constraint='nm_sparse'`` with
 ``nm='N:M'`` constrains the kernels with N:M groups along their input-feature axis to the N:M
 polytope (K = N n / M) and trains every other leaf with that SGD.
+
+``optimizer='adamw'`` and ``'adam_sfw'`` (language models; :mod:`sfw_jax.training.optimizers`):
+AdamW (decay on the leaves of rank >= 2), and Adam-preconditioned SFW on the constrained leaves
+with AdamW at ``rest_lr`` on the others (``sfw_scope='kernels'`` routes embeddings, norms and
+biases there). ``'adam_sfw'`` reads the SFW options as ``'sfw'`` does (no ``momentum``: Adam's
+moments are its direction; no constraint schedule).
 """
 
 from __future__ import annotations
@@ -20,18 +26,19 @@ from sfw_jax.fw.registry import KINDS
 from sfw_jax.fw.sfw import RESCALES
 from sfw_jax.selectors import LEAF_SCOPES
 from sfw_jax.training.config._option import bad, check_options, option
-from sfw_jax.training.optimizers import OPTIMIZERS
+from sfw_jax.training.optimizers import OPTIMIZERS, SFW_OPTIMIZERS
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """What :func:`sfw_jax.training.optimizers.build_optimizer` builds (the module docstring
-    has the sets). ``lr`` and ``weight_decay`` None take the optimizer's default
+    has the sets). ``lr``, ``rest_lr`` and ``weight_decay`` None take the optimizer's default
     (:data:`sfw_jax.training.optimizers.OPTIMIZER_DEFAULTS`)."""
 
     GROUP: ClassVar[str] = "SFW / optimizer"
 
-    optimizer: str = option("sfw", choices=OPTIMIZERS, help="SFW or SGD")
+    optimizer: str = option("sfw", choices=OPTIMIZERS,
+                            help="SFW, SGD, AdamW or Adam-preconditioned SFW (adam_sfw)")
     constraint: str = option("k_sparse", choices=KINDS, sfw_only=True,
                              help="constraint set of each tensor: a registered kind "
                                   "(sfw_jax.KINDS)")
@@ -75,17 +82,22 @@ class OptimConfig:
              "backend, 'on' (an error where it cannot be built) or 'off' (the XLA path; "
              "presets that must reproduce bitwise pin it)")
     lr: float | None = option(None, lo=0.0, lo_open=True,
-                              help="base learning rate (SFW: step-size factor); None: the "
-                                   "optimizer's default (SFW 1.0, SGD 0.1)")
-    rest_lr: float = option(0.1, lo=0.0, sfw_only=True,
-                            help="SGD learning rate of the leaves SFW does not constrain")
+                              help="base learning rate (SFW, Adam-SFW: step-size factor); None: "
+                                   "the optimizer's default (SFW 1.0, SGD 0.1, AdamW 1e-3, "
+                                   "Adam-SFW 0.01)")
+    rest_lr: float | None = option(None, lo=0.0, sfw_only=True,
+                                   help="learning rate of the leaves SFW does not constrain: "
+                                        "SGD (sfw, default 0.1) or AdamW (adam_sfw, default "
+                                        "1e-3)")
     momentum: float = option(0.9, lo=0.0, hi=1.0, hi_open=True,
                              help="SFW momentum (m = mu m + (1 - mu) g) or SGD heavy-ball "
-                                  "momentum")
+                                  "momentum (unused by adamw and adam_sfw: Adam's b1 = 0.9, "
+                                  "b2 = 0.999)")
     weight_decay: float | None = option(None, lo=0.0,
                                         help="L2 decay added to the gradient of SGD-trained "
-                                             "leaves; None: the optimizer's default (SFW 0, "
-                                             "SGD 5e-4)")
+                                             "leaves, or AdamW's decoupled decay of its leaves "
+                                             "of rank >= 2; None: the optimizer's default (SFW "
+                                             "0, SGD 5e-4, AdamW 0.1, Adam-SFW 0)")
 
     def validate(self) -> None:
         """ValueError naming the first invalid field or conflict."""
@@ -98,12 +110,13 @@ class OptimConfig:
             raise bad("nm", self.nm, f"None with constraint={self.constraint!r} (the pattern "
                       f"belongs to constraint='nm_sparse')")
         if self.sfw_init and self.optimizer != "sfw":
-            raise bad("sfw_init", self.sfw_init,
-                      "False with optimizer='sgd' (SFW-Init tunes the init for SFW)")
+            raise bad("sfw_init", self.sfw_init, f"False with optimizer={self.optimizer!r} "
+                      f"(SFW-Init tunes the init for SFW)")
         # with 'nm_sparse' the leaves without N:M groups are SGD-trained: decay applies to them
-        if (self.optimizer == "sfw" and self.sfw_scope == "all" and self.weight_decay
+        if (self.optimizer in SFW_OPTIMIZERS and self.sfw_scope == "all" and self.weight_decay
                 and self.constraint not in ("unconstrained", "nm_sparse")):
             raise ValueError(
-                f"weight_decay={self.weight_decay!r} conflicts with optimizer='sfw' and "
-                f"sfw_scope='all': SFW has no weight decay (the constraint regularises); use "
-                f"weight_decay=0, or sfw_scope='kernels' to decay the SGD-trained leaves")
+                f"weight_decay={self.weight_decay!r} conflicts with optimizer="
+                f"{self.optimizer!r} and sfw_scope='all': SFW has no weight decay (the "
+                f"constraint regularises); use weight_decay=0, or sfw_scope='kernels' to decay "
+                f"the leaves trained otherwise")

@@ -39,7 +39,8 @@ def option(default: Any = _MISSING, *, help: str, default_factory: Any = _MISSIN
       flag, metavar: the command-line flag (default ``--`` + the name with '-' for '_') and
         its metavar.
       values: command-line words and the value each sets (e.g. ``{"auto": None, "on": True}``).
-      sfw_only: only meaningful with ``optimizer='sfw'`` (the command line refuses the flag
+      sfw_only: only meaningful with an optimizer of
+        :data:`sfw_jax.training.optimizers.SFW_OPTIMIZERS` (the command line refuses the flag
         with another optimizer).
       resume_may_differ: how the run is executed, not what it computes: may change when a run
         is resumed (:func:`sfw_jax.training.run_folder.config_differences`).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -148,13 +149,16 @@ def _table(root: Path, listing: Listing, read) -> ImageTable:
     return ImageTable(splits=splits, class_names=class_names, read=read, location=str(root))
 
 
-def _read_archive(path: Path) -> dict[str, bytes]:
-    """Image members of a tar archive by path, with a common top-level folder stripped."""
+def read_archive(path: Path, keep: Callable[[str], bool] = _is_image,
+                 layout: str = IMAGEFOLDER_LAYOUT) -> dict[str, bytes]:
+    """The file members of a tar archive whose name ``keep`` accepts (default: images), by path,
+    with a common top-level folder stripped (unless it is ``train``/``test``); a
+    DataFormatError naming ``path`` and ``layout`` when it cannot be read."""
     members: dict[str, bytes] = {}
     try:
         with tarfile.open(path) as archive:
             for member in archive:
-                if member.isfile() and _is_image(member.name):
+                if member.isfile() and keep(member.name):
                     handle = archive.extractfile(member)
                     if handle is not None:
                         name = member.name
@@ -162,9 +166,9 @@ def _read_archive(path: Path) -> dict[str, bytes]:
                             name = name[2:]
                         members[name] = handle.read()
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataFormatError(f"{path}: cannot read tar archive ({err}); {IMAGEFOLDER_LAYOUT}") from err
+        raise DataFormatError(f"{path}: cannot read tar archive ({err}); {layout}") from err
     tops = {n.split("/")[0] for n in members}
-    if len(tops) == 1 and not (tops & {"train", "test"}):
+    if len(tops) == 1 and not (tops & {"train", "test"}) and all("/" in n for n in members):
         strip = len(next(iter(tops))) + 1
         members = {n[strip:]: b for n, b in members.items()}
     return members
@@ -179,7 +183,7 @@ def load_imagefolder(root: Path, options: DecodeOptions) -> RawDataset:
         fingerprint: object = ("archive", str(resolved), st.st_size, st.st_mtime_ns)
 
         def build() -> ImageTable:
-            members = _read_archive(resolved)
+            members = read_archive(resolved)
             listing = _listing_from_names(root, sorted(members))
             return _table(root, listing, members.__getitem__)
 

@@ -14,6 +14,7 @@ from sfw_jax.training.datasets._image_table import DecodeOptions
 from sfw_jax.training.datasets._imagefolder import load_imagefolder
 from sfw_jax.training.datasets._resize import resize_images
 from sfw_jax.training.datasets._splits import carve_validation, channel_stats, check_val_fraction
+from sfw_jax.training.datasets._text import TEXT_DATASETS, load_text
 from sfw_jax.training.datasets._tfds_source import load_tfds
 from sfw_jax.training.datasets._tiny_imagenet import load_tiny_imagenet
 from sfw_jax.training.datasets._types import Dataset, DatasetInfo, RawDataset, Split
@@ -32,11 +33,16 @@ def load_dataset(
     use_cache: bool = True,
     num_workers: int | None = None,
     download: bool = True,
+    context: int | None = None,
 ) -> Dataset:
     """Load an image-classification dataset as uint8 train / val / test splits plus metadata.
 
     Sources, chosen by ``name`` and ``data_dir``:
       * ``'digits'``: scikit-learn's bundled 8x8 digits (offline; ``data_dir`` must be None).
+      * ``'text'``: byte-level language-model windows of ``context + 1`` bytes from the text
+        files of ``data_dir`` (a folder or tar archive), split by file
+        (:mod:`sfw_jax.training.datasets._text`; ``val_fraction`` of the files by name hash are
+        validation, 10% test); its splits are ``TokenSplit``.
       * a local format name (``'idx'``, ``'cifar-python'``, ``'imagefolder'``,
         ``'tiny-imagenet'``) with ``data_dir``: that format, read from ``data_dir`` (or its one
         sub-folder holding it).
@@ -59,6 +65,8 @@ def load_dataset(
       use_cache: read/write that cache.
       num_workers: decoding threads (default ``min(8, cpu_count)``).
       download: allow TFDS to download a dataset that is not prepared.
+      context: the window length - 1 of ``'text'`` (the model's context); required there,
+        unused otherwise.
 
     Returns:
       ``Dataset`` whose ``info.mean`` / ``info.std`` are per-channel statistics in [0, 1]
@@ -73,6 +81,10 @@ def load_dataset(
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a non-empty dataset or format name; got {name!r}")
     val_fraction = check_val_fraction(val_fraction)
+    if name.strip().lower() in TEXT_DATASETS:
+        if image_size is not None:
+            raise ValueError(f"image_size must be None for the 'text' dataset, got {image_size!r}")
+        return load_text(data_dir, context, val_fraction=val_fraction)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an integer; got {seed!r}")
     if image_size is not None and (

@@ -66,15 +66,20 @@ class DatasetInfo:
       class_names: ``K`` class names; ``class_names[k]`` names label ``k``.
       source: where the data came from, ``'<kind>:<location>'``, e.g. ``'tfds:cifar10'``,
         ``'imagefolder:/data/cifar10-jpeg'``, ``'sklearn:digits'``.
+      sequence_length: None for images; for a language-model dataset (``'text'``, splits of
+        :class:`~sfw_jax.training.datasets.TokenSplit`) the positions T per window (then
+        ``num_classes`` is the vocabulary, ``image_shape`` is ``()`` and ``mean`` / ``std``
+        are empty).
     """
 
     name: str
     num_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     mean: np.ndarray
     std: np.ndarray
     class_names: tuple[str, ...]
     source: str
+    sequence_length: int | None = None
 
 
 @dataclass(frozen=True, eq=False)

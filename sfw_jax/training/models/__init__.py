@@ -1,7 +1,10 @@
-"""Flax linen models for SFW experiments: ``SimpleCNN``, ``MLP``, ``ResNet18``, ``VGG16``.
+"""Flax linen models for SFW experiments: ``SimpleCNN``, ``MLP``, ``ResNet18``, ``VGG16`` and
+the byte-level language model ``TransformerLM``.
 
-All models take NHWC images (``MLP``: any (N, ...) batch), are called as
+The image models take NHWC images (``MLP``: any (N, ...) batch), are called as
 ``model.apply(variables, x, train=...)`` and return (N, num_classes) logits in ``dtype``.
+``TransformerLM`` takes (B, T) token ids and returns (B, T, num_classes) next-token logits; it
+is a *sequence model*: it has a ``context`` attribute (:func:`model_context`).
 Models with BatchNorm keep running statistics in the ``batch_stats`` collection; pass
 ``mutable=['batch_stats']`` when ``train=True``. Parameters are float32 and initialised like
 PyTorch's defaults (see ``sfw_jax.training.models._layers``).
@@ -18,6 +21,7 @@ import flax.linen as nn
 from sfw_jax.training.models._layers import torch_bias_init, torch_kernel_init
 from sfw_jax.training.models._resnet import BasicBlock, ResNet, ResNet18
 from sfw_jax.training.models._simple import MLP, SimpleCNN
+from sfw_jax.training.models._transformer import TransformerLM
 from sfw_jax.training.models._vgg import VGG16, VGG16_CFG
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -25,6 +29,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "resnet18": ResNet18,
     "vgg16": VGG16,
+    "transformer_lm": TransformerLM,
 }
 
 
@@ -45,7 +50,16 @@ def get_model(name: str, num_classes: int, **kw: Any) -> nn.Module:
     return cls(num_classes=num_classes, **kw)
 
 
+def model_context(name: str, model_kwargs: Any = None) -> int | None:
+    """The context (longest input sequence) of sequence model ``name`` with ``model_kwargs``
+    (its ``context`` kwarg, else the class default); None for the image models."""
+    fields = MODELS[name].__dataclass_fields__
+    if "context" not in fields:
+        return None
+    return dict(model_kwargs or {}).get("context", fields["context"].default)
+
+
 __all__ = [
-    "MODELS", "get_model", "SimpleCNN", "MLP", "ResNet", "ResNet18", "BasicBlock", "VGG16",
+    "MODELS", "get_model", "model_context", "TransformerLM", "SimpleCNN", "MLP", "ResNet", "ResNet18", "BasicBlock", "VGG16",
     "VGG16_CFG", "torch_kernel_init", "torch_bias_init",
 ]
