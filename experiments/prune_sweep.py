@@ -29,7 +29,7 @@ conv with 3 input channels, has no groups).
 * ``magnitude``: global magnitude ranking (above) and N:M magnitude;
 * ``row``: per-output-row magnitude (:func:`sfw_jax.row_mask`: every output unit of every kernel
   keeps the same fraction of its inputs; unstructured levels only, scope 'kernels');
-* ``wanda``: Wanda (Sun et al., 2023; :mod:`sfw_jax.pruning.wanda`): scores
+* ``wanda``: Wanda (Sun et al., 2023; :func:`sfw_jax.pruning.wanda_mask`): scores
   ``|W_ij| ||X_j||_2`` with the activation norms of every Dense layer's input over
   ``--calib-batches`` training batches, pruned per output row (unstructured levels) or N:M
   along the inputs (the ``--nm`` patterns); Dense kernels only, scope 'kernels'.
@@ -330,7 +330,7 @@ class _Masks:
         self.run = run
         self.norms = None
         if needs_norms:
-            from sfw_jax.pruning.wanda import input_norms
+            from sfw_jax.pruning import input_norms
             inputs = calibration_inputs(run, calib_batches, calib_batch_size, run.config.seed)
             variables = {"params": run.params, **({"batch_stats": run.batch_stats}
                                                   if run.batch_stats else {})}
@@ -339,7 +339,7 @@ class _Masks:
     def unstructured(self, criterion: str, scope: str, levels: Sequence[float]) -> list:
         """Masks at ``levels`` (global magnitude over ``scope``, or per output row)."""
         from sfw_jax.pruning import masks_for_sweep, row_mask
-        from sfw_jax.pruning.wanda import wanda_mask
+        from sfw_jax.pruning import wanda_mask
         params = self.run.params
         if criterion == MAGNITUDE:
             return masks_for_sweep(params, levels, scope="global", include=leaf_scope(scope))
@@ -350,7 +350,7 @@ class _Masks:
     def nm(self, criterion: str, pattern: str) -> Any:
         """The N:M mask of ``pattern`` (magnitude or Wanda scores)."""
         from sfw_jax.pruning import nm_mask
-        from sfw_jax.pruning.wanda import wanda_nm_mask
+        from sfw_jax.pruning import wanda_nm_mask
         if criterion == WANDA:
             return wanda_nm_mask(self.run.params, self.norms, *parse_nm(pattern))
         return nm_mask(self.run.params, *parse_nm(pattern))

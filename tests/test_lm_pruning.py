@@ -11,7 +11,7 @@ import pytest
 
 from sfw_jax import nm_mask, row_mask
 from sfw_jax._tree import flat_paths
-from sfw_jax.pruning.wanda import input_norms, wanda_mask, wanda_nm_mask, wanda_scores
+from sfw_jax.pruning import input_norms, wanda_mask, wanda_nm_mask, wanda_scores
 from sfw_jax.training.models import get_model
 from tests.conftest import TINY_LM
 

@@ -132,7 +132,7 @@ def test_text_study_writes_the_compact_summary_and_reports(text_study):
 def test_text_study_second_invocation_redoes_nothing(text_study, monkeypatch):
     out, preset, first = text_study
     import sfw_jax.pruning as pruning
-    import sfw_jax.pruning.wanda as wanda
+    import sfw_jax.pruning._wanda as wanda
 
     forbid_calls(monkeypatch, (study_runner.loop, "train"), (pruning, "masks_for_sweep"),
                  (wanda, "input_norms"))

@@ -77,8 +77,9 @@ from sfw_jax.training.steps import (Evaluator, TrainState, cross_entropy_loss, m
 
 __all__ = [
     "Callback", "NonFiniteLossError", "TrainResult", "setup_devices",
-    "check_run_preconditions", "training_subset", "build_model", "init_train_state",
-    "apply_sfw_init", "weight_counts", "PER_PROCESS_FIELDS", "check_processes_agree", "train",
+    "check_run_preconditions", "load_config_dataset", "training_subset", "dummy_input",
+    "build_model", "init_train_state", "apply_sfw_init", "weight_counts", "PER_PROCESS_FIELDS",
+    "check_processes_agree", "train",
 ]
 
 

@@ -21,7 +21,7 @@ jitted steps without recompiling:
 
 * ``optimizer='adamw'``: ``optax.adamw(lr, weight_decay=wd)`` with the decoupled decay on the
   leaves of rank >= 2 only (kernels and embeddings; no decay of biases and norm scales/offsets,
-  as is usual for Transformers; :func:`decay_mask`). Hyperparameter: ``learning_rate``.
+  as is usual for Transformers; :func:`_decay_mask`). Hyperparameter: ``learning_rate``.
 * ``optimizer='adam_sfw'`` (Adam-preconditioned SFW): ``optax.partition`` as for SFW, with
   constrained leaves -> ``chain(scale_by_adam(), frank_wolfe(learning_rate, constraints,
   rescale))``: the Frank-Wolfe step ``eta (LMO_C(d) - x)`` along Adam's direction
@@ -48,7 +48,7 @@ from sfw_jax.fw.blocks import frank_wolfe
 from sfw_jax.fw.constraints import expected_init_norms, make_constraints
 from sfw_jax.fw.nm import parse_nm
 from sfw_jax.fw.sets import is_constraint
-from sfw_jax.fw.sfw import sfw
+from sfw_jax.fw.sfw import SFW_LABEL, sfw
 from sfw_jax.selectors import leaf_scope
 from sfw_jax.training import distributed as dist
 
@@ -74,9 +74,8 @@ OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 """The ``optimizer`` choices of a config (:func:`build_optimizer`)."""
 SFW_OPTIMIZERS = ("sfw", "adam_sfw")
 """The optimizers that train constrained leaves by Frank-Wolfe steps (the SFW options apply)."""
-SFW_LABEL = "sfw"
-SGD_LABEL = "sgd"
-ADAMW_LABEL = "adamw"
+_SGD_LABEL = "sgd"
+_ADAMW_LABEL = "adamw"
 
 
 def sgd_with_decay(learning_rate: Any, momentum: float,
@@ -89,16 +88,16 @@ def sgd_with_decay(learning_rate: Any, momentum: float,
     return optax.chain(*parts)
 
 
-def decay_mask(params: PyTree) -> PyTree:
+def _decay_mask(params: PyTree) -> PyTree:
     """True for the leaves AdamW decays: rank >= 2 (kernels, embeddings); False for biases and
     norm scales/offsets. Leaves routed elsewhere by ``optax.partition`` (``MaskedNode``) are
     kept as they are."""
     return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
 
 
-def adamw(learning_rate: Any, weight_decay: float) -> optax.GradientTransformation:
-    """``optax.adamw`` (b1 0.9, b2 0.999, eps 1e-8) with its decay on :func:`decay_mask`."""
-    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay_mask)
+def _adamw(learning_rate: Any, weight_decay: float) -> optax.GradientTransformation:
+    """``optax.adamw`` (b1 0.9, b2 0.999, eps 1e-8) with its decay on :func:`_decay_mask`."""
+    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=_decay_mask)
 
 
 def build_constraints(cfg: TrainConfig, params: PyTree,
@@ -171,7 +170,7 @@ def compute_init_norms(init_fn: Any, rng: jax.Array, cfg: TrainConfig) -> PyTree
     return expected_init_norms(init_fn, rng, cfg.init_norm_samples, rule=cfg.init_norm_rule)
 
 
-def param_labels(constraints: PyTree, rest: str = SGD_LABEL) -> PyTree:
+def param_labels(constraints: PyTree, rest: str = _SGD_LABEL) -> PyTree:
     """'sfw' for constrained leaves, ``rest`` for the others (a pytree like params)."""
     return jax.tree.map(lambda c: SFW_LABEL if c.constrained else rest, constraints,
                         is_leaf=is_constraint)
@@ -198,7 +197,7 @@ def build_optimizer(cfg: TrainConfig, constraints: PyTree | None = None, *,
             return sgd_with_decay(learning_rate, momentum, wd)
         return optax.inject_hyperparams(make_sgd)(learning_rate=float(cfg.lr))
     if cfg.optimizer == "adamw":
-        return optax.inject_hyperparams(lambda learning_rate: adamw(learning_rate, wd))(
+        return optax.inject_hyperparams(lambda learning_rate: _adamw(learning_rate, wd))(
             learning_rate=float(cfg.lr))
     if cfg.optimizer not in SFW_OPTIMIZERS:
         raise ValueError(f"optimizer must be one of ['sfw', 'sgd', 'adamw', 'adam_sfw'], got "
@@ -219,7 +218,7 @@ def build_optimizer(cfg: TrainConfig, constraints: PyTree | None = None, *,
         else:
             constrained = sfw(learning_rate, constraints, **kw)
         return optax.partition({SFW_LABEL: constrained,
-                                SGD_LABEL: sgd_with_decay(rest_learning_rate, momentum, wd)},
+                                _SGD_LABEL: sgd_with_decay(rest_learning_rate, momentum, wd)},
                                labels)
 
     return optax.inject_hyperparams(make_sfw)(learning_rate=float(cfg.lr),
@@ -229,14 +228,14 @@ def build_optimizer(cfg: TrainConfig, constraints: PyTree | None = None, *,
 def _adam_sfw(cfg: TrainConfig, constraints: PyTree) -> optax.GradientTransformationExtraArgs:
     """Adam-preconditioned SFW on the constrained leaves, AdamW on the others (module
     docstring)."""
-    labels = param_labels(constraints, rest=ADAMW_LABEL)
+    labels = param_labels(constraints, rest=_ADAMW_LABEL)
     wd = float(cfg.weight_decay)
 
     def make_adam_sfw(learning_rate, rest_learning_rate):
         constrained = optax.chain(optax.scale_by_adam(),
                                   frank_wolfe(learning_rate, constraints, rescale=cfg.rescale))
         return optax.partition({SFW_LABEL: constrained,
-                                ADAMW_LABEL: adamw(rest_learning_rate, wd)}, labels)
+                                _ADAMW_LABEL: _adamw(rest_learning_rate, wd)}, labels)
 
     return optax.inject_hyperparams(make_adam_sfw)(learning_rate=float(cfg.lr),
                                                    rest_learning_rate=float(cfg.rest_lr))

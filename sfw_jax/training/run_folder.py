@@ -34,8 +34,8 @@ from sfw_jax.training.config import options_where
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "FINAL_FILE", "SFW_INIT_FILE", "CHECKPOINT_DIR",
     "SWEEP_CSV", "SWEEP_JSON", "RETRAIN_FILE", "WEIGHTS_FILE", "STUDY_RUNS_DIR",
-    "STUDY_CONFIGS_FILE", "STUDY_SUMMARY_FILE", "RESUME_MAY_DIFFER", "NotARunError", "path",
-    "write_text", "write_json", "read_json", "write_jsonl", "read_history", "is_finished",
+    "STUDY_CONFIGS_FILE", "STUDY_SUMMARY_FILE", "STUDY_RECORD_FILE", "RESUME_MAY_DIFFER",
+    "NotARunError", "path", "write_text", "write_json", "read_json", "write_jsonl", "read_history", "is_finished",
     "check_finished", "config_differences", "has_weights", "check_weights", "restore_variables",
 ]
 

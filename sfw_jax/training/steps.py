@@ -32,8 +32,9 @@ from sfw_jax.training.datasets import DatasetInfo, Split
 from sfw_jax.training.datasets import TokenSplit, inputs_targets
 
 __all__ = [
-    "TrainState", "cross_entropy_loss", "variables", "preprocess", "make_train_step",
-    "make_eval_step", "DeviceSplit", "Evaluator",
+    "TrainState", "cross_entropy_loss", "bits_per_byte", "variables", "preprocess",
+    "make_train_step", "make_token_train_step", "make_eval_step", "make_token_eval_step",
+    "DeviceSplit", "Evaluator",
 ]
 
 

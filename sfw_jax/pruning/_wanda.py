@@ -7,7 +7,7 @@ weight ``W_ij`` (input ``j``, output ``i``) the score
 
     S_ij = |W_ij| * ||X_j||_2 .
 
-Wanda prunes per output unit (:mod:`sfw_jax.pruning.rows`: each output keeps the same fraction
+Wanda prunes per output unit (:mod:`sfw_jax.pruning._rows`: each output keeps the same fraction
 of its inputs, the smallest scores pruned), or N:M along the input dimension (in every group of
 M consecutive inputs of an output, the N largest scores kept; :func:`sfw_jax.nm_mask` on the
 scores). No retraining, no weight update.
@@ -30,10 +30,10 @@ import numpy as np
 from sfw_jax._tree import PyTree, path_names
 from sfw_jax.fw.nm import check_nm
 from sfw_jax.pruning._masks import nm_mask
-from sfw_jax.pruning.rows import row_mask
+from sfw_jax.pruning._rows import row_mask
 from sfw_jax.selectors import Selector, is_kernel, select_leaves
 
-KERNEL_NAME = "kernel"
+_KERNEL_NAME = "kernel"
 
 
 def _input_square_sums(model: nn.Module, variables: dict, x: jax.Array) -> dict:
@@ -77,7 +77,7 @@ def input_norms(model: nn.Module, variables: dict, batches: Iterable[Any]) -> Py
 
     def leaf(path, x):
         names = path_names(path)
-        sq = totals.get(names[:-1]) if names and names[-1] == KERNEL_NAME else None
+        sq = totals.get(names[:-1]) if names and names[-1] == _KERNEL_NAME else None
         if sq is None or np.ndim(x) != 2:
             return jnp.ones((), jnp.float32)
         return jnp.asarray(np.sqrt(sq), jnp.float32)[:, None]
@@ -91,7 +91,7 @@ def wanda_scores(params: PyTree, norms: PyTree) -> PyTree:
     return jax.tree.map(lambda w, n: jnp.abs(w).astype(jnp.float32) * n, params, norms)
 
 
-def has_norms(params: PyTree, norms: PyTree) -> PyTree:
+def _has_norms(params: PyTree, norms: PyTree) -> PyTree:
     """Bool pytree: the kernels (:func:`sfw_jax.is_kernel`) for which ``norms`` hold
     activation norms, Wanda's default scope."""
     kernels = select_leaves(params, None, is_kernel)
@@ -102,8 +102,8 @@ def wanda_mask(params: PyTree, norms: PyTree, sparsity: float, *,
                include: Selector = None) -> PyTree:
     """Bool pytree like ``params`` (True = kept): Wanda, unstructured per output unit; exactly
     ``round(sparsity * in)`` inputs pruned per output of every selected kernel. ``include``:
-    None (:func:`has_norms`), a bool pytree or a predicate (:func:`row_mask`)."""
-    chosen = has_norms(params, norms) if include is None else include
+    None (:func:`_has_norms`), a bool pytree or a predicate (:func:`row_mask`)."""
+    chosen = _has_norms(params, norms) if include is None else include
     return row_mask(wanda_scores(params, norms), sparsity, include=chosen)
 
 
@@ -111,10 +111,10 @@ def wanda_nm_mask(params: PyTree, norms: PyTree, n: int, m: int, *,
                   include: Selector = None) -> PyTree:
     """Bool pytree like ``params`` (True = kept): Wanda N:M, in every group of ``m``
     consecutive inputs (axis -2) of each output the ``n`` largest scores kept. ``include``:
-    None (:func:`has_norms`, the kernels whose input size ``m`` divides), a bool pytree or a
+    None (:func:`_has_norms`, the kernels whose input size ``m`` divides), a bool pytree or a
     predicate (:func:`sfw_jax.nm_mask`)."""
     n, m = check_nm(n, m)
     if include is None:
         include = jax.tree.map(lambda c, w: bool(c) and jnp.shape(w)[-2] % m == 0,
-                               has_norms(params, norms), params)
+                               _has_norms(params, norms), params)
     return nm_mask(wanda_scores(params, norms), n, m, include=include)

@@ -10,7 +10,7 @@ For an eligible leaf of shape ``(..., out)`` (Flax Dense ``(in, out)``, Conv
 row, a Flax kernel ``(in, out)`` column by column).
 
 The scores are ``|W|`` for per-row magnitude pruning, or Wanda's ``|W_ij| ||X_j||``
-(:func:`sfw_jax.pruning.wanda.wanda_scores`).
+(:func:`sfw_jax.pruning.wanda_scores`).
 """
 
 from __future__ import annotations
