@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import _timing
+from sfw_jax import sparsity_k
 from sfw_jax.fw import segtopk
-from sfw_jax.fw.constraints import sparsity_k
 from sfw_jax.fw.topk import METHODS, resolve_method, top_k_mask, top_k_threshold
 
 TREE_METHODS = ("bisect", "segmented")

@@ -56,7 +56,7 @@ def _norms(params):
 
 def default_path(method: str = "auto") -> str:
     """Which path ``sfw(...)`` with default arguments runs on this backend, in words."""
-    from sfw_jax.fw.sfw import BATCH_SELECT, uses_cpu_kernel
+    from sfw_jax.fw import BATCH_SELECT, uses_cpu_kernel
     from sfw_jax.fw.topk import backend_name
     if uses_cpu_kernel(None):
         return "native CPU kernel (cpu_kernel=None resolved to the kernel)"

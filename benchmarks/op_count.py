@@ -41,10 +41,9 @@ import optax
 
 from benchmarks import _timing
 from benchmarks.bench_update import _norms, resnet18_params
-from sfw_jax import make_constraints, sfw
+from sfw_jax import is_constraint, make_constraints, sfw
 from sfw_jax._tree import PyTree
-from sfw_jax.fw.sets import is_constraint
-from sfw_jax.fw.sfw import BATCH_SELECT
+from sfw_jax.fw import BATCH_SELECT
 from sfw_jax.fw.topk import METHODS, backend_name, resolve_method
 
 _TRIVIAL = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")

@@ -37,8 +37,8 @@ import numpy as np
 import optax
 
 import sfw_jax
+from sfw_jax import INIT_NORM_RULES
 from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
-from sfw_jax.fw.constraints import INIT_NORM_RULES
 from sfw_jax.training.datasets import load_dataset
 from sfw_jax.training.models import get_model
 from sfw_jax.training.presets import from_preset

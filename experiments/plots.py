@@ -14,8 +14,8 @@
 * :func:`plot_bits_per_byte`: a language model's bits per byte vs sparsity, one line per method
   (one-shot), its N:M networks as hollow stars at their sparsity 1 - N/M.
 
-Inputs are plain data (lists / the dicts of ``sfw_jax.pruning`` weight statistics), so figures can be
-re-drawn from a study's ``summary.json`` without the checkpoints.
+Inputs are plain data (lists / the dicts of the weight statistics of ``sfw_jax.pruning``), so
+figures can be re-drawn from a study's ``summary.json`` without the checkpoints.
 """
 
 from __future__ import annotations

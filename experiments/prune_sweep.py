@@ -62,12 +62,12 @@ import numpy as np
 
 from experiments._bn_recal import calibration_inputs, recal_images, recalibrated_batch_stats
 from experiments._loaded_run import LoadedRun, load_trained
+from sfw_jax import LEAF_SCOPES, leaf_scope
 from sfw_jax._cli import (ArgumentParser, add_debug_flag, refuse_distributed_flags,
                           user_errors)
 from sfw_jax._progress import progress_bar
-from sfw_jax.fw.nm import format_nm, parse_nm
+from sfw_jax.fw import format_nm, parse_nm
 from sfw_jax.pruning import apply_mask, sparsity_summary
-from sfw_jax.selectors import LEAF_SCOPES, leaf_scope
 from sfw_jax.training import run_folder
 
 SPARSITY_PERCENTS = (*range(0, 91, 10), *range(91, 100))

@@ -49,12 +49,12 @@ from experiments._loaded_run import LoadedRun, load_trained
 from experiments.prune_sweep import (UNSTRUCTURED, add_run_arguments, check_patterns,
                                      check_sparsities, nm_target, percents_to_fractions,
                                      row_pattern)
+from sfw_jax import LEAF_SCOPES, leaf_scope
 from sfw_jax._cli import ArgumentParser, user_errors
 from sfw_jax._progress import progress_bar
-from sfw_jax.fw.nm import nm_eligible, parse_nm
+from sfw_jax.fw import nm_eligible, parse_nm
 from sfw_jax.pruning import (apply_mask, keep_masked, magnitude_mask, nm_mask,
                              sparsity_summary)
-from sfw_jax.selectors import LEAF_SCOPES, leaf_scope
 from sfw_jax.training import distributed as dist
 from sfw_jax.training import run_folder
 from sfw_jax.training.datasets import epoch_permutation

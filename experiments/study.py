@@ -45,9 +45,9 @@ from experiments.study_presets import (STUDY_PRESETS, StudyPreset, get_study_pre
                                        study_preset_names)
 from experiments.study_report import table_markdown
 from experiments.study_runner import check_methods, run_study
+from sfw_jax import LEAF_SCOPES
 from sfw_jax._cli import (DISTRIBUTED_FIELDS, ArgumentParser, add_debug_flag,
                           one_process_message, refuse_distributed_flags, user_errors)
-from sfw_jax.selectors import LEAF_SCOPES
 from sfw_jax.training import config as config_lib
 
 def build_parser() -> argparse.ArgumentParser:

@@ -243,7 +243,7 @@ CIFAR10_CPU_GAP = dataclasses.replace(
     base={**CIFAR10_CPU.base, "model_kwargs": {"width": 1.0, "use_bn": True, "head": "gap"},
           "epochs": 6},
     methods={**CIFAR10_CPU.methods, "sfw_ksparse": _GAP_SFW_KSPARSE},
-    # The constraint variants of sfw_jax.fw.constraint_schedule and rescale 'fast_gradient',
+    # The constraint variants of sfw_jax.scheduled_sfw and rescale 'fast_gradient',
     # each on top of sfw_ksparse (results/cifar10-cpu-gap/tuning-variants.md).
     optional_methods={**CIFAR10_CPU.optional_methods,
                       "sfw_fast_gradient": {**_GAP_SFW_KSPARSE, "rescale": "fast_gradient"},

@@ -21,8 +21,7 @@ from experiments import retrain as retrain_lib
 from experiments._loaded_run import load_run_dataset, load_trained, same_data
 from experiments.study_presets import StudyPreset
 from experiments.study_report import write_reports
-from sfw_jax import pruning
-from sfw_jax.selectors import leaf_scope
+from sfw_jax import leaf_scope, pruning
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import loop, run_folder
 from sfw_jax.training.checkpoint import has_checkpoint

@@ -27,8 +27,8 @@ from experiments.study_report import nm_rows, oneshot_rows, pct
 
 METRICS = ("acc", "bits_per_byte")
 """``--metric``: validation accuracy (%) or bits per byte."""
+from sfw_jax import LEAF_SCOPES
 from sfw_jax._cli import ArgumentParser, add_debug_flag, user_errors
-from sfw_jax.selectors import LEAF_SCOPES
 from sfw_jax.training import run_folder
 
 #: Config fields never shown as "varied" (paths and bookkeeping).

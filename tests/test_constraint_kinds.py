@@ -1,4 +1,4 @@
-"""Every registered constraint kind (``sfw_jax.fw.registry.KINDS``) through the same checks of the
+"""Every registered constraint kind (``sfw_jax.fw._registry.KINDS``) through the same checks of the
 ``Constraint`` protocol, so that a newly registered kind is tested on registration: its sets,
 built on small shapes, give LP-optimal and feasible ``lmo`` outputs, feasible ``shift_inside``
 and ``project`` outputs, a sound ``diameter``, jit and float32 / bfloat16; and its optional
@@ -16,7 +16,7 @@ import pytest
 
 import sfw_jax as S
 from sfw_jax.fw import topk
-from sfw_jax.fw.registry import KINDS, BuildOptions
+from sfw_jax.fw._registry import KINDS, BuildOptions
 from tests.test_lmo import lp_value_k_sparse, lp_value_l1, lp_value_linf
 from tests.test_topk import reference_mask
 

@@ -1,4 +1,4 @@
-"""Constraint schedules (``sfw_jax.fw.constraint_schedule``): feasibility across changes of the set
+"""Constraint schedules (``sfw_jax.scheduled_sfw``): feasibility across changes of the set
 (K and radius shrinking and growing, other kinds), bitwise agreement with ``sfw()`` inside a
 phase, composition with optax, the builders and the config-level phases."""
 
@@ -14,8 +14,8 @@ from hypothesis import given, settings, strategies as st
 import sfw_jax as S
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import optimizers as opt_lib
-from sfw_jax.fw.constraint_schedule import (check_phases, delayed_lmo, full_support, phase_index,
-                                         scheduled_sfw, step_at, tightening_phases)
+from sfw_jax.fw._constraint_schedule import (check_phases, delayed_lmo, full_support, phase_index,
+                                             scheduled_sfw, step_at, tightening_phases)
 
 SHAPES = {"w": (6, 5), "b": (17,), "c": (2, 3, 4)}
 

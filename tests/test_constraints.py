@@ -11,8 +11,8 @@ import optax
 import pytest
 
 import sfw_jax as S
-from sfw_jax.fw import gauges, registry
-from sfw_jax.fw.sets import KSparsePolytope, LpBall, sparsity_k
+from sfw_jax.fw import _gauges as gauges, _registry as registry
+from sfw_jax.fw._sets import KSparsePolytope, LpBall, sparsity_k
 from sfw_jax.fw.topk import METHODS
 from sfw_jax.training import config as config_lib
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pathlib
 import re
 
-from sfw_jax.fw import registry
+from sfw_jax.fw import _registry as registry
 
 API_MD = pathlib.Path(__file__).resolve().parents[1] / "docs" / "api.md"
 

@@ -12,7 +12,7 @@ import pytest
 
 import sfw_jax as S
 from sfw_jax.training import config as config_lib
-from sfw_jax.fw.sfw import RESCALES, sfw_leaf_step
+from sfw_jax.fw._sfw import RESCALES, sfw_leaf_step
 
 R = 1 / math.sqrt(2)                       # K = 2: D = 2 R sqrt(2) = 2, D / 2 = 1
 CONS = {"a": S.KSparsePolytope(2, R), "b": S.LpBall(2.0, 2.0)}       # b: D = 4, D / 2 = 2

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import sfw_jax as S
-from sfw_jax.fw.registry import KINDS
+from sfw_jax.fw._registry import KINDS
 from tests.test_constraint_kinds import BOUNDED_KINDS, build_leaf
 
 SHAPES = {"w": (8, 3), "v": (2, 4, 5), "b": (6,)}

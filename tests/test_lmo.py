@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.optimize import linprog
 
-from sfw_jax.fw import gauges, lmo, projections
+from sfw_jax.fw import _gauges as gauges, _lmo as lmo, _projections as projections
 from sfw_jax.fw.topk import METHODS
 
 TOPK_METHODS = [m for m in METHODS if m != "auto"] + ["auto"]

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 
 from sfw_jax import make_constraints, sfw
 from sfw_jax.fw import native
-from sfw_jax.fw import sfw as sfw_mod
+from sfw_jax.fw import _sfw as sfw_mod
 from sfw_jax.fw import topk
-from sfw_jax.fw.constraints import KSparsePolytope, LpBall, NMSparsePolytope
+from sfw_jax.fw._constraints import KSparsePolytope, LpBall, NMSparsePolytope
 from tests.conftest import fresh_native_kernel
 from tests.test_topk import reference_mask
 
@@ -311,7 +311,7 @@ def test_build_without_compiler_names_the_problem(monkeypatch, tmp_path):
 
 def test_training_with_cpu_kernel_follows_the_xla_run():
     from sfw_jax.training import loop as train_lib
-    from sfw_jax.fw.constraints import contains_all
+    from sfw_jax.fw._constraints import contains_all
     from tests.test_train import small_config, tiny_dataset
     ds = tiny_dataset()
     runs = [train_lib.train(small_config(epochs=2, cpu_kernel=flag), ds) for flag in (False, True)]

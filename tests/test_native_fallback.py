@@ -24,8 +24,8 @@ import pytest
 
 from sfw_jax import sfw
 from sfw_jax.fw import native
-from sfw_jax.fw import sfw as sfw_mod
-from sfw_jax.fw.sets import KSparsePolytope
+from sfw_jax.fw import _sfw as sfw_mod
+from sfw_jax.fw._sets import KSparsePolytope
 from tests.conftest import fresh_native_kernel
 
 

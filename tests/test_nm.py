@@ -13,7 +13,7 @@ from scipy.optimize import linprog
 
 import sfw_jax as S
 from sfw_jax.pruning import nm_mask
-from sfw_jax.fw.sfw import sfw
+from sfw_jax.fw._sfw import sfw
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 # (shape, axis, m): a few shapes only, every new shape costs XLA compilations

@@ -25,7 +25,7 @@ from experiments.study_presets import DIGITS_SMOKE, get_study_preset
 from sfw_jax.training import cli
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import optimizers as opt_lib
-from sfw_jax.fw.nm import nm_eligible, parse_nm
+from sfw_jax.fw._nm import nm_eligible, parse_nm
 from sfw_jax.pruning import apply_mask, nm_mask
 from sfw_jax.training import run_folder
 from tests.conftest import forbid_calls

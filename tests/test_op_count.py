@@ -40,7 +40,7 @@ def test_accelerator_default_is_the_gpu_resolution_on_any_backend():
     and the same program as naming those options."""
     from benchmarks.op_count import _step_hlo, accelerator_default
     from sfw_jax import make_constraints, sfw
-    from sfw_jax.fw.sfw import BATCH_SELECT
+    from sfw_jax.fw._sfw import BATCH_SELECT
 
     params = {"a": jnp.ones((40, 50)), "b": jnp.ones((40, 50)), "c": jnp.ones((20, 100))}
     grads = jax.tree.map(jnp.zeros_like, params)

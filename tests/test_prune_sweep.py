@@ -15,8 +15,8 @@ import pytest
 from experiments import _loaded_run
 from experiments import _bn_recal
 from experiments import prune_sweep as ps
+from sfw_jax import leaf_scope
 from sfw_jax.training import run_folder
-from sfw_jax.selectors import leaf_scope
 
 RUN_EPOCHS = 1          # of the conftest fixtures run_dir / run
 

@@ -17,8 +17,8 @@ import optax
 import pytest
 
 from sfw_jax import contains_all, is_kernel
+from sfw_jax._selectors import select_leaves
 from sfw_jax._tree import flat_paths
-from sfw_jax.selectors import select_leaves
 from sfw_jax.training import optimizers as opt_lib
 from sfw_jax.training.config import TrainConfig, validate
 from sfw_jax.training.datasets import DataFormatError, load_dataset

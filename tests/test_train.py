@@ -277,7 +277,7 @@ def test_sfw_init_runs_in_training_and_rescales_params(tmp_path):
     """--sfw-init: the learned scales change the initial params, stay >= their minimum, the
     params stay feasible, and the run records the init's cost."""
     import json as _json
-    from sfw_jax.fw.constraints import contains_all
+    from sfw_jax.fw._constraints import contains_all
     from sfw_jax.training.presets import from_preset
     cfg = from_preset("quickstart-digits", epochs=1, init_norm_samples=2,
                       sfw_init=True, sfw_init_steps=8, sfw_init_lr=0.05,

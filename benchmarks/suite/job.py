@@ -243,7 +243,7 @@ def _evaluate(job: Job, plan: JobPlan, w: JobWriter, run: Any, preset: Any) -> N
     layerwise sparsity of the 90 % mask and the training curve."""
     from experiments import prune_sweep as sweep_lib
     from sfw_jax.pruning import apply_mask, magnitude_mask, sparsity_summary
-    from sfw_jax.selectors import leaf_scope
+    from sfw_jax import leaf_scope
 
     t = time.time()
     main = preset.main_scope

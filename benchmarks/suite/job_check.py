@@ -41,8 +41,8 @@ def check_job(job: Job, **overrides: Any) -> dict:
     returns what was built: arch, optimizer, epochs, parameter and tensor counts, the
     constraint kinds by count, the traced output shapes. Raises what a real run would raise
     at those steps."""
-    from sfw_jax.fw.constraints import is_constraint
-    from sfw_jax.fw.nm import parse_nm
+    from sfw_jax import is_constraint
+    from sfw_jax.fw import parse_nm
     from sfw_jax.pruning import nm_mask
     from sfw_jax.training import config as config_lib
     from sfw_jax.training import loop

@@ -31,8 +31,8 @@ import optax
 
 from sfw_jax._tree import PyTree, path_str
 from sfw_jax.fw._checks import acc_dtype
-from sfw_jax.fw.constraints import check_constraints_match
-from sfw_jax.fw.sets import Constraint, is_constraint
+from sfw_jax.fw._constraints import check_constraints_match
+from sfw_jax.fw._sets import Constraint, is_constraint
 from sfw_jax.fw.topk import backend_name
 
 RESCALES = ("gradient", "fast_gradient", "diameter", "none")

@@ -49,6 +49,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "TARGET", "NativeKernelError", "build", "ensure_registered", "unavailable_reason",
+    "sfw_select_f32",
+]
+
+
 TARGET = "sfw_jax_sfw_select_f32"
 _FFI_API = ("ffi_call", "include_dir", "pycapsule", "register_ffi_target")
 _SOURCE = Path(__file__).with_name("_native") / "sfw_cpu.cc"

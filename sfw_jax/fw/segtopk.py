@@ -65,6 +65,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "KeySpace", "key_space", "to_key", "from_key", "key_top", "float_keys", "descending_keys",
+    "passes", "Layout", "make_layout", "select", "selected", "top_k_thresholds", "host_select",
+]
+
+
 _T = 15            # thresholds per pass: the bracket shrinks (_T + 1)x per pass
 _RESERVED = 16     # keys >= 2**bits - 16 are never used (threshold arithmetic stays < 2**bits)
 

@@ -119,6 +119,12 @@ from jax import lax
 from sfw_jax.fw import segtopk
 from sfw_jax.fw.segtopk import KeySpace, from_key, key_space, to_key
 
+__all__ = [
+    "METHODS", "THRESHOLD_METHODS", "AUTO_RULES", "bisect_passes", "top_k_threshold",
+    "threshold_mask", "backend_name", "resolve_method", "top_k_mask",
+]
+
+
 METHODS = ("auto", "sort", "radix", "search", "bisect", "segmented")
 
 #: The methods whose selection is the threshold ``(t, cut)`` of :func:`top_k_threshold`.
@@ -605,7 +611,7 @@ def _top_k_mask_sort(x: jax.Array, k: int) -> jax.Array:
 
 def backend_name(backend: str | None = None) -> str:
     """``backend`` (None: ``jax.default_backend()``) lower-cased, 'cuda' and 'rocm' as 'gpu':
-    the key of the per-backend tables (:data:`AUTO_RULES`, ``sfw_jax.fw.sfw.BATCH_SELECT``)."""
+    the key of the per-backend tables (:data:`AUTO_RULES`, ``sfw_jax.fw._sfw.BATCH_SELECT``)."""
     backend = jax.default_backend() if backend is None else str(backend).lower()
     return "gpu" if backend in ("cuda", "rocm") else backend
 

@@ -47,10 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sfw_jax._selectors import Selector, is_kernel, select_leaves
 from sfw_jax._tree import PyTree, check_same_structure, path_str
 from sfw_jax.fw import segtopk
-from sfw_jax.fw.nm import check_groupable, check_nm, nm_eligible, nm_top_mask
-from sfw_jax.selectors import Selector, is_kernel, select_leaves
+from sfw_jax.fw._nm import check_groupable, check_nm, nm_eligible, nm_top_mask
 
 RANKING_SCOPES = ("global", "layerwise")
 """``scope`` of the magnitude and random masks: one ranking over all eligible leaves, or one per
@@ -210,7 +210,7 @@ def magnitude_mask(params: PyTree, sparsity: float, *, scope: str = "global",
       scope: ``'global'`` (one ranking over all eligible leaves) or ``'layerwise'``.
       include: which leaves may be pruned: None (:func:`sfw_jax.is_kernel`: the leaves of rank
         >= 2), a bool pytree like ``params``, or a predicate ``(path, leaf) -> bool``
-        (:func:`sfw_jax.selectors.every_leaf` gives the reference's prune-every-tensor scope).
+        (:func:`sfw_jax.every_leaf` gives the reference's prune-every-tensor scope).
         Other leaves are all-kept.
       structure: ``'unstructured'`` (entries by ``|w|``) or ``'filter'`` (output filters,
         the last axis, by L2 norm; the mask is constant along all other axes).
@@ -230,8 +230,8 @@ def nm_mask(params: PyTree, n: int, m: int, *, axis: int = -2,
 
     In every group of ``m`` consecutive entries along ``axis`` of each eligible leaf, exactly the
     ``n`` entries of largest ``|w|`` are kept (ties: lower index along ``axis`` first; the
-    ranking of :func:`sfw_jax.fw.nm.nm_top_mask`, the same as the N:M polytope's LMO, so a vertex of
-    :class:`sfw_jax.NMSparsePolytope` is kept whole). Eligible leaves have ``1 - n/m`` of their
+    ranking of :func:`sfw_jax.fw._nm.nm_top_mask`, the same as the N:M polytope's LMO, so a
+    vertex of :class:`sfw_jax.NMSparsePolytope` is kept whole). Eligible leaves have ``1 - n/m`` of their
     entries pruned; other leaves are all-kept. Pure and jit-able (``include`` static).
 
     Args:
@@ -240,7 +240,7 @@ def nm_mask(params: PyTree, n: int, m: int, *, axis: int = -2,
       axis: the grouping axis (default -2, the input features of Flax Dense ``(in, out)`` and
         Conv ``(kh, kw, in, out)`` kernels, the axis 2:4 sparse tensor cores group along).
       include: which leaves are pruned: None (the kernels, :func:`sfw_jax.is_kernel`, whose size
-        along ``axis`` is a multiple of m, :func:`sfw_jax.fw.nm.nm_eligible`), a bool pytree
+        along ``axis`` is a multiple of m, :func:`sfw_jax.fw._nm.nm_eligible`), a bool pytree
         like ``params``, or a
         predicate ``(path, leaf) -> bool``; a leaf it selects must have ``axis`` with a size
         that is a multiple of m (ValueError naming the leaf otherwise).

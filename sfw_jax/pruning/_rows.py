@@ -18,9 +18,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sfw_jax._selectors import Selector, is_kernel, select_leaves
 from sfw_jax._tree import PyTree
 from sfw_jax.pruning._masks import check_sparsity
-from sfw_jax.selectors import Selector, is_kernel, select_leaves
 
 
 def _row_keep(scores: jax.Array, sparsity: float) -> jax.Array:

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sfw_jax._selectors import Selector, every_leaf, select_leaves
 from sfw_jax._tree import PyTree, check_same_structure, path_str
-from sfw_jax.selectors import Selector, every_leaf, select_leaves
 
 
 class _Ratios:

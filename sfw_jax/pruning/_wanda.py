@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sfw_jax._selectors import Selector, is_kernel, select_leaves
 from sfw_jax._tree import PyTree, path_names
-from sfw_jax.fw.nm import check_nm
+from sfw_jax.fw._nm import check_nm
 from sfw_jax.pruning._masks import nm_mask
 from sfw_jax.pruning._rows import row_mask
-from sfw_jax.selectors import Selector, is_kernel, select_leaves
 
 _KERNEL_NAME = "kernel"
 

@@ -1,7 +1,7 @@
 """Weight-magnitude statistics for the distribution analysis (counts, histograms, CDFs).
 
 All functions read the leaves picked by ``include`` (None: every leaf; or a bool pytree / a
-predicate ``(path, leaf) -> bool``, :mod:`sfw_jax.selectors`), work on
+predicate ``(path, leaf) -> bool``, :data:`sfw_jax.Selector`), work on
 ``a = |w|`` on the host in NumPy, and return plain Python / list values (JSON-ready, e.g.
 ``json.dumps``; float dict keys become strings there) with one ``'global'`` entry over all
 selected leaves and one ``'per_leaf'`` entry per leaf keyed by its path string ``'a/b/c'``.
@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from sfw_jax._selectors import Selector, every_leaf, select_leaves
 from sfw_jax._tree import PyTree, path_str
-from sfw_jax.selectors import Selector, every_leaf, select_leaves
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(10.0 ** e for e in range(1, -11, -1))
 """10, 1, 0.1, ..., 1e-10: the magnitude levels the reference implementation logs."""

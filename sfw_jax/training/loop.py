@@ -58,9 +58,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sfw_jax import make_feasible
 from sfw_jax._progress import progress_bar, write_line
 from sfw_jax._tree import PyTree, flat_paths
-from sfw_jax.fw.constraints import make_feasible
 from sfw_jax.pruning import DEFAULT_THRESHOLDS
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import distributed as dist

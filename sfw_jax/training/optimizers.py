@@ -42,14 +42,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sfw_jax import (expected_init_norms, frank_wolfe, is_constraint, leaf_scope, make_constraints,
+                     sfw)
 from sfw_jax._tree import PyTree
-from sfw_jax.fw import constraint_schedule as schedule_lib
-from sfw_jax.fw.blocks import frank_wolfe
-from sfw_jax.fw.constraints import expected_init_norms, make_constraints
-from sfw_jax.fw.nm import parse_nm
-from sfw_jax.fw.sets import is_constraint
-from sfw_jax.fw.sfw import SFW_LABEL, sfw
-from sfw_jax.selectors import leaf_scope
+from sfw_jax.fw import SFW_LABEL, parse_nm
+from sfw_jax.fw import _constraint_schedule as schedule_lib
 from sfw_jax.training import distributed as dist
 
 if TYPE_CHECKING:  # the config's choices are read from here: no import of it at run time
@@ -121,7 +118,7 @@ def build_constraints(cfg: TrainConfig, params: PyTree,
 def build_constraint_phases(cfg: TrainConfig, params: PyTree, init_norms: PyTree | None = None,
                             total_steps: int | None = None) -> list[tuple[int, PyTree]]:
     """The ``(start_step, constraints)`` phases of an SFW config over ``total_steps`` training
-    steps (:mod:`sfw_jax.fw.constraint_schedule`); the last phase's constraints are
+    steps (:func:`sfw_jax.scheduled_sfw`); the last phase's constraints are
     :func:`build_constraints` ``(cfg, ...)``.
 
     * no schedule: ``[(0, build_constraints(cfg, params, init_norms))]``;

@@ -29,12 +29,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sfw_jax import check_constraints_match, is_constraint, is_kernel, make_feasible
 from sfw_jax._progress import progress_bar
 from sfw_jax._tree import PyTree, path_names
-from sfw_jax.fw.constraints import check_constraints_match, make_feasible
-from sfw_jax.fw.sets import is_constraint
-from sfw_jax.fw.sfw import sfw_leaf_step
-from sfw_jax.selectors import is_kernel
+from sfw_jax.fw._sfw import sfw_leaf_step
 
 __all__ = ["SFWInitResult", "sfw_init"]
 

@@ -47,7 +47,7 @@ import json
 import operator
 from typing import Any, Mapping
 
-from sfw_jax.fw.registry import KINDS
+from sfw_jax import KINDS
 from sfw_jax.training.datasets import TEXT_DATASETS
 from sfw_jax.training.models import model_context
 from sfw_jax.training.config._option import Option, bad, declared_options, option

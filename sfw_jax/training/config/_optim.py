@@ -20,11 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from sfw_jax.fw.constraints import INIT_NORM_RULES, MODES
-from sfw_jax.fw.nm import parse_nm
-from sfw_jax.fw.registry import KINDS
-from sfw_jax.fw.sfw import RESCALES
-from sfw_jax.selectors import LEAF_SCOPES
+from sfw_jax import INIT_NORM_RULES, KINDS, LEAF_SCOPES, MODES, RESCALES
+from sfw_jax.fw import parse_nm
 from sfw_jax.training.config._option import bad, check_options, option
 from sfw_jax.training.optimizers import OPTIMIZERS, SFW_OPTIMIZERS
 

@@ -140,7 +140,7 @@ def check_value(opt: Option, v: Any) -> None:
             raise bad(opt.name, v, f"one of {list(opt.choices)}")
     elif opt.kind is bool:
         if not isinstance(v, bool):
-            raise bad(opt.name, v, "True, False or None" if opt.optional else "True or False")
+            raise bad(opt.name, v, "None, True or False" if opt.optional else "True or False")
     elif opt.kind in (int, float):
         if not _in_range(opt, v):
             raise bad(opt.name, v, (opt.allowed or _range_text(opt)) + none)

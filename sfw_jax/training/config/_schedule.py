@@ -1,6 +1,6 @@
 """The schedule options of a run: the learning-rate schedule and the constraint schedule.
 
-A constraint schedule (:mod:`sfw_jax.fw.constraint_schedule`; at most one kind per run) changes
+A constraint schedule (:func:`sfw_jax.scheduled_sfw`; at most one kind per run) changes
 the sets during training, over T = (steps per epoch) x ``epochs`` steps: ``delay_lmo = f``
 trains with K = n at the same L2 diameters (the L_inf ball for K-sparse) for the first
 round(f T) steps, then with the target sets; ``tau_start`` and/or ``k_frac_start`` start from

@@ -31,7 +31,7 @@ import optax
 
 from sfw_jax._tree import PyTree
 from sfw_jax.fw import _step
-from sfw_jax.fw.constraints import check_constraints_match
+from sfw_jax.fw._constraints import check_constraints_match
 
 _REMEDY = ("route it to another transformation with optax.partition (labels e.g. "
            "jax.tree.map(lambda c: c.constrained, constraints, is_leaf=sfw_jax.is_constraint))")
@@ -61,7 +61,7 @@ def frank_wolfe(learning_rate: Union[float, jax.Array, optax.Schedule], constrai
         :func:`sfw_jax.sfw` with its momentum m replaced by the incoming direction d.
 
     The selections of same-shaped leaves are batched as ``sfw``'s ``batch_select=None``
-    (:data:`sfw_jax.fw.sfw.BATCH_SELECT` for ``jax.default_backend()``), with the same result.
+    (:data:`sfw_jax.fw._sfw.BATCH_SELECT` for ``jax.default_backend()``), with the same result.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`FrankWolfeState`;

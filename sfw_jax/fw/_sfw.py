@@ -48,8 +48,8 @@ from sfw_jax.fw._checks import acc_dtype as _acc_dtype
 from sfw_jax.fw._step import BATCH_SELECT, RESCALES, check_rescale
 from sfw_jax.fw._step import is_masked as _is_masked
 from sfw_jax.fw._step import leaf_momentum as _leaf_momentum
-from sfw_jax.fw.constraints import check_constraints_match as _check_structure
-from sfw_jax.fw.sets import Constraint, is_constraint
+from sfw_jax.fw._constraints import check_constraints_match as _check_structure
+from sfw_jax.fw._sets import Constraint, is_constraint
 from sfw_jax.fw.topk import THRESHOLD_METHODS, backend_name, resolve_method, top_k_threshold
 
 SFW_LABEL, UNCONSTRAINED_LABEL = "sfw", "unconstrained"

@@ -59,8 +59,8 @@ import optax
 from sfw_jax._tree import PyTree, path_str
 from sfw_jax.fw._step import is_masked as _is_masked
 from sfw_jax.fw._step import require_params
-from sfw_jax.fw.sets import is_constraint
-from sfw_jax.fw.sfw import route_unconstrained, sfw
+from sfw_jax.fw._sets import is_constraint
+from sfw_jax.fw._sfw import route_unconstrained, sfw
 
 Phases = Sequence[tuple[int, PyTree]]
 

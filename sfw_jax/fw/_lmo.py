@@ -8,7 +8,7 @@ All functions take arrays of any shape and float dtype (float32, bfloat16, float
 output has the shape and dtype of the input. ``k`` and ``p`` are static Python numbers; ``radius``
 may be a Python number or a (traced) scalar array. Reductions (norms) are computed in float32 (or
 float64 for float64 inputs) to stay accurate in low precision. The gauges of the sets are in
-:mod:`sfw_jax.fw.gauges`, their Euclidean projections in :mod:`sfw_jax.fw.projections`.
+:mod:`sfw_jax.fw._gauges`, their Euclidean projections in :mod:`sfw_jax.fw._projections`.
 
 Sign convention for zero entries: where a vertex needs a sign for g_i = 0 we take g_i as
 non-positive, i.e. ``v_i = +r`` (the reference's L_inf oracle does the same), so the oracle still

@@ -19,7 +19,7 @@ LMO. argmin_{v in P} <v, g> splits over groups: in each group, v_i = -r sign(g_i
 of largest |g_i| (ties: lower index along ``axis`` first), 0 elsewhere; <v, g> = -r times the sum,
 over groups, of the n largest |g_i| of the group. A zero g_i counts as positive (v_i = -r), so
 g = 0 still gives a vertex with exactly n nonzeros per group. (The K-sparse LMO of
-:mod:`sfw_jax.fw.lmo` counts a zero as non-positive, as the reference's L_inf oracle; either choice
+:mod:`sfw_jax.fw._lmo` counts a zero as non-positive, as the reference's L_inf oracle; either choice
 is optimal, since a zero g_i contributes nothing to <v, g>.)
 
 Per-group top-n without a sort. Every entry's rank in its group is counted by ``m`` elementwise
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from sfw_jax.fw._checks import Scalar, acc_dtype, check_positive_finite
-from sfw_jax.fw.projections import project_k_sparse
+from sfw_jax.fw._projections import project_k_sparse
 
 
 def check_nm(n: Any, m: Any) -> tuple[int, int]:
@@ -212,7 +212,7 @@ def project_nm_sparse(x: jax.Array, n: int, m: int, radius: Scalar, *,
                       axis: int = -2) -> jax.Array:
     """Euclidean projection onto P_{n:m}(r): the set is a product over groups, so the projection
     is, group by group, the K-sparse polytope's exact projection with K = n
-    (:func:`sfw_jax.fw.projections.project_k_sparse`: sign(x) clip(|x| - lam_g, 0, r) with one lam_g >= 0
+    (:func:`sfw_jax.fw._projections.project_k_sparse`: sign(x) clip(|x| - lam_g, 0, r) with one lam_g >= 0
     per group). One sort of m entries per group. Shape and dtype of x."""
     n, m = check_nm(n, m)
     x = jnp.asarray(x)

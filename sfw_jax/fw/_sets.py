@@ -5,7 +5,7 @@ a *leaf* of a pytree shaped like the model parameters. All methods are pure and 
 array argument.
 
 Sets (r = radius, n = tensor size), each registered under its kind names
-(:mod:`sfw_jax.fw.registry`):
+(:mod:`sfw_jax.fw._registry`):
 
   * ``KSparsePolytope(k, r)`` ('k_sparse'): P_K(r) = {x : ||x||_inf <= r, ||x||_1 <= K r}, the
     convex hull of the K-sparse vectors with entries in {0, +-r}. L2 diameter 2 r sqrt(K).
@@ -14,7 +14,7 @@ Sets (r = radius, n = tensor size), each registered under its kind names
   * ``KSupportNormBall(k, r)`` ('k_support'): conv{x : ||x||_0 <= k, ||x||_2 <= r}. L2 diameter
     2 r.
   * ``NMSparsePolytope(n, m, r, size=, axis=)`` ('nm_sparse'): the product, over groups of m
-    consecutive entries along ``axis``, of K-sparse polytopes with K = n (:mod:`sfw_jax.fw.nm`);
+    consecutive entries along ``axis``, of K-sparse polytopes with K = n (:mod:`sfw_jax.fw._nm`);
     its vertices are N:M-sparse. L2 diameter 2 r sqrt(n size / m).
   * ``Unconstrained()`` ('unconstrained'): R^n, no LMO (:func:`sfw_jax.sfw` routes such leaves
     to its ``unconstrained`` transformation).
@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfw_jax.fw import gauges, lmo as _lmo, nm as _nm, projections, topk as _topk
+from sfw_jax.fw import _gauges as gauges, _lmo, _nm, _projections as projections, topk as _topk
 from sfw_jax.fw._checks import check_int, check_p, check_positive_finite
-from sfw_jax.fw.registry import BuildOptions, register_constraint
+from sfw_jax.fw._registry import BuildOptions, register_constraint
 
 
 def sparsity_k(n: int, k: int, k_frac: float) -> int:
@@ -278,7 +278,7 @@ register_constraint("k_sparse", KSparsePolytope.build, uses_k=True)
 @dataclasses.dataclass(frozen=True)
 class LpBall(Constraint):
     """B_p(r) = {x : ||x||_p <= r}, p >= 1 (p = inf allowed); ``n`` (tensor size) is needed for
-    the L2 diameter when p > 2. LMO by Hoelder's equality case (:func:`sfw_jax.lmo.lp_ball_lmo`)."""
+    the L2 diameter when p > 2. LMO by Hoelder's equality case (:func:`sfw_jax.lp_ball_lmo`)."""
 
     p: float
     radius: float
@@ -382,7 +382,7 @@ register_constraint("k_support", KSupportNormBall.build, uses_k=True)
 class NMSparsePolytope(Constraint):
     """P_{n:m}(r) = {x : ||x_g||_inf <= r, ||x_g||_1 <= n r for every group g of m consecutive
     entries along ``axis``}, the product of per-group K-sparse polytopes (K = n); its vertices are
-    the N:M-sparse arrays with entries in {0, +-r} (:mod:`sfw_jax.nm`).
+    the N:M-sparse arrays with entries in {0, +-r} (:mod:`sfw_jax.fw._nm`).
 
     LMO: -r sign(g) on the n largest |g_i| of every group (ties: lower index), 0 elsewhere.
     ``size`` is the number of entries of the tensor (``size / m`` groups, K = n size / m nonzeros
@@ -431,7 +431,7 @@ class NMSparsePolytope(Constraint):
 
     def lmo_select(self, g: jax.Array):
         """Nothing to precompute: every entry's selection needs only the m entries of its group
-        (:func:`sfw_jax.nm.nm_top_mask`), so :meth:`lmo_vertex` rebuilds the vertex from ``g``
+        (:func:`sfw_jax.fw._nm.nm_top_mask`), so :meth:`lmo_vertex` rebuilds the vertex from ``g``
         inside each consumer's loop."""
         del g
         return ()
@@ -446,7 +446,7 @@ class NMSparsePolytope(Constraint):
 
     def shift_inside(self, x: jax.Array) -> jax.Array:
         """Every group outside its polytope scaled onto it (x_g r / gauge(x_g)); groups inside
-        are unchanged (:func:`sfw_jax.nm.shift_inside_nm`)."""
+        are unchanged (:func:`sfw_jax.fw._nm.shift_inside_nm`)."""
         return _nm.shift_inside_nm(x, self.n, self.m, self.radius, axis=self.axis)
 
     def project(self, x: jax.Array) -> jax.Array:
@@ -457,7 +457,7 @@ class NMSparsePolytope(Constraint):
     def build(cls, shape: tuple[int, ...], opts: BuildOptions, radius: Optional[float],
               diameter: Optional[float]) -> Optional["NMSparsePolytope"]:
         """The kind 'nm_sparse': the pattern ``opts.n:opts.m`` along ``opts.axis``; None for a
-        leaf without such groups (:func:`sfw_jax.fw.nm.nm_eligible`: rank < 2, or a size along
+        leaf without such groups (:func:`sfw_jax.fw._nm.nm_eligible`: rank < 2, or a size along
         the axis that m does not divide)."""
         if not _nm.nm_eligible(shape, opts.m, opts.axis):
             return None

@@ -2,7 +2,7 @@
 
 Construction follows the reference implementation (Lu et al., 2022, built on Pokutta et al.'s
 SFW code): every selected leaf gets a set of the kind named by ``kind`` (the registry of
-:mod:`sfw_jax.fw.registry`; the sets are in :mod:`sfw_jax.fw.sets`), whose size is given by
+:mod:`sfw_jax.fw._registry`; the sets are in :mod:`sfw_jax.fw._sets`), whose size is given by
 ``mode``: its radius r = value ('radius'), its L2 diameter D = value ('diameter'), or
 D = 2 * value * E||W_init||_2 of that tensor's initializer ('initialization', the reference's
 default; :func:`expected_init_norms`).
@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sfw_jax._selectors import Selector, select_leaves
 from sfw_jax._tree import PyTree, path_str
 from sfw_jax.fw._checks import check_int, check_positive_finite
-from sfw_jax.fw.registry import KINDS, BuildOptions, constraint_kind
-from sfw_jax.fw.sets import (Constraint, KSparsePolytope, KSupportNormBall, LpBall,
-                             NMSparsePolytope, Unconstrained, is_constraint, sparsity_k)
-from sfw_jax.selectors import Selector, select_leaves
+from sfw_jax.fw._registry import KINDS, BuildOptions, constraint_kind
+from sfw_jax.fw._sets import (Constraint, KSparsePolytope, KSupportNormBall, LpBall,
+                              NMSparsePolytope, Unconstrained, is_constraint, sparsity_k)
 
 MODES = ("radius", "diameter", "initialization")
 """How ``value`` sizes each set (see the module docstring)."""
@@ -158,7 +158,7 @@ def make_constraints(params: PyTree, kind: str, *, k: int = 10, k_frac: float = 
       n, m, axis: for 'nm_sparse': n nonzeros in every group of m consecutive entries along
         ``axis`` (default -2, the input features of Flax Dense/Conv kernels). A selected leaf is
         eligible if it has rank >= 2 and its size along ``axis`` is a multiple of m
-        (:func:`sfw_jax.fw.nm.nm_eligible`); it gets ``NMSparsePolytope`` with K = n * size / m
+        (:func:`sfw_jax.fw._nm.nm_eligible`); it gets ``NMSparsePolytope`` with K = n * size / m
         nonzeros per vertex, so in 'diameter'/'initialization' mode r = D / (2 sqrt(K)).
       fallback: the constraint of the selected leaves the kind does not apply to (for
         'nm_sparse': biases, BatchNorm parameters, a first conv with 3 input channels): a
