@@ -24,10 +24,11 @@ when the command dies reads ``error`` ("did not finish").
    leaf at once: one segmented search over the whole tree, per-shape-group ``vmap`` and per-leaf
    'bisect' / 'segmented': ms and op count, under ``"selection"``); then
    ``benchmarks.bench_update.bench`` (SFW update vs ``optax.sgd(momentum=0.9)`` on the
-   ResNet-18 tree) for every method: ms and ratio = sfw_ms / sgd_ms; then the op counts of
-   ``benchmarks.op_count.op_counts``, the defaults first (``sfw_accelerator_default`` vs
-   ``sgd``), then per method (recorded as skipped, with the reason, when that module does not
-   import).
+   ResNet-18 tree) for every method, per leaf and batched, and with the first method the
+   ``tree_select`` path (the GPU / TPU default): ms and ratio = sfw_ms / sgd_ms; then the op
+   counts of ``benchmarks.op_count.op_counts``, the defaults first
+   (``sfw_accelerator_default`` vs ``sgd``), then per method (recorded as skipped, with the
+   reason, when that module does not import).
 5. ``train_step``: ``benchmarks.bench_train_step.bench_model`` (ResNet-18, batch 128, method
    'auto'), fp32 and bf16: SFW and SGD ms, ratio = sfw_ms / sgd_ms, images/s.
 6. ``study``: ResNet-18 on the CIFAR-10 JPEG archive (``--data``) with the configs of the presets

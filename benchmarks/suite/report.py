@@ -96,7 +96,9 @@ def _ratio_table(first: str, rows: Mapping[str, dict],
 def _md_update(r: dict) -> list[str]:
     out = [f"{r.get('tree')} tree: {r.get('params')} params in {r.get('tensors')} tensors; "
            f"{r.get('optimizers')}; medians of {r.get('reps')} calls.", ""]
-    out += _ratio_table("method", r.get("methods"))
+    out += _ratio_table("method", r.get("methods"),
+                        [("batched ms", "sfw_batched_ms"), ("batched / SGD", "batched_ratio"),
+                         ("tree ms", "sfw_tree_ms"), ("tree / SGD", "tree_ratio")])
     if r.get("selection"):
         out += ["", "Selections (t, cut) of every leaf at once (`bench_topk --tree`):", ""]
         out += _table(["selection", "ms", "ops"],
