@@ -30,7 +30,9 @@ when the command dies reads ``error`` ("did not finish").
    (``sfw_accelerator_default`` vs ``sgd``), then per method (recorded as skipped, with the
    reason, when that module does not import).
 5. ``train_step``: ``benchmarks.bench_train_step.bench_model`` (ResNet-18, batch 128, method
-   'auto'), fp32 and bf16: SFW and SGD ms, ratio = sfw_ms / sgd_ms, images/s.
+   'auto'), fp32 and bf16: SFW and SGD ms, ratio = sfw_ms / sgd_ms, images/s; then
+   ``bench_train_step.bench_steps_per_call``: the training loop's SFW step at 1 and 8 optimizer
+   steps per jitted call, ms per call and per step (``STEPS_PER_CALL``'s measurement).
 6. ``study``: ResNet-18 on the CIFAR-10 JPEG archive (``--data``) with the configs of the presets
    ``paper-resnet18-cifar10`` (SFW K-sparse) and ``paper-resnet18-cifar10-sgd`` (SGD) of
    ``sfw_jax.training.config``. Each method first trains one epoch of a run started with

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.suite.plans import REPO_ROOT, TESTS_LOG, TESTS_LOG_CHARS, TOPK_MAX_N, TOPK_MIN_N
+from benchmarks.suite.plans import (REPO_ROOT, STEPS_PER_CALL_TIMED, TESTS_LOG, TESTS_LOG_CHARS,
+                                    TOPK_MAX_N, TOPK_MIN_N)
 from benchmarks.suite.report import write_ascii
 from benchmarks.suite.runtime import Suite, run_jobs, with_errors
 
@@ -261,9 +262,15 @@ def section_train_step(s: Suite, deadline: float) -> dict:
                 "sfw_images_per_s": round(1e3 * b / sfw_ms, 1),
                 "sgd_images_per_s": round(1e3 * b / sgd_ms, 1), "sfw": r["sfw"], "sgd": r["sgd"]}
 
-    rows, skipped, errors = run_jobs(
-        {p: functools.partial(one, p) for p in s.plan.train_precisions}, deadline)
+    jobs = {p: functools.partial(one, p) for p in s.plan.train_precisions}
+    # the loop's own step at 1 and 8 optimizer steps per jitted call (STEPS_PER_CALL's measure)
+    jobs["steps_per_call"] = functools.partial(
+        bench_train_step.bench_steps_per_call, s.plan.train_model, s.plan.train_batch,
+        s.plan.train_reps, STEPS_PER_CALL_TIMED, "fp32", dict(s.plan.train_model_kwargs))
+    rows, skipped, errors = run_jobs(jobs, deadline)
+    per_call = rows.pop("steps_per_call", None)
     return with_errors(
         {"model": s.plan.train_model, "model_kwargs": dict(s.plan.train_model_kwargs),
          "batch": s.plan.train_batch, "method": "auto", "reps": s.plan.train_reps,
-         "precisions": rows, "skipped": skipped, "errors": errors}, errors, "precision(s)")
+         "precisions": rows, "steps_per_call": per_call, "skipped": skipped,
+         "errors": errors}, errors, "measurement(s)")

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-checkpoints", type=int)
     g.add_argument("--log-every", type=int)
     g.add_argument("--progress", action=argparse.BooleanOptionalAction)
+    g.add_argument("--steps-per-call", type=_optional_int, metavar="N",
+                   help="optimizer steps per jitted call (lax.scan; the same results as one "
+                        "per call); 'none' = the backend's default")
 
     g = p.add_argument_group("devices")
     g.add_argument("--num-devices", type=_optional_int)

@@ -158,6 +158,9 @@ class TrainConfig:
       keep_checkpoints: how many epoch checkpoints to keep (0 = do not checkpoint).
       log_every: steps between host syncs for the progress bar / non-finite check.
       progress: show a progress bar (on a terminal; a log gets one line per epoch).
+      steps_per_call: optimizer steps per jitted call (``lax.scan`` over the batches; the same
+        results as one step per call); None = per backend
+        (:data:`sfw_jax.training.steps.STEPS_PER_CALL`).
     Devices:
       num_devices: data-parallel over the first N local devices (None = all).
       distributed: call ``jax.distributed.initialize`` (multi-host) before anything else.
@@ -210,6 +213,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 20
     progress: bool = True
+    steps_per_call: int | None = None
 
     num_devices: int | None = None
     distributed: bool = False
@@ -435,6 +439,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.resume and cfg.keep_checkpoints == 0:
         _bad("keep_checkpoints", 0, ">= 1 when resume=True")
     _check_int(cfg, "log_every", 1)
+    _check_int(cfg, "steps_per_call", 1, optional=True)
     _check_int(cfg, "num_devices", 1, optional=True)
     _check_int(cfg, "num_processes", 1, optional=True)
     _check_int(cfg, "process_id", 0, optional=True)

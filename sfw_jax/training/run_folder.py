@@ -45,10 +45,11 @@ STUDY_RECORD_FILE = "study.json"
 
 RESUME_MAY_DIFFER = ("resume", "epochs", "progress", "log_every", "keep_checkpoints",
                      "num_devices", "distributed", "coordinator_address", "num_processes",
-                     "process_id", "eval_batch_size", "out_dir", "data_dir", "cpu_kernel")
+                     "process_id", "eval_batch_size", "out_dir", "data_dir", "cpu_kernel",
+                     "steps_per_call")
 """Config fields that may differ between a run folder's ``config.json`` and the config that
 continues it (how the run is executed, not what it computes: e.g. the device count and
-``cpu_kernel`` change summation orders only)."""
+``cpu_kernel`` change summation orders only, ``steps_per_call`` the dispatches)."""
 
 
 class NotARunError(FileNotFoundError):
