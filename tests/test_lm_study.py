@@ -16,7 +16,8 @@ from experiments import prune_sweep as ps
 from experiments import study_runner, tuning_table
 from experiments._loaded_run import load_trained
 from experiments.study import apply_overrides
-from experiments.study_presets import TEXT_CPU
+from experiments.study_presets import TEXT_CORPUS, TEXT_CPU
+from sfw_jax.training.config import validate
 from sfw_jax.training import run_folder
 from tests.conftest import TINY_LM, forbid_calls
 
@@ -69,6 +70,19 @@ def test_criteria_errors(lm_run):
         ps.sweep(lm_run, [0.5], criteria=["obd"], progress=False)
     with pytest.raises(ValueError, match="calib_batches must be an int >= 1"):
         ps.sweep(lm_run, [0.5], criteria=["wanda"], calib_batches=0, progress=False)
+
+
+def test_text_cpu_preset():
+    assert TEXT_CPU.default_methods() == ["adamw", "sfw", "adam_sfw", "adamw_wanda"]
+    assert TEXT_CPU.trained_as("adamw_wanda") == ("adamw", "wanda")
+    assert TEXT_CPU.trained_as("adam_sfw") == ("adam_sfw", "magnitude")
+    cfgs = {m: validate(TEXT_CPU.method_config(m, "x")) for m in TEXT_CPU.default_methods()}
+    assert cfgs["adamw_wanda"] == cfgs["adamw"]
+    assert {c.optimizer for c in cfgs.values()} == {"adamw", "sfw", "adam_sfw"}
+    # equal steps: every method trains on the same windows for the same epochs and batch
+    assert len({(c.max_train_samples, c.epochs, c.batch_size) for c in cfgs.values()}) == 1
+    assert all(c.sfw_scope == "kernels" and c.data_dir == TEXT_CORPUS for c in cfgs.values())
+    assert TEXT_CPU.metric == "test_bits_per_byte" and TEXT_CPU.nm_patterns == ("2:4",)
 
 
 def tiny_text_preset(corpus: str):

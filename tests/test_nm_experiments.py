@@ -236,7 +236,7 @@ def test_command_lines(study, tmp_path, capsys):
     csv_path = str(tmp_path / "s.csv")
     assert ps.main([run_dir, "--scope", "kernels", "--sparsities", "0", "--nm", "1:4", "2:4",
                     "--out", csv_path, "--no-progress"]) == 0
-    assert "kernels  1:4" in capsys.readouterr().out
+    assert "kernels  magnitude 1:4" in capsys.readouterr().out
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert [(r["pattern"], r["target_sparsity"]) for r in rows] == [

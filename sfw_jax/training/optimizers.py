@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import optax
 
 from sfw_jax.fw import constraint_schedule as schedule_lib
+from sfw_jax.fw.blocks import frank_wolfe
 from sfw_jax.fw.constraints import expected_init_norms, make_constraints
 from sfw_jax.fw.nm import parse_nm
 from sfw_jax.fw.sets import is_constraint
@@ -77,14 +78,6 @@ def decay_mask(params: PyTree) -> PyTree:
 def adamw(learning_rate: Any, weight_decay: float) -> optax.GradientTransformation:
     """``optax.adamw`` (b1 0.9, b2 0.999, eps 1e-8) with its decay on :func:`decay_mask`."""
     return optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay_mask)
-
-
-def frank_wolfe(learning_rate: Any, constraints: PyTree, *,
-                rescale: str = "gradient") -> optax.GradientTransformationExtraArgs:
-    """The Frank-Wolfe step ``eta (LMO_C(d) - x)`` along the incoming update ``d`` (see
-    :func:`sfw_jax.sfw` for eta): ``sfw`` with momentum 0, whose direction m_t = g_t is the
-    incoming update."""
-    return sfw(learning_rate, constraints, momentum=0.0, rescale=rescale, cpu_kernel=False)
 
 
 def build_constraints(cfg: TrainConfig, params: PyTree,
