@@ -16,16 +16,25 @@ where it builds); SGD: ``optax.sgd(0.1, momentum=0.9)``. The two steps are calle
 {"model", "batch", "precision", "sfw_step_ms", "sgd_step_ms", "ratio" (of the medians),
 "paired_ratio" (median of the per-rep ratios), ...}; with a single model those keys are also
 at the top level.
+
+``--steps-per-call 1 4 16`` times instead the training loop's own jitted step
+(``sfw_jax.training.steps.make_train_step``: batches gathered by index from a synthetic uint8
+split on the devices, no augmentation) with SFW at its defaults, running S steps per call
+(:func:`bench_steps_per_call`): median ms per call and per step for each S, for the first
+``--models`` entry; the per-backend default ``STEPS_PER_CALL`` is read off it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import _timing
 from sfw_jax import make_constraints, sfw
@@ -90,6 +99,44 @@ def bench_model(name: str, batch: int, reps: int, method: str, precision: str = 
     return out
 
 
+def bench_steps_per_call(name: str, batch: int, reps: int, per_calls: Sequence[int],
+                         precision: str = "fp32", model_kwargs: dict | None = None) -> dict:
+    """``{S: {"call_ms", "step_ms"}}`` (medians over ``reps`` calls after warm-up) of the
+    training loop's step with ``steps_per_call = S`` for each S of ``per_calls`` (see the
+    module docstring)."""
+    from sfw_jax.training import distributed as dist
+    from sfw_jax.training.steps import TrainState, make_train_step
+
+    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    model = get_model(name, 10, dtype=dtype, **dict(model_kwargs or {}))
+    most = max(per_calls)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch * most, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, batch * most).astype(np.int32)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), train=False))(
+        jax.random.key(0))
+    params = variables["params"]
+    tx = sfw(0.1, make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
+                                   mode="initialization", init_norms=_norms(params)),
+             momentum=0.9, rescale="gradient")
+    mesh = dist.make_mesh(dist.select_devices(1))
+    data = dist.replicate((images, labels), mesh)
+    perm = dist.global_array(np.arange(batch * most, dtype=np.int32).reshape(most, batch),
+                             NamedSharding(mesh, P(None, dist.DATA_AXIS)))
+    out = {}
+    for per_call in per_calls:
+        step = make_train_step(model, tx, mean=np.full(3, 127.5), std=np.full(3, 64.0),
+                               augment=False, mesh=mesh, steps_per_call=per_call)
+        p0 = jax.tree.map(jnp.copy, params)
+        state = dist.replicate(TrainState(p0, variables.get("batch_stats", {}), tx.init(p0),
+                                          jnp.zeros([], jnp.int32), jax.random.key(1)), mesh)
+        times, _ = _timing.time_stateful(lambda st, *_: step(st, *data, perm, 0), (state,),
+                                         reps=reps, warmup=2)
+        call = _timing.median(times)
+        out[str(per_call)] = {"call_ms": round(call, 3), "step_ms": round(call / per_call, 3)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print a JSON record as the last line")
@@ -101,12 +148,26 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="auto", choices=METHODS, help="top-k path of the LMO")
     ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
                     help="compute precision (params stay float32)")
+    ap.add_argument("--steps-per-call", type=int, nargs="+", metavar="S",
+                    help="time the loop's step at S steps per call instead (first model)")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error(f"--reps must be >= 1, got {args.reps}")
     batch = args.batch or (32 if jax.default_backend() == "cpu" else 128)
     if batch < 1:
         ap.error(f"--batch must be >= 1, got {batch}")
+    if args.steps_per_call:
+        if min(args.steps_per_call) < 1:
+            ap.error(f"--steps-per-call must be >= 1, got {args.steps_per_call}")
+        rec = bench_steps_per_call(args.models[0], batch, args.reps, args.steps_per_call,
+                                   args.precision)
+        _timing.print_table([(s, r["call_ms"], r["step_ms"]) for s, r in rec.items()],
+                            ("steps_per_call", "call_ms", "step_ms"))
+        if args.json:
+            _timing.emit_json({"benchmark": "bench_train_step_per_call", "model": args.models[0],
+                               "batch": batch, "precision": args.precision, "reps": args.reps,
+                               "steps_per_call": rec, **_timing.environment()})
+        return 0
     results = [bench_model(m, batch, args.reps, args.method, args.precision)
                for m in args.models]
     _timing.print_table(

@@ -10,10 +10,12 @@ opt_state, for
     62 tensors (as the reference), top-k path ``--method``, every other argument at its default:
     on the CPU the native kernel of ``sfw_jax.fw.native`` where it builds (``cpu_kernel=None``),
     elsewhere the XLA path; the record's ``default_path`` says which ran;
-  * SFW ``xla``: the same with ``cpu_kernel=False`` and ``batch_select=False`` (the XLA path, one
-    top-k selection per leaf);
-  * SFW ``xla_batched``: ``cpu_kernel=False``, ``batch_select=True`` (one vmapped selection per
-    group of same-shaped leaves);
+  * SFW ``xla``: the same with ``cpu_kernel=False``, ``batch_select=False`` and
+    ``tree_select=False`` (the XLA path, one top-k selection per leaf);
+  * SFW ``xla_batched``: ``cpu_kernel=False``, ``batch_select=True``, ``tree_select=False``
+    (one vmapped selection per group of same-shaped leaves);
+  * SFW ``xla_tree``: ``cpu_kernel=False``, ``tree_select=True`` (one segmented search over all
+    62 leaves, the norms on its flat view: the GPU / TPU default; ``--method`` unused);
   * SGD: ``optax.sgd(0.1, momentum=0.9)``.
 Gradients are fixed random normals; each optimizer is timed in a block of ``--reps`` calls
 (``--interleaved``: one call of each per rep, which cools each call's caches). Also times the
@@ -21,8 +23,9 @@ K-sparse LMO alone (``k_sparse_lmo``) for each distinct tensor size of the tree.
 Reports medians over ``--reps`` calls after warm-up; the JSON record (last line with ``--json``)
 has "params", "default_path", "default_update_ms" and "default_ratio" (default SFW / SGD),
 "sfw_update_ms" and "ratio" (the XLA path), "sfw_batched_update_ms" and "batched_ratio",
-"sgd_update_ms", "paired_ratios" (with ``--interleaved``: per optimizer the median of its
-per-rep ratios to SGD, else null) and "lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
+"sfw_tree_update_ms" and "tree_ratio", "sgd_update_ms", "paired_ratios" (with
+``--interleaved``: per optimizer the median of its per-rep ratios to SGD, else null) and
+"lmo_ms_by_size" ({n: {"k": K, "ms": median}}).
 """
 
 from __future__ import annotations
@@ -66,11 +69,12 @@ def default_path(method: str = "auto") -> str:
 
 
 def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False, *,
-          params: Any = None, default: bool = True) -> dict:
+          params: Any = None, default: bool = True, tree: bool = True) -> dict:
     """The JSON record of the module docstring for ``params`` (default: ResNet-18's).
 
     ``lmo_reps=0`` leaves out the per-size LMO timings; ``default=False`` leaves out the
-    default-arguments variant (on the CPU: the native kernel).
+    default-arguments variant (on the CPU: the native kernel); ``tree=False`` the
+    ``xla_tree`` variant (its fields are then null).
     """
     model = "resnet18" if params is None else "custom"
     params = resnet18_params() if params is None else params
@@ -84,11 +88,13 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False, *,
                                    mode="initialization", init_norms=_norms(params),
                                    method=method)
     opts = [("default", sfw(0.1, constraints, momentum=0.9, rescale="gradient"))] if default else []
-    opts += [("xla", sfw(0.1, constraints, momentum=0.9, rescale="gradient", cpu_kernel=False,
-                        batch_select=False)),
-            ("xla_batched", sfw(0.1, constraints, momentum=0.9, rescale="gradient",
-                                cpu_kernel=False, batch_select=True)),
-            ("sgd", optax.sgd(0.1, momentum=0.9))]
+    xla = dict(momentum=0.9, rescale="gradient", cpu_kernel=False)
+    opts += [("xla", sfw(0.1, constraints, batch_select=False, tree_select=False, **xla)),
+             ("xla_batched", sfw(0.1, constraints, batch_select=True, tree_select=False, **xla))]
+    if tree:
+        opts.append(("xla_tree", sfw(0.1, constraints, batch_select=True, tree_select=True,
+                                     **xla)))
+    opts.append(("sgd", optax.sgd(0.1, momentum=0.9)))
     steps = {}
     for name, opt in opts:
         def step(p, s, g, opt=opt):
@@ -123,10 +129,13 @@ def bench(reps: int, method: str, lmo_reps: int, interleaved: bool = False, *,
         "sfw_update_ms": round(ms["xla"], 3), "ratio": round(ms["xla"] / ms["sgd"], 3),
         "sfw_batched_update_ms": round(ms["xla_batched"], 3),
         "batched_ratio": round(ms["xla_batched"] / ms["sgd"], 3),
+        "sfw_tree_update_ms": round(ms["xla_tree"], 3) if "xla_tree" in ms else None,
+        "tree_ratio": round(ms["xla_tree"] / ms["sgd"], 3) if "xla_tree" in ms else None,
         "sgd_update_ms": round(ms["sgd"], 3),
         # with --interleaved: medians of the per-rep ratios (each pair saw the same load)
         "paired_ratios": ({name: round(_timing.paired_ratio(results[name], results["sgd"]), 3)
-                           for name in ("default", "xla", "xla_batched") if name in results}
+                           for name in ("default", "xla", "xla_batched", "xla_tree")
+                           if name in results}
                           if interleaved else None),
         **{f"{name}_summary": _timing.summary(r) for name, r in results.items()},
         "lmo_ms_by_size": lmo,
@@ -152,11 +161,13 @@ def main(argv=None) -> int:
           f"method={rec['method']}")
     print(f"default sfw(): {rec['default_path']}")
     rows = [("sfw default", "default"), ("sfw xla (cpu_kernel=False)", "xla"),
-            ("sfw xla batch_select=True", "xla_batched"), ("sgd(momentum=0.9)", "sgd")]
+            ("sfw xla batch_select=True", "xla_batched"), ("sfw xla tree_select=True", "xla_tree"),
+            ("sgd(momentum=0.9)", "sgd")]
     _timing.print_table([(label, *rec[f"{name}_summary"].values()) for label, name in rows],
                         ("update", "median_ms", "min_ms", "p90_ms"))
     print(f"SFW default / SGD = {rec['default_ratio']:.2f}x   XLA path / SGD = "
-          f"{rec['ratio']:.2f}x   XLA batched / SGD = {rec['batched_ratio']:.2f}x")
+          f"{rec['ratio']:.2f}x   XLA batched / SGD = {rec['batched_ratio']:.2f}x   XLA tree / "
+          f"SGD = {rec['tree_ratio']:.2f}x")
     if rec["paired_ratios"]:
         print("paired (median of per-rep ratios to SGD): "
               + "   ".join(f"{k} {v:.2f}x" for k, v in rec["paired_ratios"].items()))

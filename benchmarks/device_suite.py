@@ -24,12 +24,15 @@ when the command dies reads ``error`` ("did not finish").
    leaf at once: one segmented search over the whole tree, per-shape-group ``vmap`` and per-leaf
    'bisect' / 'segmented': ms and op count, under ``"selection"``); then
    ``benchmarks.bench_update.bench`` (SFW update vs ``optax.sgd(momentum=0.9)`` on the
-   ResNet-18 tree) for every method: ms and ratio = sfw_ms / sgd_ms; then the op counts of
-   ``benchmarks.op_count.op_counts``, the defaults first (``sfw_accelerator_default`` vs
-   ``sgd``), then per method (recorded as skipped, with the reason, when that module does not
-   import).
+   ResNet-18 tree) for every method, per leaf and batched, and with the first method the
+   ``tree_select`` path (the GPU / TPU default): ms and ratio = sfw_ms / sgd_ms; then the op
+   counts of ``benchmarks.op_count.op_counts``, the defaults first
+   (``sfw_accelerator_default`` vs ``sgd``), then per method (recorded as skipped, with the
+   reason, when that module does not import).
 5. ``train_step``: ``benchmarks.bench_train_step.bench_model`` (ResNet-18, batch 128, method
-   'auto'), fp32 and bf16: SFW and SGD ms, ratio = sfw_ms / sgd_ms, images/s.
+   'auto'), fp32 and bf16: SFW and SGD ms, ratio = sfw_ms / sgd_ms, images/s; then
+   ``bench_train_step.bench_steps_per_call``: the training loop's SFW step at 1 and 8 optimizer
+   steps per jitted call, ms per call and per step (``STEPS_PER_CALL``'s measurement).
 6. ``study``: ResNet-18 on the CIFAR-10 JPEG archive (``--data``) with the configs of the presets
    ``paper-resnet18-cifar10`` (SFW K-sparse) and ``paper-resnet18-cifar10-sgd`` (SGD) of
    ``sfw_jax.training.config``. Each method first trains one epoch of a run started with

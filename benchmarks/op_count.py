@@ -8,12 +8,13 @@ ResNet-18 for CIFAR, 62 tensors, every tensor K-sparse with k = 10, k_frac = 5 %
 
   * ``sfw_default``: ``sfw(...)`` with its defaults (on the CPU the native kernel where it builds);
   * ``sfw_accelerator_default``: the update ``sfw(...)`` compiles by default on a GPU or TPU,
-    compiled on the backend that runs this: the XLA path (``cpu_kernel=False``), ``batch_select``
-    and every ``'auto'`` top-k method resolved for a GPU backend
-    (:func:`accelerator_default`); the record's ``accelerator_default_ratio`` is its ``ops``
-    over SGD's;
-  * ``sfw_<method>_per_leaf`` / ``sfw_<method>_batched``: the XLA path (``cpu_kernel=False``)
-    with ``batch_select=False`` / ``True``, for each top-k method of ``sfw_jax.fw.topk.METHODS``
+    compiled on the backend that runs this: the XLA path (``cpu_kernel=False``),
+    ``batch_select``, ``tree_select`` (the segmented search over the whole tree) and every
+    ``'auto'`` top-k method resolved for a GPU backend (:func:`accelerator_default`); the
+    record's ``accelerator_default_ratio`` is its ``ops`` over SGD's;
+  * ``sfw_<method>_per_leaf`` / ``sfw_<method>_batched``: the XLA path (``cpu_kernel=False``,
+    ``tree_select=False``) with ``batch_select=False`` / ``True``, for each top-k method of
+    ``sfw_jax.fw.topk.METHODS``
     (``'auto'`` resolved for the backend);
   * ``sgd``: ``optax.sgd(0.1, momentum=0.9)``;
 
@@ -43,7 +44,7 @@ from benchmarks import _timing
 from benchmarks.bench_update import _norms, resnet18_params
 from sfw_jax import is_constraint, make_constraints, sfw
 from sfw_jax._tree import PyTree
-from sfw_jax.fw import BATCH_SELECT
+from sfw_jax.fw import BATCH_SELECT, TREE_SELECT
 from sfw_jax.fw.topk import METHODS, backend_name, resolve_method
 
 _TRIVIAL = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
@@ -99,17 +100,19 @@ def _step_hlo(opt: optax.GradientTransformation, params, grads) -> str:
 def accelerator_default(learning_rate: float, constraints: PyTree, params: PyTree,
                         backend: str = "gpu", **kwargs) -> optax.GradientTransformation:
     """``sfw(learning_rate, constraints, **kwargs)`` as its defaults resolve on ``backend``,
-    whatever backend traces it: the XLA path (``cpu_kernel=False``), ``batch_select`` from
-    ``BATCH_SELECT`` and each constraint's top-k ``method='auto'`` resolved for ``backend`` and
-    its leaf's size (``resolve_method``)."""
+    whatever backend traces it: the XLA path (``cpu_kernel=False``), ``batch_select`` and
+    ``tree_select`` from ``BATCH_SELECT`` and ``TREE_SELECT``, and each constraint's top-k
+    ``method='auto'`` resolved for ``backend`` and its leaf's size (``resolve_method``)."""
     def resolve(c, x):
         if getattr(c, "method", None) != "auto":
             return c
         return dataclasses.replace(c, method=resolve_method(x.size, "auto", backend))
 
     resolved = jax.tree.map(resolve, constraints, params, is_leaf=is_constraint)
-    batch = BATCH_SELECT.get(backend_name(backend), BATCH_SELECT["default"])
-    return sfw(learning_rate, resolved, cpu_kernel=False, batch_select=batch, **kwargs)
+    name = backend_name(backend)
+    return sfw(learning_rate, resolved, cpu_kernel=False,
+               batch_select=BATCH_SELECT.get(name, BATCH_SELECT["default"]),
+               tree_select=TREE_SELECT.get(name, TREE_SELECT["default"]), **kwargs)
 
 
 def variants(params, methods: Iterable[str], defaults: bool = True
@@ -128,7 +131,8 @@ def variants(params, methods: Iterable[str], defaults: bool = True
     for m in methods:
         for name, batch in (("per_leaf", False), ("batched", True)):
             out[f"sfw_{m}_{name}"] = sfw(0.1, cons(m), momentum=0.9, rescale="gradient",
-                                         cpu_kernel=False, batch_select=batch)
+                                         cpu_kernel=False, batch_select=batch,
+                                         tree_select=False)
     if defaults:
         out["sgd"] = optax.sgd(0.1, momentum=0.9)
     return out

@@ -57,6 +57,8 @@ def test_bad_values_and_presets_are_one_line(capsys):
     assert "k_frac must be a finite number" in _one_line_error(capsys, cli.main,
                                                                 ["--k-frac", "2"])
     assert "invalid choice: 'nope'" in _one_line_error(capsys, cli.main, ["--preset", "nope"])
+    assert "steps_per_call must be an int >= 1 or None, got 0" in _one_line_error(
+        capsys, cli.main, ["--steps-per-call", "0"])
     assert "preset must be one of" in _one_line_error(capsys, study.main, ["--preset", "nope"])
     assert "epochs must be an int >= 1, got 0" in _one_line_error(capsys, quickstart.main,
                                                                   ["--epochs", "0"])
@@ -106,10 +108,11 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
 
 def test_a_logged_run_has_one_line_per_epoch_and_no_bar_frames(tmp_path, capsys):
     """With stderr not a terminal (a log file), training writes one line per epoch to stdout and
-    no carriage-return frames anywhere, even with --progress."""
+    no carriage-return frames anywhere, even with --progress (and three steps per call)."""
     argv = ["--dataset", "digits", "--arch", "mlp", "--model-kw", "hidden=[16]",
             "--max-train-samples", "128", "--batch-size", "32", "--init-norm-samples", "2",
-            "--lr-schedule", "constant", "--epochs", "2", "--log-every", "1", "--progress"]
+            "--lr-schedule", "constant", "--epochs", "2", "--log-every", "1", "--progress",
+            "--steps-per-call", "3"]
     assert cli.main(argv) == 0
     out, err = capsys.readouterr()
     assert "\r" not in out + err

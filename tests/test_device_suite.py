@@ -96,6 +96,9 @@ def test_topk_update_and_train_step_values(ci_report):
 
     ts = rep["sections"]["train_step"]
     assert set(ts["precisions"]) == {"fp32", "bf16"}
+    assert set(ts["steps_per_call"]) == {"1", "8"}
+    for s, r in ts["steps_per_call"].items():
+        assert r["step_ms"] == pytest.approx(r["call_ms"] / int(s), abs=1e-3) and r["step_ms"] > 0
     for r in ts["precisions"].values():
         assert r["ratio"] == pytest.approx(r["sfw_ms"] / r["sgd_ms"], abs=1e-4)
         assert r["sfw_images_per_s"] == pytest.approx(1e3 * ts["batch"] / r["sfw_ms"], abs=0.1)

@@ -1,8 +1,8 @@
 """Every dotted ``sfw_jax.`` path named in the repository's text exists.
 
 The Python files (docstrings, comments, messages) and the Markdown files (README.md, docs/,
-results/) tracked by git are scanned for ``sfw_jax.a.b.c``; each is resolved by importing its
-longest importable module prefix and reading the rest as attributes. A moved or renamed module,
+results/) tracked by git are scanned for ``sfw_jax.<module>.<name>``; each is resolved by
+importing its longest importable module prefix and reading the rest as attributes. A moved or renamed module,
 function or constant that a docstring or a doc still names fails here with the list of the
 unresolved paths and where they occur.
 """

@@ -35,12 +35,12 @@ def test_bisect_compiles_without_loops():
 
 
 def test_accelerator_default_is_the_gpu_resolution_on_any_backend():
-    """``sfw_accelerator_default``: the XLA path with batching and methods resolved for a GPU
-    (today 'bisect', batched), compiled here: no native custom call, no loop or conditional,
-    and the same program as naming those options."""
+    """``sfw_accelerator_default``: the XLA path with batching, tree selection and methods
+    resolved for a GPU, compiled here: no native custom call, no loop or conditional, and the
+    same program as naming those options."""
     from benchmarks.op_count import _step_hlo, accelerator_default
     from sfw_jax import make_constraints, sfw
-    from sfw_jax.fw._sfw import BATCH_SELECT
+    from sfw_jax.fw import BATCH_SELECT, TREE_SELECT
 
     params = {"a": jnp.ones((40, 50)), "b": jnp.ones((40, 50)), "c": jnp.ones((20, 100))}
     grads = jax.tree.map(jnp.zeros_like, params)
@@ -50,7 +50,8 @@ def test_accelerator_default_is_the_gpu_resolution_on_any_backend():
     method = topk.resolve_method(2000, "auto", "gpu")
     named = sfw(0.1, make_constraints(params, "k_sparse", k=5, value=1.0, mode="radius",
                                       method=method),
-                cpu_kernel=False, batch_select=BATCH_SELECT.get("gpu", BATCH_SELECT["default"]))
+                cpu_kernel=False, batch_select=BATCH_SELECT.get("gpu", BATCH_SELECT["default"]),
+                tree_select=TREE_SELECT.get("gpu", TREE_SELECT["default"]))
     assert entry_counts(_step_hlo(named, params, grads)) == acc
     here = entry_counts(_step_hlo(sfw(0.1, cons, cpu_kernel=False), params, grads))
     if jax.default_backend() == "cpu":          # 'auto' is 'search' / 'sort' here: it differs

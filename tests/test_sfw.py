@@ -2,6 +2,7 @@
 feasibility, composition with optax building blocks, and input validation."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -310,6 +311,8 @@ def test_bad_input():
         S.sfw(0.5, {"w": 1.0})
     with pytest.raises(ValueError, match="batch_select must be None, True or False, got 'on'"):
         S.sfw(0.5, cons, batch_select="on")
+    with pytest.raises(ValueError, match="tree_select must be None, True or False, got 1"):
+        S.sfw(0.5, cons, tree_select=1)
 
 
 def _same_shape_tree(dtype):
@@ -343,8 +346,8 @@ def test_batched_selection_is_bitwise_the_per_leaf_path(method, dtype):
                               value=0.05, method=method)
     cons["g"] = S.LpBall(2.0, 1.0)                   # same shape, another set: not grouped
     params = S.make_feasible(params, cons)
-    on = _sfw_steps(params, grads, cons, batch_select=True)
-    off = _sfw_steps(params, grads, cons, batch_select=False)
+    on = _sfw_steps(params, grads, cons, batch_select=True, tree_select=False)
+    off = _sfw_steps(params, grads, cons, batch_select=False, tree_select=False)
     for a, b in zip(jax.tree.leaves(on[:2]), jax.tree.leaves(off[:2])):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
@@ -356,16 +359,66 @@ def test_batched_selection_is_bitwise_the_per_leaf_path(method, dtype):
         assert text_off.count("bool[12000,15] = ge") == 3 * topk.bisect_passes(dtype)
 
 
+# one pass of the segmented search: every key of the blocked view against 15 thresholds
+_TREE_PASS = re.compile(r"bool\[\d+,32,15,32\] = ge")
+
+
+def _assert_close_steps(got, want, dtype):
+    """Params after steps agree to the rounding of eta (the tree's norms are summed in another
+    order); the momenta are bitwise equal."""
+    rtol = 1e-5 if dtype == jnp.float32 else 2 ** -7
+    for a, b in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   rtol=rtol, atol=rtol * 0.05)
+    for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_tree_selection_is_the_per_leaf_selection(dtype):
+    """tree_select=True selects every K-sparse leaf with K < n (all shapes) by one segmented
+    search: the masks of the per-leaf selections (their (t, cut) may differ where no entry
+    tells them apart: 'search' stops at any t with F(t) = K, 'bisect' at a subnormal tied with
+    0 where the backend flushes them), the norms summed on the flat view (to rounding); an L2
+    ball, a K >= n leaf and a leaf with zero momentum (every entry tied) among them."""
+    params, grads = _same_shape_tree(dtype)
+    cons = S.make_constraints(params, "k_sparse", k=10, k_frac=0.05, mode="radius",
+                              value=0.05, method="search")
+    cons["g"] = S.LpBall(2.0, 1.0)
+    cons["f"] = S.KSparsePolytope(500, 0.05)             # K >= n = 210: the dense vertex
+    params = S.make_feasible(params, cons)
+    grads[0]["d"] = jnp.zeros_like(grads[0]["d"])
+    on = _sfw_steps(params, grads, cons, tree_select=True, batch_select=False)
+    off = _sfw_steps(params, grads, cons, tree_select=False, batch_select=False)
+    _assert_close_steps(on, off, dtype)
+    text = str(on[2])
+    assert len(_TREE_PASS.findall(text)) == topk.bisect_passes(dtype)   # one search for all
+    assert "while[" not in text                           # no per-leaf 'search'
+    ms = [jnp.asarray(grads[0][k]) for k in "abcde"]
+    ks = [S.sparsity_k(m.size, 10, 0.05) for m in ms]
+    from sfw_jax.fw import _step
+    sels = _step.tree_front([cons[k] for k in "abcde"], ms, [params[k] for k in "abcde"],
+                            range(5))
+    for j, (m, k) in enumerate(zip(ms, ks)):
+        mask = np.asarray(topk.threshold_mask(m, *sels[j][0], absolute=True))
+        assert mask.sum() == k
+        for method in ("bisect", "search"):
+            sel = topk.top_k_threshold(m, k, absolute=True, method=method)
+            np.testing.assert_array_equal(mask, topk.threshold_mask(m, *sel, absolute=True))
+
+
 def test_accelerator_defaults_off_the_cpu(monkeypatch):
-    """With a non-CPU default backend, sfw() with default arguments takes the XLA path with the
-    data-independent 'bisect' selection (no while loop or conditional in the update) and the
-    grouped selections, and its steps are bitwise those of the explicit per-leaf settings."""
+    """With a non-CPU default backend, sfw() with default arguments takes the XLA path with one
+    segmented search over the tree (no while loop or conditional in the update): its steps are
+    bitwise those of the explicit settings, and to rounding those of the per-leaf 'bisect'
+    selections."""
     params, grads = _same_shape_tree(jnp.float32)
     cons = S.make_constraints(params, "k_sparse", k=10, k_frac=0.05, mode="radius", value=0.05)
     params = S.make_feasible(params, cons)
     explicit = S.make_constraints(params, "k_sparse", k=10, k_frac=0.05, mode="radius",
                                   value=0.05, method="bisect")
-    want = _sfw_steps(params, grads, explicit, batch_select=False)
+    want = _sfw_steps(params, grads, explicit, batch_select=True, tree_select=True)
+    per_leaf = _sfw_steps(params, grads, explicit, batch_select=False, tree_select=False)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert topk.resolve_method(12000) == "bisect"
     tx = S.sfw(0.5, cons, momentum=0.9)
@@ -376,6 +429,7 @@ def test_accelerator_defaults_off_the_cpu(monkeypatch):
         p = optax.apply_updates(p, u)
     text = str(jax.make_jaxpr(step)(grads[0], state, p))
     assert "while[" not in text and "cond[" not in text
-    assert "bool[4,12000,15] = ge" in text          # the four (120, 100) leaves
+    assert len(_TREE_PASS.findall(text)) == topk.bisect_passes(jnp.float32)
     for a, b in zip(jax.tree.leaves((p, state)), jax.tree.leaves(want[:2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_close_steps((p, state), per_leaf, jnp.float32)

@@ -208,7 +208,19 @@ def test_resume_with_a_constraint_schedule_matches_uninterrupted_run(tmp_path, m
     assert plain.history[0]["train_loss"] != full.history[0]["train_loss"]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_steps_per_call_is_bitwise_one_step_per_call():
+    """Three steps per jitted call (an epoch of 8 steps: two scanned calls, then two single
+    steps) trains exactly as one step per call: the same state and per-epoch losses."""
+    ds = tiny_dataset()
+    one, three = (train_lib.train(small_config(steps_per_call=s), ds) for s in (1, 3))
+    assert [h["train_loss"] for h in one.history] == [h["train_loss"] for h in three.history]
+    for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(three.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch,
+                                                              steps_per_call):
     ds = tiny_dataset()
     out = str(tmp_path / "nan")
     orig = opt_lib.set_learning_rates
@@ -220,7 +232,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
     monkeypatch.setattr(opt_lib, "set_learning_rates", exploding)
     cfg = small_config(optimizer="sgd", lr=0.05, weight_decay=0.0, constraint="k_sparse",
-                       epochs=3, out_dir=out, log_every=3)
+                       epochs=3, out_dir=out, log_every=3, steps_per_call=steps_per_call)
     with pytest.raises(train_lib.NonFiniteLossError,
                        match=r"epoch 2/3, step \d+/8 .*Last good checkpoint: epoch 1"):
         train_lib.train(cfg, ds)

@@ -30,6 +30,7 @@ PROBE_EPOCHS = 4
 under the presets' milestone schedules (lr / 10 at E // 3 and 2E // 3), the E a short budget
 gives, so those runs resume; at E >= 6 they retrain from scratch (one epoch more)."""
 TOPK_MIN_N, TOPK_MAX_N = 36_864, 2_359_296
+STEPS_PER_CALL_TIMED = (1, 8)      # train_step: the loop's step at these steps per jitted call
 OVERRUN_FRACTION = 0.125           # post-training study steps still start this long (times the
                                    # budget) after the deadline: 60 s of a 480 s budget, whose
                                    # command limit is 600 s

@@ -96,7 +96,9 @@ def _ratio_table(first: str, rows: Mapping[str, dict],
 def _md_update(r: dict) -> list[str]:
     out = [f"{r.get('tree')} tree: {r.get('params')} params in {r.get('tensors')} tensors; "
            f"{r.get('optimizers')}; medians of {r.get('reps')} calls.", ""]
-    out += _ratio_table("method", r.get("methods"))
+    out += _ratio_table("method", r.get("methods"),
+                        [("batched ms", "sfw_batched_ms"), ("batched / SGD", "batched_ratio"),
+                         ("tree ms", "sfw_tree_ms"), ("tree / SGD", "tree_ratio")])
     if r.get("selection"):
         out += ["", "Selections (t, cut) of every leaf at once (`bench_topk --tree`):", ""]
         out += _table(["selection", "ms", "ops"],
@@ -114,9 +116,15 @@ def _md_update(r: dict) -> list[str]:
 def _md_train_step(r: dict) -> list[str]:
     out = [f"{r.get('model')} {r.get('model_kwargs') or ''}, batch {r.get('batch')}, method "
            f"{r.get('method')}, medians of {r.get('reps')} alternated steps.", ""]
-    return out + _ratio_table("precision", r.get("precisions"),
-                              [("paired", "paired_ratio"), ("SFW img/s", "sfw_images_per_s"),
-                               ("SGD img/s", "sgd_images_per_s")])
+    out += _ratio_table("precision", r.get("precisions"),
+                        [("paired", "paired_ratio"), ("SFW img/s", "sfw_images_per_s"),
+                         ("SGD img/s", "sgd_images_per_s")])
+    if r.get("steps_per_call"):
+        out += ["", "The loop's SFW step, fp32, by optimizer steps per jitted call:", ""]
+        out += _table(["steps per call", "ms per call", "ms per step"],
+                      [(k, v.get("call_ms"), v.get("step_ms"))
+                       for k, v in r["steps_per_call"].items()])
+    return out
 
 
 def _md_study(r: dict) -> list[str]:

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.suite.plans import REPO_ROOT, TESTS_LOG, TESTS_LOG_CHARS, TOPK_MAX_N, TOPK_MIN_N
+from benchmarks.suite.plans import (REPO_ROOT, STEPS_PER_CALL_TIMED, TESTS_LOG, TESTS_LOG_CHARS,
+                                    TOPK_MAX_N, TOPK_MIN_N)
 from benchmarks.suite.report import write_ascii
 from benchmarks.suite.runtime import Suite, run_jobs, with_errors
 
@@ -202,14 +203,19 @@ def section_update(s: Suite, deadline: float) -> dict:
     params = bench_update.resnet18_params() if tree is None else tree_of_shapes(tree)
     leaves = jax.tree.leaves(params)
 
-    def one(m: str) -> dict:
-        rec = bench_update.bench(s.plan.update_reps, m, 0, params=params, default=False)
+    def one(m: str, tree: bool) -> dict:
+        rec = bench_update.bench(s.plan.update_reps, m, 0, params=params, default=False,
+                                 tree=tree)
         sfw_ms, sgd_ms = rec["sfw_update_ms"], rec["sgd_update_ms"]
-        return {"sfw_ms": sfw_ms, "sgd_ms": sgd_ms, "ratio": round(sfw_ms / sgd_ms, 4),
-                "sfw_batched_ms": rec["sfw_batched_update_ms"],
-                "batched_ratio": round(rec["sfw_batched_update_ms"] / sgd_ms, 4),
-                "sfw": rec["xla_summary"], "sfw_batched": rec["xla_batched_summary"],
-                "sgd": rec["sgd_summary"]}
+        out = {"sfw_ms": sfw_ms, "sgd_ms": sgd_ms, "ratio": round(sfw_ms / sgd_ms, 4),
+               "sfw_batched_ms": rec["sfw_batched_update_ms"],
+               "batched_ratio": round(rec["sfw_batched_update_ms"] / sgd_ms, 4),
+               "sfw": rec["xla_summary"], "sfw_batched": rec["xla_batched_summary"],
+               "sgd": rec["sgd_summary"]}
+        if tree:
+            out.update(sfw_tree_ms=rec["sfw_tree_update_ms"], tree_ratio=rec["tree_ratio"],
+                       sfw_tree=rec["xla_tree_summary"])
+        return out
 
     # first the K-sparse selections of all leaves at once: one segmented search over the whole
     # tree against the per-shape-group vmap and the per-leaf calls (bench_topk --tree)
@@ -218,7 +224,9 @@ def section_update(s: Suite, deadline: float) -> dict:
         {n: functools.partial(bench_topk.time_tree, s.plan.update_reps, params, names=[n])
          for n in names}, deadline)
     selection = {n: r[n] for n, r in selection.items()}
-    rows, skipped, errors = run_jobs({m: functools.partial(one, m) for m in METHODS}, deadline)
+    # the tree path (the GPU / TPU default; the same for every method) with the first method
+    rows, skipped, errors = run_jobs(
+        {m: functools.partial(one, m, m == METHODS[0]) for m in METHODS}, deadline)
     skipped += [f"selection {n}" for n in sel_skipped]
     errors += [f"selection {e}" for e in sel_errors]
     if s.plan.op_count_methods == ():
@@ -254,9 +262,15 @@ def section_train_step(s: Suite, deadline: float) -> dict:
                 "sfw_images_per_s": round(1e3 * b / sfw_ms, 1),
                 "sgd_images_per_s": round(1e3 * b / sgd_ms, 1), "sfw": r["sfw"], "sgd": r["sgd"]}
 
-    rows, skipped, errors = run_jobs(
-        {p: functools.partial(one, p) for p in s.plan.train_precisions}, deadline)
+    jobs = {p: functools.partial(one, p) for p in s.plan.train_precisions}
+    # the loop's own step at 1 and 8 optimizer steps per jitted call (STEPS_PER_CALL's measure)
+    jobs["steps_per_call"] = functools.partial(
+        bench_train_step.bench_steps_per_call, s.plan.train_model, s.plan.train_batch,
+        s.plan.train_reps, STEPS_PER_CALL_TIMED, "fp32", dict(s.plan.train_model_kwargs))
+    rows, skipped, errors = run_jobs(jobs, deadline)
+    per_call = rows.pop("steps_per_call", None)
     return with_errors(
         {"model": s.plan.train_model, "model_kwargs": dict(s.plan.train_model_kwargs),
          "batch": s.plan.train_batch, "method": "auto", "reps": s.plan.train_reps,
-         "precisions": rows, "skipped": skipped, "errors": errors}, errors, "precision(s)")
+         "precisions": rows, "steps_per_call": per_call, "skipped": skipped,
+         "errors": errors}, errors, "measurement(s)")

@@ -11,8 +11,8 @@ constraint schedules), the rest of the toolbox here; the modules implementing th
   why it cannot run, :func:`~sfw_jax.fw.native.unavailable_reason`);
 * ``parse_nm``, ``format_nm``, ``nm_eligible``: the ``"N:M"`` pattern and which leaves it
   applies to;
-* ``BATCH_SELECT``, ``uses_cpu_kernel``: what ``sfw(batch_select=None, cpu_kernel=None)``
-  resolves to; ``SFW_LABEL``, ``UNCONSTRAINED_LABEL``: the labels of ``sfw``'s partition.
+* ``BATCH_SELECT``, ``TREE_SELECT``, ``uses_cpu_kernel``: what ``sfw(batch_select=None,
+  tree_select=None, cpu_kernel=None)`` resolves to; ``SFW_LABEL``, ``UNCONSTRAINED_LABEL``: the labels of ``sfw``'s partition.
 
 Inside, by stage: ``_sets`` (the sets) and ``_registry`` (kinds by name), ``_constraints``
 (``make_constraints``, E||W_init||), ``_lmo`` / ``_gauges`` / ``_projections`` / ``_nm``
@@ -22,9 +22,11 @@ Inside, by stage: ``_sets`` (the sets) and ``_registry`` (kinds by name), ``_con
 
 from sfw_jax.fw import native, segtopk, topk
 from sfw_jax.fw._nm import format_nm, nm_eligible, parse_nm
-from sfw_jax.fw._sfw import BATCH_SELECT, SFW_LABEL, UNCONSTRAINED_LABEL, uses_cpu_kernel
+from sfw_jax.fw._sfw import (BATCH_SELECT, SFW_LABEL, TREE_SELECT, UNCONSTRAINED_LABEL,
+                             uses_cpu_kernel)
 
 __all__ = [
     "topk", "segtopk", "native", "parse_nm", "format_nm", "nm_eligible", "BATCH_SELECT",
+    "TREE_SELECT",
     "uses_cpu_kernel", "SFW_LABEL", "UNCONSTRAINED_LABEL",
 ]

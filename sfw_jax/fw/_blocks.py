@@ -61,7 +61,9 @@ def frank_wolfe(learning_rate: Union[float, jax.Array, optax.Schedule], constrai
         :func:`sfw_jax.sfw` with its momentum m replaced by the incoming direction d.
 
     The selections of same-shaped leaves are batched as ``sfw``'s ``batch_select=None``
-    (:data:`sfw_jax.fw._sfw.BATCH_SELECT` for ``jax.default_backend()``), with the same result.
+    (:data:`sfw_jax.fw.BATCH_SELECT` for ``jax.default_backend()``), with the same result,
+    and those of the K-sparse leaves are one segmented search over the tree as ``sfw``'s
+    ``tree_select=None`` (:data:`sfw_jax.fw.TREE_SELECT`: on GPU / TPU).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`FrankWolfeState`;
@@ -74,6 +76,7 @@ def frank_wolfe(learning_rate: Union[float, jax.Array, optax.Schedule], constrai
     _step.check_learning_rate(learning_rate)
     _step.constraint_leaves(constraints)
     batch_select = _step.resolve_batch_select(None)
+    tree_select = _step.resolve_tree_select(None)
 
     def init_fn(params):
         params = _step.unbox(params)
@@ -91,7 +94,8 @@ def frank_wolfe(learning_rate: Union[float, jax.Array, optax.Schedule], constrai
         if live:
             us = _step.fw_updates([cs[i] for i in live],
                                   [ds[i].astype(xs[i].dtype) for i in live],
-                                  [xs[i] for i in live], lr, rescale, batch_select)
+                                  [xs[i] for i in live], lr, rescale, batch_select,
+                                  tree_select=tree_select)
             for i, u in zip(live, us):
                 out[i] = u
         return cdef.unflatten(out), FrankWolfeState(optax.safe_int32_increment(state.count))

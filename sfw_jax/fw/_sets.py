@@ -108,7 +108,9 @@ class LMOHooks:
         accepts the threshold selection ``(t, cut)`` of
         ``sfw_jax.fw.topk.top_k_threshold(g, min(k, n), absolute=True)``: the fused native CPU
         kernel of :func:`sfw_jax.sfw` (:mod:`sfw_jax.fw.native`) may then compute the step's
-        momentum, selection and norms. Default None."""
+        momentum, selection and norms, and the Frank-Wolfe step with ``tree_select`` selects
+        all such leaves by one segmented search (:func:`sfw_jax.fw._step.tree_front`).
+        Default None."""
         return None
 
 

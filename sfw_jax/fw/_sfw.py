@@ -22,7 +22,9 @@ updates of ``optax.chain(sfw_jax.sfw_momentum(mu), sfw_jax.frank_wolfe(lr, C, re
 kernel call per float32 leaf whose set has the K-sparse sign vertex (``Constraint.sign_top_k``)
 for the front half of the step: momentum, top-k selection and both norms (``cpu_kernel``,
 :mod:`sfw_jax.fw.native`). With ``batch_select`` the selections of leaves with equal
-``Constraint.batch_key`` are one ``vmap`` (fewer ops per update: ``benchmarks/op_count.py``).
+``Constraint.batch_key`` are one ``vmap`` (fewer ops per update: ``benchmarks/op_count.py``);
+with ``tree_select`` (the default on GPU / TPU) those of all K-sparse leaves are one segmented
+search over the whole tree (:mod:`sfw_jax.fw.segtopk`).
 
 Leaves whose constraint is ``Unconstrained()`` have no Frank-Wolfe step: ``sfw`` trains them with
 the transformation passed as ``unconstrained`` (e.g. ``optax.sgd(0.1, momentum=0.9)``; routed
@@ -45,7 +47,7 @@ import optax
 from sfw_jax._tree import PyTree
 from sfw_jax.fw import _step, native
 from sfw_jax.fw._checks import acc_dtype as _acc_dtype
-from sfw_jax.fw._step import BATCH_SELECT, RESCALES, check_rescale
+from sfw_jax.fw._step import BATCH_SELECT, RESCALES, TREE_SELECT, check_rescale
 from sfw_jax.fw._step import is_masked as _is_masked
 from sfw_jax.fw._step import leaf_momentum as _leaf_momentum
 from sfw_jax.fw._constraints import check_constraints_match as _check_structure
@@ -135,6 +137,7 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         rescale: Optional[str] = "gradient",
         cpu_kernel: Optional[bool] = None,
         batch_select: Optional[bool] = None,
+        tree_select: Optional[bool] = None,
         unconstrained: Optional[optax.GradientTransformation] = None
         ) -> optax.GradientTransformationExtraArgs:
     """Stochastic Frank-Wolfe over per-leaf constraint sets (see the module docstring).
@@ -162,8 +165,16 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
       batch_select: on the XLA path, compute the selections of the leaves whose sets give
         equal ``Constraint.batch_key`` (K-sparse: same shape, dtype, K and top-k method, K < n,
         a threshold method) by one ``vmap`` over their stacked momenta instead of one call per
-        leaf (bitwise the same result). None (default): :data:`BATCH_SELECT` for ``jax.default_backend()`` (off on
-        the CPU, on elsewhere).
+        leaf (bitwise the same result). None (default): :data:`BATCH_SELECT` for
+        ``jax.default_backend()`` (off on the CPU, on elsewhere).
+      tree_select: on the XLA path, compute the selections of all leaves whose set has the
+        K-sparse sign vertex with K < n (``Constraint.sign_top_k``), whatever their shapes, by
+        one search of the segmented engine (:mod:`sfw_jax.fw.segtopk`; the vertices of the
+        per-leaf selections, the sets' top-k ``method`` unused), and their norms on the same
+        flat view (summed in another order: eta may differ in its last bits). A fixed number
+        of ops for the tree instead of a few per leaf (``benchmarks/op_count.py``). None
+        (default): :data:`TREE_SELECT` for ``jax.default_backend()`` (off on the CPU, on
+        elsewhere).
       unconstrained: the transformation of the leaves whose constraint is ``Unconstrained()``
         (e.g. ``optax.sgd(0.1, momentum=0.9)``), routed with ``optax.partition`` under the
         labels :data:`SFW_LABEL` / :data:`UNCONSTRAINED_LABEL`. ``optax.identity()`` passes the
@@ -171,9 +182,9 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
         ``init`` / ``update``, unless it arrives as ``optax.MaskedNode`` (an enclosing
         ``optax.partition`` routes it elsewhere).
 
-    ``cpu_kernel=None``, ``batch_select=None`` and the top-k ``method='auto'`` of the
-    constraints are resolved for ``jax.default_backend()`` (the first two when ``sfw`` is
-    called, the method when the update is traced).
+    ``cpu_kernel=None``, ``batch_select=None``, ``tree_select=None`` and the top-k
+    ``method='auto'`` of the constraints are resolved for ``jax.default_backend()`` (the first
+    three when ``sfw`` is called, the method when the update is traced).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params)`` requires
@@ -184,7 +195,8 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
       ``optax.apply_if_finite``.
     """
     rescale = check_rescale(rescale)
-    for name, flag in (("cpu_kernel", cpu_kernel), ("batch_select", batch_select)):
+    for name, flag in (("cpu_kernel", cpu_kernel), ("batch_select", batch_select),
+                       ("tree_select", tree_select)):
         if flag is not None and not isinstance(flag, bool):
             raise ValueError(f"{name} must be None, True or False, got {flag!r}")
     _step.check_learning_rate(learning_rate)
@@ -194,7 +206,8 @@ def sfw(learning_rate: Union[float, jax.Array, optax.Schedule], constraints: PyT
     use_kernel = ((cpu_kernel is not None or any(c.sign_top_k() is not None for c in c_leaves))
                   and uses_cpu_kernel(cpu_kernel))
     update_fn = functools.partial(_sfw_update, constraints, learning_rate, momentum, rescale,
-                                  use_kernel, _step.resolve_batch_select(batch_select))
+                                  use_kernel, _step.resolve_batch_select(batch_select),
+                                  _step.resolve_tree_select(tree_select))
     core = optax.GradientTransformationExtraArgs(functools.partial(_sfw_init, constraints),
                                                  update_fn)
     return route_unconstrained(core, constraints, unconstrained)
@@ -218,7 +231,8 @@ def _sfw_init(constraints: PyTree, params: PyTree) -> SFWState:
 
 
 def _sfw_update(constraints: PyTree, learning_rate: Any, momentum: Any, rescale: str,
-                use_kernel: bool, batch_select: bool, updates: PyTree, state: SFWState,
+                use_kernel: bool, batch_select: bool, tree_select: bool, updates: PyTree,
+                state: SFWState,
                 params: Optional[PyTree] = None, **extra_args) -> tuple[PyTree, SFWState]:
     """The SFW step (module docstring): the momentum of every constrained leaf (with the
     kernel's selection and norms where it takes the leaf), then the Frank-Wolfe step along it."""
@@ -238,7 +252,8 @@ def _sfw_update(constraints: PyTree, learning_rate: Any, momentum: Any, rescale:
             out_m[i] = _leaf_momentum(gs[i], ms[i], xs[i], state.count, momentum)
     if live:
         us = _step.fw_updates([cs[i] for i in live], [out_m[i] for i in live],
-                              [xs[i] for i in live], lr, rescale, batch_select, fused)
+                              [xs[i] for i in live], lr, rescale, batch_select, fused,
+                              tree_select)
         for i, u in zip(live, us):
             out_u[i] = u
     count = optax.safe_int32_increment(state.count)

@@ -68,6 +68,7 @@ import numpy as np
 __all__ = [
     "KeySpace", "key_space", "to_key", "from_key", "key_top", "float_keys", "descending_keys",
     "passes", "Layout", "make_layout", "select", "selected", "top_k_thresholds", "host_select",
+    "blocks", "positions", "per_block", "block_selected", "segment_totals",
 ]
 
 
@@ -223,44 +224,74 @@ def make_layout(sizes: Sequence[int], segment_of: Sequence[int] | None = None) -
     return Layout(sizes, segment_of)
 
 
-def _blocks(keys: Sequence[jax.Array], lay: Layout) -> jax.Array:
-    """The ``[blocks, block, width]`` keys: each segment's arrays concatenated, padded with
-    key 0 to whole blocks."""
+def blocks(arrays: Sequence[jax.Array], lay: Layout) -> jax.Array:
+    """The ``[blocks, block, width]`` view of ``arrays`` (one dtype; one per array of ``lay``):
+    each segment's arrays flattened and concatenated, padded with zeros (key 0) to whole
+    blocks."""
     parts, filled = [], 0
-    for i, (key, s) in enumerate(zip(keys, lay.segment_of)):
-        parts.append(key.reshape(-1))
-        filled += key.size
-        if i + 1 == len(keys) or lay.segment_of[i + 1] != s:
+    for i, (a, s) in enumerate(zip(arrays, lay.segment_of)):
+        parts.append(a.reshape(-1))
+        filled += a.size
+        if i + 1 == len(arrays) or lay.segment_of[i + 1] != s:
             pad = lay.segment_blocks[s] * lay.block_size - filled
             if pad:
-                parts.append(jnp.zeros((pad,), key.dtype))
+                parts.append(jnp.zeros((pad,), a.dtype))
             filled = 0
     flat = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
     return flat.reshape(-1, lay.block, lay.width)
 
 
+def positions(lay: Layout) -> jax.Array:
+    """Position within its segment of every entry of the :func:`blocks` view, int32
+    ``[blocks, block, width]`` (padding: ``>= n_s``)."""
+    shape = (sum(lay.segment_blocks), lay.block, lay.width)
+    flat = (jax.lax.broadcasted_iota(jnp.int32, shape, 1) * lay.width
+            + jax.lax.broadcasted_iota(jnp.int32, shape, 2))
+    start = np.arange(shape[0]) - lay.first_block[lay.block_segment]    # block within segment
+    return flat + jnp.asarray(start * lay.block_size, jnp.int32)[:, None, None]
+
+
+def per_block(v: jax.Array, lay: Layout) -> jax.Array:
+    """``v[segment of each block]``, shaped ``[blocks, 1, 1]`` to broadcast over the
+    :func:`blocks` view (``v``: [S])."""
+    return v[jnp.asarray(lay.block_segment)][:, None, None]
+
+
 def _segment_sum(x: jax.Array, lay: Layout) -> jax.Array:
-    """Sum of per-block values ``x`` [blocks, ...] over the blocks of each segment: [S, ...]."""
+    """Sum of per-block integers ``x`` [blocks, ...] over the blocks of each segment: [S, ...]."""
     return jax.ops.segment_sum(x, jnp.asarray(lay.block_segment), lay.n_segments,
                                indices_are_sorted=True)
+
+
+def segment_totals(v: jax.Array, lay: Layout) -> jax.Array:
+    """Per segment, the sum of the :func:`blocks` view ``v`` (floats; padding must be 0): [S].
+    Summed over each row, then over the rows of each block, then over the blocks of each
+    segment gathered into a zero-padded ``[S, most blocks of a segment]`` array: a fixed order,
+    whatever the backend (a float scatter-add would sum in the order its atomics land)."""
+    per = jnp.sum(jnp.sum(v, axis=2), axis=1)                                    # [blocks]
+    nb = np.asarray(lay.segment_blocks)
+    cols = np.arange(int(nb.max()))[None, :]
+    idx = np.where(cols < nb[:, None], lay.first_block[:, None] + cols, per.shape[0])
+    padded = jnp.concatenate([per, jnp.zeros((1,), per.dtype)])
+    return jnp.sum(padded[jnp.asarray(idx, jnp.int32)], axis=1)
 
 
 # ----------------------------------------------------------------------------------------------
 # The search
 
 
-def _pass(blocks, bseg, lo, hi, ks, lay: Layout):
+def _pass(kb, bseg, lo, hi, ks, lay: Layout):
     """One counting pass for every segment (module docstring): the new ``(lo, hi)``. The
     compare is summed over each row's ``width`` entries (a reduction over a short minor axis,
     which XLA:CPU fuses with the compare), then over the rows of a block, then over the
     blocks of a segment."""
-    kdt = blocks.dtype
+    kdt = kb.dtype
     span = hi - lo
     nt = jnp.array(_T + 1, kdt)
     step = span // nt + (span % nt != 0).astype(kdt)                 # ceil, no overflow
     j = jnp.arange(1, _T + 1, dtype=kdt)
     thr = jnp.minimum(lo[:, None] + j[None, :] * step[:, None], hi[:, None])       # [S, T]
-    ge = blocks[:, :, None, :] >= thr[bseg][:, None, :, None]          # [blocks, B, T, W]
+    ge = kb[:, :, None, :] >= thr[bseg][:, None, :, None]              # [blocks, B, T, W]
     cnt_rows = jnp.sum(ge, axis=3, dtype=jnp.int32)
     cnt = _segment_sum(jnp.sum(cnt_rows, axis=1, dtype=jnp.int32), lay)              # [S, T]
     nge = jnp.sum((cnt >= ks[:, None]).astype(kdt), axis=1, dtype=kdt)
@@ -268,12 +299,12 @@ def _pass(blocks, bseg, lo, hi, ks, lay: Layout):
     return new_lo, jnp.minimum(new_lo + step, hi)
 
 
-def _tie_cut(blocks, bseg, t, ks, lay: Layout) -> jax.Array:
+def _tie_cut(kb, bseg, t, ks, lay: Layout) -> jax.Array:
     """``cut_s``: the position within segment s of its ``need_s``-th entry equal to ``t_s``,
     ``n_s`` when every such entry is selected (module docstring)."""
     t_b = t[bseg][:, None, None]
-    gt_b = jnp.sum(jnp.sum(blocks > t_b, axis=2, dtype=jnp.int32), axis=1, dtype=jnp.int32)
-    eq_b = jnp.sum(jnp.sum(blocks == t_b, axis=2, dtype=jnp.int32), axis=1, dtype=jnp.int32)
+    gt_b = jnp.sum(jnp.sum(kb > t_b, axis=2, dtype=jnp.int32), axis=1, dtype=jnp.int32)
+    eq_b = jnp.sum(jnp.sum(kb == t_b, axis=2, dtype=jnp.int32), axis=1, dtype=jnp.int32)
     gt, eq = _segment_sum(gt_b, lay), _segment_sum(eq_b, lay)
     need = ks - gt
     first = jnp.asarray(lay.first_block)
@@ -284,19 +315,21 @@ def _tie_cut(blocks, bseg, t, ks, lay: Layout) -> jax.Array:
     b_off = jnp.minimum(b_off, jnp.asarray(lay.segment_blocks, jnp.int32) - 1)
     b = first + b_off                                              # block of the need-th tie
     before = earlier[b] - base                                     # ties in earlier blocks
-    blk = blocks[b].reshape(lay.n_segments, lay.block_size)
+    blk = kb[b].reshape(lay.n_segments, lay.block_size)
     rcum = jnp.cumsum(blk == t[:, None], axis=1, dtype=jnp.int32)
     p = jnp.sum(rcum < (need - before)[:, None], axis=1, dtype=jnp.int32)
     n = jnp.asarray(lay.segment_sizes, jnp.int32)
     return jnp.where(gt + eq == ks, n, b_off * lay.block_size + p)
 
 
-def select(keys: Sequence[jax.Array], ks: jax.Array, lay: Layout) -> tuple[jax.Array, jax.Array]:
+def select(keys: Sequence[jax.Array] | jax.Array, ks: jax.Array, lay: Layout
+           ) -> tuple[jax.Array, jax.Array]:
     """The top ``ks[s]`` keys of every segment of ``lay``: ``(t, cut)``, each [S].
 
     Args:
       keys: one flat key array per array of ``lay`` (one unsigned dtype, values in
-        ``[1, key_top - 1]``: :func:`float_keys`, :func:`descending_keys`).
+        ``[1, key_top - 1]``: :func:`float_keys`, :func:`descending_keys`), or their
+        :func:`blocks` view (padding: key 0).
       ks: int [S], ``0 <= ks[s] <= n_s`` (may be traced).
       lay: the :class:`Layout` of ``keys``.
 
@@ -304,15 +337,15 @@ def select(keys: Sequence[jax.Array], ks: jax.Array, lay: Layout) -> tuple[jax.A
     ``key > t[s]`` and those with ``key == t[s]`` at positions ``<= cut[s]`` within it
     (:func:`selected`); exactly ``ks[s]`` of them, ties by lower position.
     """
-    kdt = jnp.dtype(keys[0].dtype)
-    blocks = _blocks(keys, lay)
+    kb = keys if isinstance(keys, jax.Array) and keys.ndim == 3 else blocks(keys, lay)
+    kdt = jnp.dtype(kb.dtype)
     bseg = jnp.asarray(lay.block_segment)
     ks = jnp.asarray(ks, jnp.int32)
     lo = jnp.full((lay.n_segments,), 1, kdt)
     hi = jnp.full((lay.n_segments,), key_top(kdt), kdt)
     for _ in range(passes(kdt)):
-        lo, hi = _pass(blocks, bseg, lo, hi, ks, lay)
-    cut = _tie_cut(blocks, bseg, lo, ks, lay)
+        lo, hi = _pass(kb, bseg, lo, hi, ks, lay)
+    cut = _tie_cut(kb, bseg, lo, ks, lay)
     empty = ks == 0
     return (jnp.where(empty, jnp.array(key_top(kdt), kdt), lo),
             jnp.where(empty, jnp.asarray(lay.segment_sizes, jnp.int32), cut))
@@ -323,6 +356,13 @@ def selected(key: jax.Array, t: jax.Array, cut: jax.Array, offset: int = 0) -> j
     array starts at position ``offset`` of its segment."""
     pos = jax.lax.broadcasted_iota(jnp.int32, key.shape, 0) + offset
     return (key > t) | ((key == t) & (pos <= cut))
+
+
+def block_selected(kb: jax.Array, t: jax.Array, cut: jax.Array, lay: Layout) -> jax.Array:
+    """:func:`selected` on the :func:`blocks` view ``kb`` of the keys, for the ``(t, cut)``
+    [S] of :func:`select` (padding: never selected)."""
+    tb = per_block(t, lay)
+    return (kb > tb) | ((kb == tb) & (positions(lay) <= per_block(cut, lay)))
 
 
 def top_k_thresholds(xs: Sequence[jax.Array], ks: Sequence[int], *, absolute: bool = False

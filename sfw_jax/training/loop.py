@@ -39,6 +39,9 @@ the next-byte accuracy over positions, and the records add ``val_bits_per_byte``
 A non-finite training loss raises :class:`NonFiniteLossError` (naming epoch and step) before the
 epoch's checkpoint is written, so the last good checkpoint stays on disk. Host syncs happen every
 ``log_every`` steps (progress bar + finiteness check) so the devices are never idle per step.
+One jitted call runs ``steps_per_call`` steps (``lax.scan`` over the epoch's batch indices; the
+rest of an epoch it does not divide one step per call): the same arithmetic as single calls, one
+dispatch; the syncs then come after the first call that reaches a multiple of ``log_every``.
 The progress bar is drawn on a terminal only (a log gets the one line per epoch).
 """
 
@@ -61,6 +64,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sfw_jax import make_feasible
 from sfw_jax._progress import progress_bar, write_line
 from sfw_jax._tree import PyTree, flat_paths
+from sfw_jax.fw.topk import backend_name
 from sfw_jax.pruning import DEFAULT_THRESHOLDS
 from sfw_jax.training import config as config_lib
 from sfw_jax.training import distributed as dist
@@ -72,8 +76,8 @@ from sfw_jax.training.config import TrainConfig
 from sfw_jax.training.datasets import Dataset, DatasetInfo, Split, epoch_permutation, load_dataset
 from sfw_jax.training.datasets import TokenSplit
 from sfw_jax.training.models import get_model, model_context
-from sfw_jax.training.steps import (Evaluator, TrainState, cross_entropy_loss, make_token_train_step,
-                                    make_train_step, preprocess, variables)
+from sfw_jax.training.steps import (STEPS_PER_CALL, Evaluator, TrainState, cross_entropy_loss,
+                                    make_token_train_step, make_train_step, preprocess, variables)
 
 __all__ = [
     "Callback", "NonFiniteLossError", "TrainResult", "setup_devices",
@@ -300,15 +304,42 @@ def _format_record(r: dict) -> str:
             f"|w|>1e-3 {100 * big:.1f}% time {r['epoch_time']:.1f}s")
 
 
-def _train_epoch(state: TrainState, train_step: Callable, data: tuple[jax.Array, ...],
+class _TrainSteps:
+    """The jitted steps of one run: ``one`` runs step ``i`` (``(state, *data, perm, i)``),
+    ``many`` (None when ``per_call`` is 1) steps ``i .. i + per_call - 1`` in one call
+    (:func:`sfw_jax.training.steps.make_train_step` with ``steps_per_call``)."""
+
+    def __init__(self, make: Callable[[int], Callable], per_call: int):
+        self.per_call = per_call
+        self._make = make
+        self._one = make(1) if per_call == 1 else None
+        self.many = make(per_call) if per_call > 1 else None
+
+    @property
+    def one(self) -> Callable:
+        """The single step (compiled on first use: with ``per_call > 1`` only an epoch whose
+        step count ``per_call`` does not divide needs it)."""
+        if self._one is None:
+            self._one = self._make(1)
+        return self._one
+
+    def calls(self, steps: int) -> list[int]:
+        """Steps of each call of an epoch of ``steps`` steps: whole calls of ``per_call``,
+        then the rest one step per call."""
+        whole = steps // self.per_call if self.many is not None else 0
+        return [self.per_call] * whole + [1] * (steps - whole * self.per_call)
+
+
+def _train_epoch(state: TrainState, train_steps: _TrainSteps, data: tuple[jax.Array, ...],
                  perm: jax.Array, *, cfg: TrainConfig, epoch: int,
                  last_ckpt: Callable[[], tuple[int | None, str] | None]
                  ) -> tuple[TrainState, list[float], int]:
-    """Run the epoch's ``perm.shape[0]`` steps of ``train_step(state, *data, perm, i)``; returns
-    (state, per-step losses, #correct).
+    """Run the epoch's ``perm.shape[0]`` steps, ``train_steps.per_call`` per jitted call;
+    returns (state, per-step losses, #correct).
 
-    The host fetches the step metrics every ``cfg.log_every`` steps (progress bar, finiteness
-    check) and raises :class:`NonFiniteLossError` at the first non-finite loss.
+    The host fetches the step metrics after the first call that reaches a multiple of
+    ``cfg.log_every`` steps and after the last (progress bar, finiteness check) and raises
+    :class:`NonFiniteLossError` at the first non-finite loss.
     """
     steps = perm.shape[0]
     losses: list[float] = []
@@ -316,15 +347,19 @@ def _train_epoch(state: TrainState, train_step: Callable, data: tuple[jax.Array,
     pending: list[dict] = []
     bar = progress_bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        enabled=cfg.progress and _is_main_process())
+    done = 0
     try:
-        for i in range(steps):
-            state, metrics = train_step(state, *data, perm, i)
+        for n in train_steps.calls(steps):
+            step = train_steps.many if n > 1 else train_steps.one
+            state, metrics = step(state, *data, perm, done)
             pending.append(metrics)
-            if (i + 1) % cfg.log_every and i + 1 != steps:
+            done += n
+            if done // cfg.log_every == (done - n) // cfg.log_every and done != steps:
                 continue
-            first = i + 1 - len(pending)
-            for j, m in enumerate(jax.device_get(pending)):
-                loss = float(m["loss"])
+            first = done - sum(np.size(m["loss"]) for m in pending)
+            for j, (loss, hits) in enumerate(
+                    (float(v), int(c)) for m in jax.device_get(pending)
+                    for v, c in zip(np.ravel(m["loss"]), np.ravel(m["correct"]))):
                 if not math.isfinite(loss):
                     last = last_ckpt()
                     where = (f"epoch {last[0]} in {last[1]}" if last and last[0] else "none")
@@ -334,9 +369,9 @@ def _train_epoch(state: TrainState, train_step: Callable, data: tuple[jax.Array,
                         f"{epoch * steps + first + j + 1}); stopped without saving this epoch. "
                         f"Last good checkpoint: {where}. Try a smaller lr.")
                 losses.append(loss)
-                correct += int(m["correct"])
+                correct += hits
             pending = []
-            bar.update(i + 1 - bar.n)
+            bar.update(done - bar.n)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
     finally:
         bar.close()
@@ -345,14 +380,20 @@ def _train_epoch(state: TrainState, train_step: Callable, data: tuple[jax.Array,
 
 def _train_data_and_step(cfg: TrainConfig, model: Any, tx: optax.GradientTransformationExtraArgs,
                          info: DatasetInfo, split: Split | TokenSplit, mesh: Mesh
-                         ) -> tuple[tuple[jax.Array, ...], Callable]:
-    """The training split on the devices (replicated) and the jitted step that reads it:
-    ``(images, labels)`` and the image step, or ``(tokens,)`` and the language-model step."""
+                         ) -> tuple[tuple[jax.Array, ...], _TrainSteps]:
+    """The training split on the devices (replicated) and the jitted steps that read it:
+    ``(images, labels)`` and the image steps, or ``(tokens,)`` and the language-model steps,
+    ``cfg.steps_per_call`` per call (None: :data:`~sfw_jax.training.steps.STEPS_PER_CALL` of
+    the default backend)."""
+    per_call = cfg.steps_per_call or STEPS_PER_CALL.get(backend_name(),
+                                                         STEPS_PER_CALL["default"])
     if info.sequence_length is not None:
-        return (dist.replicate(split.tokens, mesh),), make_token_train_step(model, tx, mesh=mesh)
-    step = make_train_step(model, tx, mean=np.asarray(info.mean), std=np.asarray(info.std),
-                           augment=bool(cfg.augment), mesh=mesh)
-    return tuple(dist.replicate((split.images, split.labels), mesh)), step
+        return (dist.replicate(split.tokens, mesh),), _TrainSteps(
+            lambda s: make_token_train_step(model, tx, mesh=mesh, steps_per_call=s), per_call)
+    steps = _TrainSteps(lambda s: make_train_step(
+        model, tx, mean=np.asarray(info.mean), std=np.asarray(info.std),
+        augment=bool(cfg.augment), mesh=mesh, steps_per_call=s), per_call)
+    return tuple(dist.replicate((split.images, split.labels), mesh)), steps
 
 
 def _final_record(test: dict[str, float], epochs: int, wall: float) -> dict:
@@ -510,7 +551,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
     if cfg.optimizer == "sfw" and cfg.sfw_init and not cfg.resume:
         state = _sfw_init_and_report(cfg, model, state, constraints, train_split, info)
     state = dist.replicate(dist.broadcast_from_main(state), mesh)
-    data, train_step = _train_data_and_step(cfg, model, tx, info, train_split, mesh)
+    data, train_steps = _train_data_and_step(cfg, model, tx, info, train_split, mesh)
     evaluator = Evaluator(model, info, mesh, cfg.eval_batch_size)
     val_dev = evaluator.put(dataset.val) if len(dataset.val) else None
     perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
@@ -531,7 +572,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *,
             order = epoch_permutation(n_train, cfg.seed, epoch)[: steps * bs]
             perm = dist.global_array(order.astype(np.int32).reshape(steps, bs), perm_sharding)
             state, losses, correct = _train_epoch(
-                state, train_step, data, perm, cfg=cfg, epoch=epoch,
+                state, train_steps, data, perm, cfg=cfg, epoch=epoch,
                 last_ckpt=lambda: (ckpt.latest_epoch(), paths["checkpoints"]) if ckpt else None)
             train_time = time.time() - t0
             val = evaluator(state.params, state.batch_stats, val_dev) if val_dev else None

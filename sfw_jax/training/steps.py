@@ -4,7 +4,9 @@
 * :func:`make_train_step`: one optimizer step on a batch gathered on the devices from the whole
   training split by index (optionally augmented), with the mean softmax cross-entropy loss;
   :func:`make_token_train_step`: the same for a language model on byte windows (the mean
-  cross-entropy over every next-byte position of the batch);
+  cross-entropy over every next-byte position of the batch); with ``steps_per_call = S > 1``
+  either runs S consecutive steps per call (``lax.scan`` over the batch indices; the same
+  arithmetic as S calls, one dispatch; :data:`STEPS_PER_CALL` per backend);
 * :func:`make_eval_step` and :class:`Evaluator`: loss and accuracy of a split in fixed-size
   padded batches (one compilation per split size); for a language model also bits per byte
   (:func:`bits_per_byte`).
@@ -34,8 +36,14 @@ from sfw_jax.training.datasets import TokenSplit, inputs_targets
 __all__ = [
     "TrainState", "cross_entropy_loss", "bits_per_byte", "variables", "preprocess",
     "make_train_step", "make_token_train_step", "make_eval_step", "make_token_eval_step",
-    "DeviceSplit", "Evaluator",
+    "DeviceSplit", "Evaluator", "STEPS_PER_CALL",
 ]
+
+#: ``TrainConfig.steps_per_call=None`` per backend (``'default'``: every backend not listed):
+#: optimizer steps per jitted call. CPU: 1, a step there costs far more than its dispatch
+#: (``benchmarks/bench_train_step.py --steps-per-call``); other backends: 1 until the device
+#: suite's ``train_step`` section has measured S > 1 there.
+STEPS_PER_CALL: dict[str, int] = {"cpu": 1, "default": 1}
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -77,19 +85,39 @@ def preprocess(images: jax.Array, mean: np.ndarray, std: np.ndarray) -> jax.Arra
     return augment_lib.normalize(images, mean, std)
 
 
+def _jit_steps(step: Callable, n_data: int, mesh: Mesh, steps_per_call: int,
+               donate: bool) -> Callable:
+    """``step(state, *data, perm, i)`` jitted with the training shardings; for
+    ``steps_per_call = S > 1`` the steps ``i, ..., i + S - 1`` in one call (``lax.scan``), the
+    metrics stacked along a leading axis of S."""
+    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) \
+            or steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be an int >= 1, got {steps_per_call!r}")
+    fn = step
+    if steps_per_call > 1:
+        def fn(state, *args):
+            *data, perm, i = args
+            return jax.lax.scan(lambda st, j: step(st, *data, perm, i + j), state,
+                                jnp.arange(steps_per_call, dtype=jnp.int32))
+    repl = dist.replicated(mesh)
+    perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
+    return jax.jit(fn, in_shardings=(repl,) * (1 + n_data) + (perm_sharding, repl),
+                   out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+
+
 def make_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, *, mean: np.ndarray,
                     std: np.ndarray, augment: bool, mesh: Mesh,
-                    donate: bool = True) -> Callable:
+                    donate: bool = True, steps_per_call: int = 1) -> Callable:
     """Jitted ``step(state, images, labels, perm, i) -> (state, metrics)``.
 
     ``images`` uint8 [N, H, W, C] and ``labels`` int32 [N] are the whole training split
     (replicated); ``perm`` int32 [S, B] holds the epoch's batch indices (batch axis sharded over
     'data'); step ``i`` trains on ``images[perm[i]]``. With ``augment``: random crop (pad 4) and
     horizontal flip with key ``fold_in(state.rng, state.step)``. ``metrics``: ``loss`` (batch
-    mean, float32) and ``correct`` (int32 count). ``state`` is donated.
+    mean, float32) and ``correct`` (int32 count). ``state`` is donated. With
+    ``steps_per_call = S > 1`` one call runs steps ``i .. i + S - 1`` (``metrics`` arrays [S]).
     """
     batch_sharding = dist.data_sharding(mesh)
-    repl = dist.replicated(mesh)
 
     def step(state: TrainState, images, labels, perm, i):
         idx = jax.lax.dynamic_index_in_dim(perm, i, axis=0, keepdims=False)
@@ -100,23 +128,20 @@ def make_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, *, me
         x = preprocess(x, mean, std)
         return _update(model, tx, state, x, y)
 
-    perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
-    return jax.jit(step, in_shardings=(repl, repl, repl, perm_sharding, repl),
-                   out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+    return _jit_steps(step, 2, mesh, steps_per_call, donate)
 
 
 def make_token_train_step(model: Any, tx: optax.GradientTransformationExtraArgs, *,
-                          mesh: Mesh, donate: bool = True) -> Callable:
+                          mesh: Mesh, donate: bool = True, steps_per_call: int = 1) -> Callable:
     """Jitted ``step(state, tokens, perm, i) -> (state, metrics)`` of a language model.
 
     ``tokens`` uint8 [N, T + 1] are the training split's windows (replicated); step ``i``
     trains on windows ``perm[i]``: inputs ``w[:, :-1]``, next-byte targets ``w[:, 1:]``
     (:func:`~sfw_jax.training.datasets.inputs_targets`). ``metrics``: ``loss`` (mean over
     the B T positions) and ``correct`` (int32 count of positions whose argmax is the target).
-    ``state`` is donated.
+    ``state`` is donated; ``steps_per_call`` as :func:`make_train_step`.
     """
     batch_sharding = dist.data_sharding(mesh)
-    repl = dist.replicated(mesh)
 
     def step(state: TrainState, tokens, perm, i):
         idx = jax.lax.dynamic_index_in_dim(perm, i, axis=0, keepdims=False)
@@ -124,9 +149,7 @@ def make_token_train_step(model: Any, tx: optax.GradientTransformationExtraArgs,
         x, y = inputs_targets(w)
         return _update(model, tx, state, x, y)
 
-    perm_sharding = NamedSharding(mesh, P(None, dist.DATA_AXIS))
-    return jax.jit(step, in_shardings=(repl, repl, perm_sharding, repl),
-                   out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+    return _jit_steps(step, 1, mesh, steps_per_call, donate)
 
 
 def _update(model: Any, tx: optax.GradientTransformationExtraArgs, state: TrainState,

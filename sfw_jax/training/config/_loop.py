@@ -30,6 +30,10 @@ class LoopConfig:
                             "non-finite loss check)", resume_may_differ=True, per_process=True)
     progress: bool = option(True, help="progress bar on a terminal (a log gets one line per "
                             "epoch)", resume_may_differ=True, per_process=True)
+    steps_per_call: int | None = option(
+        None, lo=1, help="optimizer steps per jitted call (lax.scan over the batches, the same "
+        "results as one step per call); None: the backend's default "
+        "(sfw_jax.training.steps.STEPS_PER_CALL)", resume_may_differ=True)
 
     def validate(self) -> None:
         """ValueError naming the first invalid field."""
