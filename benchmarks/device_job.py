@@ -30,20 +30,27 @@ loader. ``--plan ci`` is smaller still (``tests/test_device_job.py``). ``--dry-r
 the real job's config, model, constraint sets and jitted steps on the CIFAR-10 shapes without
 data or training (:mod:`benchmarks.suite.job_check`) and prints what it built.
 
-Exit status: 0 ok (or a dry run that built), 1 error, 3 stopped (the job does not fit).
+A pair of :data:`experiments.paper_jobs.PAIRS` (``r18-pair``: ``r18-sfw`` then ``r18-sgd``) runs
+its jobs one after the other, each into ``DIR/<job>`` with an equal share of the budget left
+when it starts (each stops itself when its full length does not fit its share).
+
+Exit status: 0 ok (or a dry run that built), 1 error, 3 stopped (the job does not fit); for a
+pair the worst of its jobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from typing import Sequence
 
 from benchmarks.suite.cli import add_plan_arguments, chosen_plan
 from benchmarks.suite.plans import JOB_PLANS
 from benchmarks.suite.runtime import compilation_cache
-from experiments.paper_jobs import QUEUE, SUMMARY_FILE, get_job
+from experiments.paper_jobs import PAIRS, QUEUE, SUMMARY_FILE, pair_members
 from sfw_jax._cli import ArgumentParser
 
 EXIT_STOPPED = 3
@@ -52,7 +59,8 @@ EXIT_STOPPED = 3
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.device_job",
                        description=__doc__.split("\n")[0])
-    p.add_argument("job", choices=QUEUE, help="the job (queue order)")
+    p.add_argument("job", choices=QUEUE + tuple(PAIRS),
+                   help="the job (queue order), or a pair of jobs run in one call")
     p.add_argument("--out", help="output folder (four small files land there)")
     add_plan_arguments(p, JOB_PLANS, JOB_PLANS["full"].budget_s,
                        "CIFAR-10 JPEG image-folder archive")
@@ -67,26 +75,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     plan = JOB_PLANS[chosen_plan(parser, args)]
-    job = get_job(args.job)
+    jobs = pair_members(args.job)
     if args.dry_run:
         from benchmarks.suite.job_check import check_job
 
-        print(json.dumps(check_job(job), indent=1))
+        for job in jobs:
+            print(json.dumps(check_job(job), indent=1))
         return 0
     if not args.out:
         parser.error("--out is required (the folder the job's files go to)")
 
     from benchmarks.suite.job import run_job
 
+    budget = plan.budget_s if args.budget_s is None else args.budget_s
+    start, codes = time.time(), []
     with compilation_cache("device_job-jax-cache-"):
-        summary = run_job(job, args.out, plan, budget_s=args.budget_s, data=args.data,
-                          argv=argv)
-    status = summary["status"]
-    detail = summary.get("reason") or (summary.get("error") or "").split("\n")[0]
-    print(f"{job.name}: {status}" + (f": {detail}" if detail else "")
-          + f"; wrote {args.out}/{SUMMARY_FILE} ({summary['wall_s']} s)",
-          file=sys.stdout if status == "ok" else sys.stderr)
-    return {"ok": 0, "stopped": EXIT_STOPPED}.get(status, 1)
+        for i, job in enumerate(jobs):
+            out = args.out if len(jobs) == 1 else os.path.join(args.out, job.name)
+            share = max(0.0, budget - (time.time() - start)) / (len(jobs) - i)
+            summary = run_job(job, out, plan, budget_s=share, data=args.data, argv=argv)
+            status = summary["status"]
+            detail = summary.get("reason") or (summary.get("error") or "").split("\n")[0]
+            print(f"{job.name}: {status}" + (f": {detail}" if detail else "")
+                  + f"; wrote {out}/{SUMMARY_FILE} ({summary['wall_s']} s)",
+                  file=sys.stdout if status == "ok" else sys.stderr)
+            codes.append({"ok": 0, "stopped": EXIT_STOPPED}.get(status, 1))
+    return 1 if 1 in codes else max(codes)
 
 
 if __name__ == "__main__":

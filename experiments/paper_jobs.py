@@ -42,7 +42,7 @@ STATUSES = ("running", "ok", "stopped", "error")
 """``status`` of a job's ``summary.json``: still running (or killed), finished, stopped before
 training because the full length would not fit the budget, failed."""
 
-__all__ = ["Job", "JOBS", "QUEUE", "SPARSITY_PERCENTS", "RETRAIN_PERCENTS", "RETRAIN_MIN_EPOCHS",
+__all__ = ["Job", "JOBS", "QUEUE", "PAIRS", "pair_members", "SPARSITY_PERCENTS", "RETRAIN_PERCENTS", "RETRAIN_MIN_EPOCHS",
            "NM_PATTERN", "STUDY_PRESET", "STATUSES", "job_config", "get_job"]
 
 
@@ -74,12 +74,29 @@ JOBS: dict[str, Job] = {j.name: j for j in (
 QUEUE = tuple(JOBS)
 """The job names in the order a lent GPU runs them."""
 
+PAIRS: dict[str, tuple[str, ...]] = {"r18-pair": ("r18-sfw", "r18-sgd")}
+"""Jobs run one after the other in one call (``python -m benchmarks.device_job r18-pair``), each
+into ``<out>/<job>/`` with an equal share of the budget left when it starts, so that each stops
+itself after its first epoch when its full length does not fit its share (its first epoch is
+then all a too-slow step costs). Not in :data:`QUEUE`: worth a slot once the device suite has
+measured each method's epoch short enough (``r18-pair``: about 1.4 s or less)."""
+
 
 def get_job(name: str) -> Job:
     """The job ``name``; ValueError listing the names otherwise."""
     if name not in JOBS:
         raise ValueError(f"job must be one of {list(QUEUE)}, got {name!r}")
     return JOBS[name]
+
+
+def pair_members(name: str) -> tuple[Job, ...]:
+    """The jobs a command-line name runs: those of the pair ``name``, or the one job ``name``;
+    ValueError listing the names otherwise."""
+    if name in PAIRS:
+        return tuple(JOBS[j] for j in PAIRS[name])
+    if name not in JOBS:
+        raise ValueError(f"job must be one of {list(QUEUE) + list(PAIRS)}, got {name!r}")
+    return (JOBS[name],)
 
 
 def job_config(job: Job, **overrides: Any) -> TrainConfig:

@@ -138,6 +138,29 @@ def test_over_budget_stops_after_epoch_one_with_the_estimate(tmp_path):
     assert "status: **stopped**" in (out / REPORT_FILE).read_text()
 
 
+def test_a_pair_runs_its_jobs_in_turn_on_shares_of_the_budget(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.device_job", "r18-pair", "--plan", "ci", "--out",
+         str(out), "--data", str(tmp_path / "absent.tar.gz"), "--budget-s", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    summaries = {}
+    for name in paper_jobs.PAIRS["r18-pair"]:
+        with open(out / name / SUMMARY_FILE) as f:
+            summaries[name] = json.load(f)
+        assert summaries[name]["job"] == name and summaries[name]["status"] == "stopped"
+        assert f"{name}: stopped" in proc.stderr
+    assert 0.45 < summaries["r18-sfw"]["budget_s"] <= 0.5   # half of the budget, the first job
+    assert summaries["r18-sgd"]["budget_s"] < 0.5       # what was left, all to the last one
+    assert not (out / SUMMARY_FILE).exists()
+    assert [j.name for j in paper_jobs.pair_members("r18-pair")] == ["r18-sfw", "r18-sgd"]
+    assert [j.name for j in paper_jobs.pair_members("r18-sgd")] == ["r18-sgd"]
+    with pytest.raises(ValueError, match="r18-pair"):
+        paper_jobs.pair_members("r50-pair")
+
+
 def test_estimate_and_retrain_epochs():
     first = {"epoch_s": 2.0, "compile_in_first_epoch_s": 10.0}
     est = job_lib.estimate_seconds(elapsed_s=50.0, epochs=180, first=first, n_train=50_000,
