@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with compilation_cache("device_job-jax-cache-"):
         for i, job in enumerate(jobs):
             out = args.out if len(jobs) == 1 else os.path.join(args.out, job.name)
-            share = max(0.0, budget - (time.time() - start)) / (len(jobs) - i)
+            # the first job gets its share of the whole budget; each later one an equal share
+            # of what is left when it starts
+            left = budget if i == 0 else max(0.0, budget - (time.time() - start))
+            share = left / (len(jobs) - i)
             summary = run_job(job, out, plan, budget_s=share, data=args.data, argv=argv)
             status = summary["status"]
             detail = summary.get("reason") or (summary.get("error") or "").split("\n")[0]
