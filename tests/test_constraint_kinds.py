@@ -188,15 +188,22 @@ def test_performance_hooks_agree_with_lmo(kind):
         gs = _directions(shape, s + 11)
         vs = np.asarray(_batched(c, "lmo")(gs))
         np.testing.assert_array_equal(np.asarray(_batched(c, "two_phase")(gs)), vs)
-        key = c.batch_key(gs[0])
-        if key is not None:
-            other = dataclasses.replace(c, radius=2.5 * c.radius)
-            assert other.batch_key(gs[1]) == key
-            sel = jax.jit(jax.vmap(c.lmo_select))(gs[:2])
-            for j, (cj, g) in enumerate(((c, gs[0]), (other, gs[1]))):
-                sj = jax.tree.map(lambda a: a[j], sel)
-                np.testing.assert_array_equal(np.asarray(jax.jit(cj.lmo_vertex)(g, sj)),
-                                              np.asarray(jax.jit(cj.lmo)(g)))
+        if c.batch_key(gs[0]) is not None:
+            # the sets of this kind and shape (other options, K + 2, radius 2.5 r): each pair
+            # with equal keys selects by one vmap of the first one's lmo_select
+            family = [b for sh, b in _sets(kind) if sh == shape] + [
+                build_leaf(kind, shape, 1.75, dataclasses.replace(o, k=o.k + 2)) for o in OPTIONS]
+            family = [b for b in family + [dataclasses.replace(c, radius=2.5 * c.radius)] if b]
+            pairs = [(a, b) for a in family for b in family if a != b and type(a) is type(b)
+                     and a.batch_key(gs[0]) is not None
+                     and a.batch_key(gs[0]) == b.batch_key(gs[1])]
+            assert pairs
+            for a, b in pairs:
+                sel = jax.jit(jax.vmap(a.lmo_select))(gs[:2])
+                for j, (cj, g) in enumerate(((a, gs[0]), (b, gs[1]))):
+                    sj = jax.tree.map(lambda t: t[j], sel)
+                    np.testing.assert_array_equal(np.asarray(jax.jit(cj.lmo_vertex)(g, sj)),
+                                                  np.asarray(jax.jit(cj.lmo)(g)))
         spec = c.sign_top_k()
         if spec is not None:
             k = min(spec.k, math.prod(shape))

@@ -5,7 +5,8 @@ options (:class:`BuildOptions`) and the set's size, either its radius (``mode='r
 its L2 diameter (``'diameter'`` and ``'initialization'`` modes), and returns the set, or None
 when the kind does not apply to that leaf (the leaf then gets ``make_constraints``'s
 ``fallback``). A new set is one class (a subclass of :class:`sfw_jax.Constraint` with
-``lmo``, ``gauge`` and ``diameter``) and one registration::
+``lmo``, ``radius``, ``gauge`` and ``diameter``; the performance hooks are optional) and one
+registration::
 
     register_constraint("box", lambda shape, opts, radius, diameter:
                         Box(radius if diameter is None else diameter / 2))
