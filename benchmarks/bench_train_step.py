@@ -19,9 +19,10 @@ at the top level.
 
 ``--steps-per-call 1 4 16`` times instead the training loop's own jitted step
 (``sfw_jax.training.steps.make_train_step``: batches gathered by index from a synthetic uint8
-split on the devices, no augmentation) with SFW at its defaults, running S steps per call
-(:func:`bench_steps_per_call`): median ms per call and per step for each S, for the first
-``--models`` entry; the per-backend default ``STEPS_PER_CALL`` is read off it.
+split on the devices, no augmentation) with SFW at its defaults (``--optimizer sgd``: SGD
+momentum), running S steps per call (:func:`bench_steps_per_call`): median ms per call and per
+step for each S, for the first ``--models`` entry (``mlp`` too); the per-backend default
+``STEPS_PER_CALL`` is read off it.
 """
 
 from __future__ import annotations
@@ -100,10 +101,12 @@ def bench_model(name: str, batch: int, reps: int, method: str, precision: str = 
 
 
 def bench_steps_per_call(name: str, batch: int, reps: int, per_calls: Sequence[int],
-                         precision: str = "fp32", model_kwargs: dict | None = None) -> dict:
+                         precision: str = "fp32", model_kwargs: dict | None = None,
+                         optimizer: str = "sfw") -> dict:
     """``{S: {"call_ms", "step_ms"}}`` (medians over ``reps`` calls after warm-up) of the
     training loop's step with ``steps_per_call = S`` for each S of ``per_calls`` (see the
-    module docstring)."""
+    module docstring). ``optimizer``: ``'sfw'`` (K-sparse, the defaults) or ``'sgd'``
+    (``optax.sgd(0.1, momentum=0.9)``: whether a cost comes from the model or from SFW)."""
     from sfw_jax.training import distributed as dist
     from sfw_jax.training.steps import TrainState, make_train_step
 
@@ -116,9 +119,10 @@ def bench_steps_per_call(name: str, batch: int, reps: int, per_calls: Sequence[i
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), train=False))(
         jax.random.key(0))
     params = variables["params"]
-    tx = sfw(0.1, make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
-                                   mode="initialization", init_norms=_norms(params)),
-             momentum=0.9, rescale="gradient")
+    tx = (optax.sgd(0.1, momentum=0.9) if optimizer == "sgd" else
+          sfw(0.1, make_constraints(params, "k_sparse", k=10, k_frac=0.05, value=15.0,
+                                    mode="initialization", init_norms=_norms(params)),
+              momentum=0.9, rescale="gradient"))
     mesh = dist.make_mesh(dist.select_devices(1))
     data = dist.replicate((images, labels), mesh)
     perm = dist.global_array(np.arange(batch * most, dtype=np.int32).reshape(most, batch),
@@ -144,12 +148,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None,
                     help="batch size (default 32 on CPU, 128 otherwise)")
     ap.add_argument("--models", nargs="+", default=["simple_cnn", "resnet18"],
-                    choices=["simple_cnn", "resnet18"])
+                    choices=["simple_cnn", "resnet18", "mlp"])
     ap.add_argument("--method", default="auto", choices=METHODS, help="top-k path of the LMO")
     ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
                     help="compute precision (params stay float32)")
     ap.add_argument("--steps-per-call", type=int, nargs="+", metavar="S",
                     help="time the loop's step at S steps per call instead (first model)")
+    ap.add_argument("--optimizer", default="sfw", choices=["sfw", "sgd"],
+                    help="the optimizer of the --steps-per-call step")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error(f"--reps must be >= 1, got {args.reps}")
@@ -160,11 +166,12 @@ def main(argv=None) -> int:
         if min(args.steps_per_call) < 1:
             ap.error(f"--steps-per-call must be >= 1, got {args.steps_per_call}")
         rec = bench_steps_per_call(args.models[0], batch, args.reps, args.steps_per_call,
-                                   args.precision)
+                                   args.precision, optimizer=args.optimizer)
         _timing.print_table([(s, r["call_ms"], r["step_ms"]) for s, r in rec.items()],
                             ("steps_per_call", "call_ms", "step_ms"))
         if args.json:
             _timing.emit_json({"benchmark": "bench_train_step_per_call", "model": args.models[0],
+                               "optimizer": args.optimizer,
                                "batch": batch, "precision": args.precision, "reps": args.reps,
                                "steps_per_call": rec, **_timing.environment()})
         return 0

@@ -41,8 +41,9 @@ __all__ = [
 
 #: ``TrainConfig.steps_per_call=None`` per backend (``'default'``: every backend not listed):
 #: optimizer steps per jitted call. CPU: 1, a step there costs far more than its dispatch and
-#: the scanned step runs far slower on XLA:CPU (SimpleCNN, batch 32: 90 ms per step at S = 1,
-#: 2,429 ms at S = 8; ``benchmarks/bench_train_step.py --steps-per-call 1 8``); other backends:
+#: XLA:CPU runs convolutions inside a loop body far slower (SimpleCNN, batch 32: 90 ms per step
+#: at S = 1, 2,429 ms at S = 8; ``benchmarks/bench_train_step.py --steps-per-call 1 8``; the
+#: same with plain SGD, not with an MLP: docs/performance.md); other backends:
 #: 1 until the device suite's ``train_step`` section has measured S > 1 there.
 STEPS_PER_CALL: dict[str, int] = {"cpu": 1, "default": 1}
 
