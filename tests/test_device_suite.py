@@ -57,6 +57,8 @@ def test_every_section_ok_and_files_fit(ci_report):
     for name in plans.SECTIONS:
         assert f"## {name}" in md
         assert f"| {name} | ok |" in md
+    assert "(cannot render" not in md           # every section's tables render
+    assert "| steps per call | ms per call | ms per step |" in md
 
 
 def test_env_and_tests_sections(ci_report):

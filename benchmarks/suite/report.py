@@ -101,7 +101,7 @@ def _md_update(r: dict) -> list[str]:
                          ("tree ms", "sfw_tree_ms"), ("tree / SGD", "tree_ratio")])
     if r.get("selection"):
         out += ["", "Selections (t, cut) of every leaf at once (`bench_topk --tree`):", ""]
-        out += _table(["selection", "ms", "ops"],
+        out += md_table(["selection", "ms", "ops"],
                       [(n, v.get("ms"), v.get("ops")) for n, v in r["selection"].items()])
     ops = r.get("op_counts") or {}
     detail = ops.get("reason") or ops.get("error", "").split("\n")[0]
@@ -121,7 +121,7 @@ def _md_train_step(r: dict) -> list[str]:
                          ("SGD img/s", "sgd_images_per_s")])
     if r.get("steps_per_call"):
         out += ["", "The loop's SFW step, fp32, by optimizer steps per jitted call:", ""]
-        out += _table(["steps per call", "ms per call", "ms per step"],
+        out += md_table(["steps per call", "ms per call", "ms per step"],
                       [(k, v.get("call_ms"), v.get("step_ms"))
                        for k, v in r["steps_per_call"].items()])
     return out
