@@ -53,7 +53,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -304,29 +304,26 @@ def _format_record(r: dict) -> str:
             f"|w|>1e-3 {100 * big:.1f}% time {r['epoch_time']:.1f}s")
 
 
-class _TrainSteps:
+class _TrainSteps(NamedTuple):
     """The jitted steps of one run: ``one`` runs step ``i`` (``(state, *data, perm, i)``),
-    ``many`` (None when ``per_call`` is 1) steps ``i .. i + per_call - 1`` in one call
-    (:func:`sfw_jax.training.steps.make_train_step` with ``steps_per_call``)."""
+    ``many`` steps ``i .. i + per_call - 1`` in one call
+    (:func:`sfw_jax.training.steps.make_train_step` with ``steps_per_call``; ``one`` itself when
+    ``per_call`` is 1). ``jax.jit`` compiles each on its first call, so ``one`` costs nothing
+    where ``per_call`` divides every epoch."""
 
-    def __init__(self, make: Callable[[int], Callable], per_call: int):
-        self.per_call = per_call
-        self._make = make
-        self._one = make(1) if per_call == 1 else None
-        self.many = make(per_call) if per_call > 1 else None
+    one: Callable
+    many: Callable
+    per_call: int
 
-    @property
-    def one(self) -> Callable:
-        """The single step (compiled on first use: with ``per_call > 1`` only an epoch whose
-        step count ``per_call`` does not divide needs it)."""
-        if self._one is None:
-            self._one = self._make(1)
-        return self._one
+    @classmethod
+    def build(cls, make: Callable[[int], Callable], per_call: int) -> "_TrainSteps":
+        one = make(1)
+        return cls(one, one if per_call == 1 else make(per_call), per_call)
 
     def calls(self, steps: int) -> list[int]:
         """Steps of each call of an epoch of ``steps`` steps: whole calls of ``per_call``,
         then the rest one step per call."""
-        whole = steps // self.per_call if self.many is not None else 0
+        whole = steps // self.per_call
         return [self.per_call] * whole + [1] * (steps - whole * self.per_call)
 
 
@@ -388,9 +385,9 @@ def _train_data_and_step(cfg: TrainConfig, model: Any, tx: optax.GradientTransfo
     per_call = cfg.steps_per_call or STEPS_PER_CALL.get(backend_name(),
                                                          STEPS_PER_CALL["default"])
     if info.sequence_length is not None:
-        return (dist.replicate(split.tokens, mesh),), _TrainSteps(
+        return (dist.replicate(split.tokens, mesh),), _TrainSteps.build(
             lambda s: make_token_train_step(model, tx, mesh=mesh, steps_per_call=s), per_call)
-    steps = _TrainSteps(lambda s: make_train_step(
+    steps = _TrainSteps.build(lambda s: make_train_step(
         model, tx, mean=np.asarray(info.mean), std=np.asarray(info.std),
         augment=bool(cfg.augment), mesh=mesh, steps_per_call=s), per_call)
     return tuple(dist.replicate((split.images, split.labels), mesh)), steps
